@@ -1,0 +1,282 @@
+//! The model bundle: a directory holding `model.onnx` and `gate.json`.
+//!
+//! `gate.json` (format version 1) records how frames are preprocessed, the class names, the
+//! temperature, and the gate: the energy threshold, the sorted calibration energies it came from,
+//! and provenance (the model's sha256, the data, `n`, the date, the tool). The threshold and
+//! `alpha` live here, never inside the ONNX graph, and flags override them at run time.
+//!
+//! ```json
+//! { "format_version": 1,
+//!   "input": { "layout": "NCHW", "height": 32, "width": 32, "color": "rgb",
+//!              "resize": "shorter_side_then_center_crop", "pixel_range": [0, 1],
+//!              "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616] },
+//!   "class_names": ["airplane", "automobile", "..."],
+//!   "temperature": 1.0,
+//!   "gate": { "score": "energy", "threshold": -6.1, "target_tpr": 0.95, "alpha": null,
+//!             "calibration_energies": [-14.2, "... ascending ..."] },
+//!   "provenance": { "model_sha256": "...", "data": "...", "n": 5000, "created": "...",
+//!                   "tool": "..." } }
+//! ```
+//!
+//! A bare `.onnx` without a `gate.json` beside it loads with defaults taken from the model
+//! (input size and channel count, `K` classes named `0..K-1`), pixel range `[0, 1]`, no mean/std
+//! normalisation, temperature 1 and no threshold: scores only.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The `gate.json` format version this crate reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Colour handling of the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    /// Three channels R, G, B. Gray images are replicated; alpha is discarded.
+    Rgb,
+    /// One channel, luma `L = (299 R + 587 G + 114 B) / 1000` (ITU-R 601-2, as Pillow's `L`).
+    Gray,
+}
+
+impl Color {
+    /// Number of channels `C`.
+    pub fn channels(self) -> usize {
+        match self {
+            Color::Rgb => 3,
+            Color::Gray => 1,
+        }
+    }
+}
+
+/// How a frame of another size is brought to the model's `height x width`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeMode {
+    /// Scale so the frame covers the model's size (the shorter side for a square model), then
+    /// take the centre. Bilinear, antialiased when shrinking.
+    ShorterSideThenCenterCrop,
+    /// Scale each axis to the model's size, ignoring the aspect ratio.
+    Stretch,
+}
+
+/// Preprocessing of a frame into one `[C, H, W]` slice of the model's `[N, C, H, W]` input.
+///
+/// `x = ((v / 255) * (hi - lo) + lo - mean[c]) / std[c]` for an 8-bit value `v` and
+/// `pixel_range = [lo, hi]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    /// Tensor layout; only `"NCHW"` is supported.
+    pub layout: String,
+    /// Model input height `H`, pixels.
+    pub height: u32,
+    /// Model input width `W`, pixels.
+    pub width: u32,
+    /// Colour handling, which fixes `C`.
+    pub color: Color,
+    /// Resize rule for frames of another size.
+    pub resize: ResizeMode,
+    /// `[lo, hi]`: the value that 8-bit 0 and 255 map to before normalisation.
+    pub pixel_range: [f32; 2],
+    /// Per-channel mean subtracted after scaling (length `C`).
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation divided by after subtracting the mean (length `C`).
+    pub std: Vec<f32>,
+}
+
+impl InputSpec {
+    /// Pixel range `[0, 1]`, no mean/std normalisation, shorter-side resize.
+    pub fn plain(height: u32, width: u32, color: Color) -> InputSpec {
+        let c = color.channels();
+        InputSpec {
+            layout: "NCHW".into(),
+            height,
+            width,
+            color,
+            resize: ResizeMode::ShorterSideThenCenterCrop,
+            pixel_range: [0.0, 1.0],
+            mean: vec![0.0; c],
+            std: vec![1.0; c],
+        }
+    }
+
+    /// `C * H * W`, the number of values per frame.
+    pub fn frame_len(&self) -> usize {
+        self.color.channels() * self.height as usize * self.width as usize
+    }
+
+    /// Checks the fields against each other.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let c = self.color.channels();
+        if self.layout != "NCHW" {
+            return Err(Error::Invalid(format!("input.layout must be \"NCHW\", got {:?}", self.layout)));
+        }
+        if self.height == 0 || self.width == 0 {
+            return Err(Error::Invalid(format!("input size must be positive, got {}x{}", self.width, self.height)));
+        }
+        if self.mean.len() != c || self.std.len() != c {
+            return Err(Error::Invalid(format!(
+                "input.mean and input.std need {c} values for {:?} input, got {} and {}",
+                self.color,
+                self.mean.len(),
+                self.std.len()
+            )));
+        }
+        if self.std.iter().any(|s| !(s.is_finite() && *s != 0.0)) || self.mean.iter().any(|m| !m.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "input.std must be finite and non-zero, mean finite: {:?} {:?}",
+                self.std, self.mean
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The gate's settings in `gate.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateSpec {
+    /// The score gated on; only `"energy"` is supported.
+    pub score: String,
+    /// Energy threshold: frames with `E(x) > threshold` are rejected.
+    pub threshold: f32,
+    /// The fraction of calibration energies at or below the threshold it was chosen for.
+    pub target_tpr: f64,
+    /// Significance level of the conformal test (reject when `p(x) <= alpha`); `None` = off.
+    #[serde(default)]
+    pub alpha: Option<f32>,
+    /// Energies of the calibration frames at the bundle's temperature, ascending.
+    #[serde(default)]
+    pub calibration_energies: Vec<f32>,
+}
+
+/// Where the gate's numbers came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// sha256 of `model.onnx`, lowercase hex.
+    pub model_sha256: String,
+    /// The data the threshold was fitted on.
+    pub data: String,
+    /// Number of calibration frames.
+    pub n: usize,
+    /// When, ISO 8601.
+    pub created: String,
+    /// The tool and version that wrote it.
+    pub tool: String,
+}
+
+/// The contents of `gate.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateFile {
+    /// Must equal [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Preprocessing.
+    pub input: InputSpec,
+    /// One name per logit, in logit order.
+    pub class_names: Vec<String>,
+    /// Temperature `T` of the probabilities and the energy; 1 until calibrated.
+    #[serde(default = "one")]
+    pub temperature: f32,
+    /// The gate, when one has been fitted.
+    #[serde(default)]
+    pub gate: Option<GateSpec>,
+    /// Provenance of the gate.
+    #[serde(default)]
+    pub provenance: Option<Provenance>,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+impl GateFile {
+    /// Reads and checks a `gate.json`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when unreadable, [`Error::Bundle`] naming the file for bad JSON, another
+    /// format version, an invalid input spec, a non-positive temperature, unsorted or non-finite
+    /// calibration energies.
+    pub fn read(path: &Path) -> Result<GateFile> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let g: GateFile = serde_json::from_str(&text)
+            .map_err(|e| Error::Bundle { path: path.into(), message: format!("invalid gate.json: {e}") })?;
+        let bad = |message: String| Error::Bundle { path: path.into(), message };
+        if g.format_version != FORMAT_VERSION {
+            return Err(bad(format!(
+                "format_version {} is not supported (this ebm-gate reads version {FORMAT_VERSION})",
+                g.format_version
+            )));
+        }
+        g.input.validate().map_err(|e| bad(e.to_string()))?;
+        if !(g.temperature.is_finite() && g.temperature > 0.0) {
+            return Err(bad(format!("temperature must be finite and > 0, got {}", g.temperature)));
+        }
+        if let Some(gate) = &g.gate {
+            if gate.score != "energy" {
+                return Err(bad(format!("gate.score {:?} is not supported (only \"energy\")", gate.score)));
+            }
+            let e = &gate.calibration_energies;
+            if e.iter().any(|v| !v.is_finite()) || e.windows(2).any(|w| w[0] > w[1]) {
+                return Err(bad("gate.calibration_energies must be finite and ascending".into()));
+            }
+        }
+        Ok(g)
+    }
+
+    /// Writes it as pretty JSON.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the file.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| Error::Invalid(e.to_string()))?;
+        std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+    }
+}
+
+/// Where a bundle's files are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BundlePaths {
+    /// The ONNX model.
+    pub model: PathBuf,
+    /// The `gate.json`, when one exists.
+    pub gate: Option<PathBuf>,
+}
+
+impl BundlePaths {
+    /// Resolves a bundle directory (`DIR/model.onnx`, `DIR/gate.json`) or a `.onnx` file (with
+    /// the `gate.json` beside it, if any).
+    ///
+    /// # Errors
+    /// [`Error::Bundle`] when the path does not exist or a directory has no `model.onnx`.
+    pub fn resolve(path: &Path) -> Result<BundlePaths> {
+        let (model, dir) = if path.is_dir() {
+            (path.join("model.onnx"), path.to_path_buf())
+        } else {
+            (path.to_path_buf(), path.parent().map(Path::to_path_buf).unwrap_or_default())
+        };
+        if !model.is_file() {
+            let message = if path.is_dir() {
+                "no model.onnx in this directory (a bundle is DIR/model.onnx + DIR/gate.json)".to_string()
+            } else {
+                "no such model file (give a bundle directory or an .onnx file)".to_string()
+            };
+            return Err(Error::Bundle { path: model, message });
+        }
+        let gate = dir.join("gate.json");
+        Ok(BundlePaths { model, gate: gate.is_file().then_some(gate) })
+    }
+}
+
+/// sha256 of a file, lowercase hex.
+///
+/// # Errors
+/// [`Error::Io`] naming the file.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -1,0 +1,20 @@
+//! The `no_std`, allocation-free core: what a microcontroller needs to gate on logits.
+//!
+//! Everything here works on slices and scalars, uses `libm` for `exp`/`ln`, and builds for
+//! `thumbv7em-none-eabihf` with `--no-default-features`:
+//!
+//! - [`energy`]: free energy `E(x) = -T * logsumexp(f(x) / T)`, softmax at a temperature, MSP,
+//!   MaxLogit and the predicted class (JEM, Grathwohl et al. 2019; energy-OOD, Liu et al. 2020);
+//! - [`conformal`]: the split-conformal p-value of an energy over sorted calibration energies;
+//! - [`gate`]: the threshold decision and its typed [`gate::Verdict`] and [`gate::Reason`].
+//!
+//! ```
+//! use ebm_gate::core::energy::free_energy;
+//! // Two equal logits: E = -ln(e^0 + e^0) = -ln 2.
+//! let e = free_energy(&[0.0, 0.0], 1.0).unwrap();
+//! assert!((e + core::f32::consts::LN_2).abs() < 1e-6);
+//! ```
+
+pub mod conformal;
+pub mod energy;
+pub mod gate;

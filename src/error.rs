@@ -1,0 +1,62 @@
+//! The library's typed errors. Each message names the file and the problem.
+
+use std::path::PathBuf;
+
+/// Everything the runtime can fail on. Variants carry the offending path and values.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// An image could not be decoded.
+    #[error("{path}: cannot decode image: {message}")]
+    Decode {
+        /// The image file (or `source#index` for a frame inside a container such as IDX).
+        path: PathBuf,
+        /// The decoder's message.
+        message: String,
+    },
+    /// The ONNX model could not be loaded, optimised or run.
+    #[error("{path}: model error: {message}")]
+    Model {
+        /// The `.onnx` file.
+        path: PathBuf,
+        /// What went wrong, from tract.
+        message: String,
+    },
+    /// A tensor or image does not have the shape the model needs.
+    #[error("{path}: shape mismatch: expected {expected}, got {got}")]
+    Shape {
+        /// The model or frame concerned.
+        path: PathBuf,
+        /// The shape the model needs, e.g. `[N, 3, 32, 32]`.
+        expected: String,
+        /// The shape given.
+        got: String,
+    },
+    /// `gate.json` is malformed or inconsistent with the model.
+    #[error("{path}: {message}")]
+    Bundle {
+        /// The `gate.json` (or model directory).
+        path: PathBuf,
+        /// What is wrong, and how to fix it where known.
+        message: String,
+    },
+    /// An argument or setting is out of range.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+/// `Result` with the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io { path: path.into(), source }
+    }
+}

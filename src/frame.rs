@@ -1,0 +1,218 @@
+//! Decoding and preprocessing: image files and in-memory frames to `[C, H, W]` model input.
+//!
+//! The steps, each a function of its own:
+//! 1. [`decode_file`] / [`decode_bytes`]: any format the `image` crate reads here (PNG, JPEG,
+//!    BMP, GIF, TIFF, WebP, PNM, TGA, ICO, QOI, HDR, DDS, farbfeld), EXIF orientation applied,
+//!    converted to 8-bit RGB: gray is replicated to three channels, **alpha is discarded**
+//!    (not composited; the same as Pillow's `convert("RGB")`), 16-bit and float samples are
+//!    scaled to 8 bits.
+//! 2. [`resize_to`]: a frame already at the model's size passes through unchanged; otherwise
+//!    [`ResizeMode::ShorterSideThenCenterCrop`] takes the centred box of the model's aspect
+//!    ratio in source coordinates (fractional) and resamples it to `height x width` with a
+//!    bilinear, antialiased convolution (the `fast_image_resize` crate; the same filter as
+//!    Pillow's `resize(size, BILINEAR, box=...)`). [`ResizeMode::Stretch`] resamples the whole
+//!    frame.
+//! 3. [`normalise_into`]: `x = ((v / 255) * (hi - lo) + lo - mean[c]) / std[c]`, written in
+//!    `[C, H, W]` order.
+
+use std::path::Path;
+
+use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+
+use crate::bundle::{Color, InputSpec, ResizeMode};
+use crate::error::{Error, Result};
+
+/// File extensions (lowercase) that folders are searched for.
+pub const IMAGE_EXTENSIONS: &[&str] = &[
+    "png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp", "pbm", "pgm", "ppm", "pnm", "pam", "tga", "ico", "qoi",
+    "hdr", "dds", "ff",
+];
+
+/// Whether `path` has one of [`IMAGE_EXTENSIONS`] (case-insensitive).
+pub fn is_image_path(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        .unwrap_or(false)
+}
+
+fn decode_reader<R: std::io::BufRead + std::io::Seek>(reader: ImageReader<R>, path: &Path) -> Result<RgbImage> {
+    let err = |e: image::ImageError| Error::Decode { path: path.into(), message: e.to_string() };
+    let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
+    let mut decoder = reader.into_decoder().map_err(err)?;
+    let orientation = decoder.orientation().map_err(err)?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(err)?;
+    img.apply_orientation(orientation);
+    Ok(img.into_rgb8())
+}
+
+/// Decodes an image file to 8-bit RGB, EXIF orientation applied, alpha discarded.
+///
+/// The format is guessed from the content, not the extension.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read, [`Error::Decode`] naming the file when its
+/// content is not a readable image.
+pub fn decode_file(path: &Path) -> Result<RgbImage> {
+    let reader = ImageReader::open(path).map_err(|e| Error::io(path, e))?;
+    decode_reader(reader, path)
+}
+
+/// Decodes an encoded image held in memory; `name` is used in error messages.
+///
+/// # Errors
+/// [`Error::Decode`] naming `name` when the bytes are not a readable image.
+pub fn decode_bytes(bytes: &[u8], name: &Path) -> Result<RgbImage> {
+    decode_reader(ImageReader::new(std::io::Cursor::new(bytes)), name)
+}
+
+/// Brings `img` to `width x height` by `mode` (see the module docs); unchanged when it already
+/// has that size.
+///
+/// # Errors
+/// [`Error::Invalid`] for an empty image or target.
+pub fn resize_to(img: &RgbImage, width: u32, height: u32, mode: ResizeMode) -> Result<RgbImage> {
+    let (w, h) = img.dimensions();
+    if (w, h) == (width, height) {
+        return Ok(img.clone());
+    }
+    if w == 0 || h == 0 || width == 0 || height == 0 {
+        return Err(Error::Invalid(format!("cannot resize a {w}x{h} image to {width}x{height}")));
+    }
+    let src = Image::from_vec_u8(w, h, img.as_raw().clone(), PixelType::U8x3)
+        .map_err(|e| Error::Invalid(format!("image buffer: {e}")))?;
+    let mut dst = Image::new(width, height, PixelType::U8x3);
+    let mut options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    if mode == ResizeMode::ShorterSideThenCenterCrop {
+        let scale = f64::max(width as f64 / w as f64, height as f64 / h as f64);
+        let (bw, bh) = (width as f64 / scale, height as f64 / scale);
+        options = options.crop((w as f64 - bw) / 2.0, (h as f64 - bh) / 2.0, bw, bh);
+    }
+    Resizer::new().resize(&src, &mut dst, &options).map_err(|e| Error::Invalid(format!("resize: {e}")))?;
+    RgbImage::from_raw(width, height, dst.into_vec())
+        .ok_or_else(|| Error::Invalid("resize produced a buffer of the wrong size".into()))
+}
+
+/// Writes the normalised `[C, H, W]` values of `img` (already `spec.width x spec.height`) into
+/// `out` (length `C * H * W`).
+///
+/// # Errors
+/// [`Error::Shape`] when the image or `out` does not match `spec`.
+pub fn normalise_into(img: &RgbImage, spec: &InputSpec, out: &mut [f32]) -> Result<()> {
+    let (w, h) = (spec.width as usize, spec.height as usize);
+    let c = spec.color.channels();
+    if img.dimensions() != (spec.width, spec.height) || out.len() != c * h * w {
+        return Err(Error::Shape {
+            path: Default::default(),
+            expected: format!("{}x{} image into [{c}, {h}, {w}]", spec.width, spec.height),
+            got: format!("{}x{} image into {} values", img.width(), img.height(), out.len()),
+        });
+    }
+    let [lo, hi] = spec.pixel_range;
+    let scale = (hi - lo) / 255.0;
+    let raw = img.as_raw();
+    let plane = h * w;
+    match spec.color {
+        Color::Rgb => {
+            for ch in 0..3 {
+                let (m, s) = (spec.mean[ch], spec.std[ch]);
+                let dst = &mut out[ch * plane..(ch + 1) * plane];
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = (raw[3 * i + ch] as f32 * scale + lo - m) / s;
+                }
+            }
+        }
+        Color::Gray => {
+            let (m, s) = (spec.mean[0], spec.std[0]);
+            for (i, d) in out.iter_mut().enumerate() {
+                let p = &raw[3 * i..3 * i + 3];
+                // Pillow's "L": (R * 299 + G * 587 + B * 114) / 1000, rounded.
+                let l = (p[0] as u32 * 299 + p[1] as u32 * 587 + p[2] as u32 * 114 + 500) / 1000;
+                *d = (l as f32 * scale + lo - m) / s;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resizes and normalises a decoded frame into `out` (`[C, H, W]`, length `spec.frame_len()`).
+///
+/// # Errors
+/// As [`resize_to`] and [`normalise_into`].
+pub fn preprocess_into(img: &RgbImage, spec: &InputSpec, out: &mut [f32]) -> Result<()> {
+    let sized = resize_to(img, spec.width, spec.height, spec.resize)?;
+    normalise_into(&sized, spec, out)
+}
+
+/// Reads `path` and returns its `[C, H, W]` model input.
+///
+/// # Errors
+/// As [`decode_file`] and [`preprocess_into`].
+pub fn load_frame(path: &Path, spec: &InputSpec) -> Result<Vec<f32>> {
+    let img = decode_file(path)?;
+    let mut out = vec![0.0; spec.frame_len()];
+    preprocess_into(&img, spec, &mut out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalise_matches_the_formula() {
+        let mut img = RgbImage::new(2, 1);
+        img.put_pixel(0, 0, image::Rgb([0, 128, 255]));
+        img.put_pixel(1, 0, image::Rgb([255, 0, 51]));
+        let mut spec = InputSpec::plain(1, 2, Color::Rgb);
+        spec.mean = vec![0.5, 0.25, 0.0];
+        spec.std = vec![0.5, 2.0, 0.1];
+        let mut out = [0.0f32; 6];
+        normalise_into(&img, &spec, &mut out).unwrap();
+        let want = [
+            (0.0 - 0.5) / 0.5,
+            (1.0 - 0.5) / 0.5,
+            (128.0 / 255.0 - 0.25) / 2.0,
+            (0.0 - 0.25) / 2.0,
+            1.0 / 0.1,
+            (51.0 / 255.0) / 0.1,
+        ];
+        for (o, w) in out.iter().zip(want) {
+            assert!((o - w).abs() < 1e-6, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn same_size_passes_through() {
+        let img = RgbImage::from_fn(4, 3, |x, y| image::Rgb([x as u8 * 60, y as u8 * 80, 7]));
+        assert_eq!(resize_to(&img, 4, 3, ResizeMode::ShorterSideThenCenterCrop).unwrap(), img);
+    }
+
+    #[test]
+    fn constant_image_stays_constant_after_resize() {
+        let img = RgbImage::from_pixel(97, 41, image::Rgb([10, 200, 90]));
+        for mode in [ResizeMode::ShorterSideThenCenterCrop, ResizeMode::Stretch] {
+            let out = resize_to(&img, 32, 32, mode).unwrap();
+            assert!(out.pixels().all(|p| p.0 == [10, 200, 90]));
+        }
+    }
+
+    #[test]
+    fn centre_crop_keeps_the_centre() {
+        // Left third red, middle third green, right third blue: a 90x30 frame cropped to its
+        // central 30x30 square and scaled to 10x10 is all green.
+        let img = RgbImage::from_fn(90, 30, |x, _| match x / 30 {
+            0 => image::Rgb([255, 0, 0]),
+            1 => image::Rgb([0, 255, 0]),
+            _ => image::Rgb([0, 0, 255]),
+        });
+        let out = resize_to(&img, 10, 10, ResizeMode::ShorterSideThenCenterCrop).unwrap();
+        // Only the outermost columns may see a little of the neighbours through the filter.
+        for y in 0..10 {
+            for x in 1..9 {
+                assert_eq!(out.get_pixel(x, y).0, [0, 255, 0], "pixel ({x}, {y})");
+            }
+        }
+    }
+}

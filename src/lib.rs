@@ -1,0 +1,59 @@
+//! # ebm-gate
+//!
+//! An edge runtime that treats an image classifier as an energy-based model (EBM) and gates
+//! camera frames on its free energy.
+//!
+//! A classifier with logits `f(x)` in `R^K` defines the joint EBM of JEM (Grathwohl et al.
+//! 2019, arXiv:1912.03263): `E(x, y) = -f(x)[y]` and the free energy
+//! `E(x) = -T * logsumexp(f(x) / T)`. **Lower energy = more in-distribution.** Class
+//! probabilities are `softmax(f(x) / T)`. Frames whose energy is above a threshold fitted on
+//! in-distribution data are rejected as out-of-distribution (the energy score of Liu et al.
+//! 2020, arXiv:2010.03759); anything that cannot be scored is rejected too (the gate fails
+//! closed).
+//!
+//! Layers, from the bottom:
+//! - [`core`] (`no_std`, no allocation): energy, softmax scores, conformal p-value, the
+//!   threshold decision. Builds for microcontrollers with `--no-default-features`.
+//! - [`metrics`] (feature `std`): AUROC, AUPR, FPR@95TPR, accuracy, as scikit-learn computes them.
+//! - feature `runtime`: [`bundle`] (`model.onnx` + `gate.json`), [`frame`] (decode, resize,
+//!   normalise), [`source`] (files, folders, IDX), `model` (tract, private), [`pipeline`]
+//!   ([`pipeline::EnergyGate`]: frames in, verdicts out), [`eval`].
+//!
+//! ```no_run
+//! # #[cfg(feature = "runtime")] {
+//! use ebm_gate::pipeline::{EnergyGate, Overrides};
+//! use ebm_gate::source::collect;
+//! let mut gate = EnergyGate::open("models/cifar10-airnet".as_ref(), &Overrides::default()).unwrap();
+//! let items = collect(&["models/cifar10-airnet/samples".into()], None).unwrap();
+//! for r in gate.score_items(&items, |_| {}) {
+//!     println!("{} {:?} {:?}", r.name, r.verdict, r.scores.map(|s| s.energy));
+//! }
+//! # }
+//! ```
+#![cfg_attr(not(feature = "std"), no_std)]
+#![warn(missing_docs)]
+
+pub mod core;
+
+#[cfg(feature = "std")]
+pub mod metrics;
+
+#[cfg(feature = "runtime")]
+pub mod bundle;
+#[cfg(feature = "runtime")]
+pub mod error;
+#[cfg(feature = "runtime")]
+pub mod eval;
+#[cfg(feature = "runtime")]
+pub mod frame;
+#[cfg(feature = "runtime")]
+mod model;
+#[cfg(feature = "runtime")]
+pub mod pipeline;
+#[cfg(feature = "runtime")]
+pub mod source;
+
+#[cfg(feature = "runtime")]
+pub use error::{Error, Result};
+#[cfg(feature = "runtime")]
+pub use model::Model;

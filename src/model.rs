@@ -1,0 +1,190 @@
+//! The ONNX model, run by tract. The only file that touches tract: no tract type leaves it.
+//!
+//! [`Model::load`] reads the `.onnx` (weights inside), types and declutters it once, and reads
+//! its input `[N, C, H, W]` (a symbolic or fixed batch `N`) and its logits output `[N, K]`.
+//! Optimised plans are built once per batch size and reused: the configured batch size at
+//! load, and any other size (a last, partial batch) the first time it is run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+
+use crate::error::{Error, Result};
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// A loaded ONNX classifier with optimised plans cached per batch size.
+pub struct Model {
+    path: PathBuf,
+    typed: TypedModel,
+    batch_symbol: Option<Symbol>,
+    fixed_batch: Option<usize>,
+    chw: [usize; 3],
+    num_classes: usize,
+    plans: HashMap<usize, TypedSimpleState>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("path", &self.path)
+            .field("input_chw", &self.chw)
+            .field("num_classes", &self.num_classes)
+            .field("fixed_batch", &self.fixed_batch)
+            .finish()
+    }
+}
+
+fn dims_str(shape: &[TDim]) -> String {
+    format!("[{}]", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+}
+
+impl Model {
+    /// Loads `path` and builds the optimised plan for `batch` frames.
+    ///
+    /// The model's first input must be `[N, C, H, W]` float with concrete `C, H, W`, and its
+    /// first output `[N, K]` float logits. A model with a fixed batch dimension runs only
+    /// that batch size.
+    ///
+    /// # Errors
+    /// [`Error::Model`] naming the file when tract cannot read, type or optimise it;
+    /// [`Error::Shape`] when its input or output does not have the shapes above.
+    pub fn load(path: &Path, batch: usize) -> Result<Model> {
+        let merr = |e: TractError| Error::Model { path: path.into(), message: format!("{e:#}") };
+        let inference = tract_onnx::onnx().model_for_path(path).map_err(merr)?;
+        let typed = inference.into_typed().map_err(merr)?.into_decluttered().map_err(merr)?;
+        let input = typed.input_fact(0).map_err(merr)?.clone();
+        let shape: Vec<TDim> = input.shape.iter().cloned().collect();
+        let shape_err =
+            |expected: &str, got: String| Error::Shape { path: path.into(), expected: expected.into(), got };
+        if shape.len() != 4 || input.datum_type != f32::datum_type() {
+            return Err(shape_err("f32 input [N, C, H, W]", format!("{:?} {}", input.datum_type, dims_str(&shape))));
+        }
+        let mut chw = [0usize; 3];
+        for (slot, d) in chw.iter_mut().zip(&shape[1..]) {
+            *slot = d
+                .to_i64()
+                .ok()
+                .filter(|&v| v > 0)
+                .ok_or_else(|| shape_err("input [N, C, H, W] with fixed C, H, W", dims_str(&shape)))?
+                as usize;
+        }
+        let (batch_symbol, fixed_batch) = match &shape[0] {
+            TDim::Sym(s) => (Some(s.clone()), None),
+            d => match d.to_i64() {
+                Ok(v) if v > 0 => (None, Some(v as usize)),
+                _ => return Err(shape_err("input batch N symbolic or a positive integer", dims_str(&shape))),
+            },
+        };
+        let mut model =
+            Model { path: path.into(), typed, batch_symbol, fixed_batch, chw, num_classes: 0, plans: HashMap::new() };
+        let first = model.fixed_batch.unwrap_or(batch.max(1));
+        model.ensure_plan(first)?;
+        Ok(model)
+    }
+
+    fn plan_for(&self, n: usize) -> Result<Plan> {
+        let merr = |e: TractError| Error::Model { path: self.path.clone(), message: format!("{e:#}") };
+        let concrete = match &self.batch_symbol {
+            Some(sym) => {
+                let mut subs = HashMap::new();
+                subs.insert(sym.clone(), TDim::Val(n as i64));
+                self.typed.set_symbols(&subs).map_err(merr)?
+            }
+            None => self.typed.clone(),
+        };
+        concrete.into_optimized().map_err(merr)?.into_runnable().map_err(merr)
+    }
+
+    fn ensure_plan(&mut self, n: usize) -> Result<()> {
+        if self.plans.contains_key(&n) {
+            return Ok(());
+        }
+        if let Some(fixed) = self.fixed_batch {
+            if n != fixed {
+                return Err(Error::Shape {
+                    path: self.path.clone(),
+                    expected: format!("batch of {fixed} (the model's batch dimension is fixed)"),
+                    got: format!("batch of {n}"),
+                });
+            }
+        }
+        let plan = self.plan_for(n)?;
+        let out = plan
+            .model()
+            .output_fact(0)
+            .map_err(|e| Error::Model { path: self.path.clone(), message: format!("{e:#}") })?;
+        let oshape: Vec<TDim> = out.shape.iter().cloned().collect();
+        let k = match (
+            oshape.len(),
+            oshape.first().and_then(|d| d.to_i64().ok()),
+            oshape.get(1).and_then(|d| d.to_i64().ok()),
+        ) {
+            (2, Some(b), Some(k)) if b == n as i64 && k > 0 && out.datum_type == f32::datum_type() => k as usize,
+            _ => {
+                return Err(Error::Shape {
+                    path: self.path.clone(),
+                    expected: format!("f32 logits [{n}, K]"),
+                    got: format!("{:?} {}", out.datum_type, dims_str(&oshape)),
+                })
+            }
+        };
+        if self.num_classes != 0 && self.num_classes != k {
+            return Err(Error::Model {
+                path: self.path.clone(),
+                message: format!("output K changed with batch size: {} vs {k}", self.num_classes),
+            });
+        }
+        self.num_classes = k;
+        let state = plan.spawn().map_err(|e| Error::Model { path: self.path.clone(), message: format!("{e:#}") })?;
+        self.plans.insert(n, state);
+        Ok(())
+    }
+
+    /// The model file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `[C, H, W]` of one input frame.
+    pub fn input_chw(&self) -> [usize; 3] {
+        self.chw
+    }
+
+    /// Number of logits `K`.
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    /// The batch size the model is fixed to, if its batch dimension is not symbolic.
+    pub fn fixed_batch(&self) -> Option<usize> {
+        self.fixed_batch
+    }
+
+    /// Runs a forward pass on `n` frames: `input` is `[n, C, H, W]` row-major (length
+    /// `n * C * H * W`); returns the logits `[n, K]` row-major.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `input` has the wrong length (or `n` differs from a fixed batch),
+    /// [`Error::Model`] when tract fails.
+    pub fn logits(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>> {
+        let [c, h, w] = self.chw;
+        if n == 0 || input.len() != n * c * h * w {
+            return Err(Error::Shape {
+                path: self.path.clone(),
+                expected: format!("[{n}, {c}, {h}, {w}] = {} values", n * c * h * w),
+                got: format!("{} values", input.len()),
+            });
+        }
+        self.ensure_plan(n)?;
+        let path = self.path.clone();
+        let merr = |e: TractError| Error::Model { path: path.clone(), message: format!("{e:#}") };
+        let state = self.plans.get_mut(&n).ok_or_else(|| Error::Invalid(format!("no plan for batch {n}")))?;
+        let tensor = Tensor::from_shape(&[n, c, h, w], input).map_err(merr)?;
+        let outputs = state.run(tvec!(tensor.into())).map_err(merr)?;
+        let view = outputs[0].to_plain_array_view::<f32>().map_err(merr)?;
+        Ok(view.iter().copied().collect())
+    }
+}

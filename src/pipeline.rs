@@ -1,0 +1,298 @@
+//! The whole job on a bundle: frames in, scores and verdicts out.
+//!
+//! frame -> decode -> resize/crop -> normalise -> tract forward (batched) -> logits ->
+//! [`Scores`] (class, probability, energy, MSP, MaxLogit) -> conformal p-value -> [`Verdict`].
+//!
+//! Decoding runs on a second thread, a batch ahead of the forward pass. A frame that cannot be
+//! decoded, or whose logits cannot be scored, is rejected with its reason and the run goes on.
+
+use std::path::Path;
+use std::sync::mpsc;
+
+use crate::bundle::{sha256_file, BundlePaths, Color, GateFile, InputSpec};
+use crate::core::conformal::p_value;
+use crate::core::energy::Scores;
+use crate::core::gate::{decide, Reason, Verdict};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::source::FrameItem;
+
+/// Run-time settings that override `gate.json` (for example from command-line flags).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    /// Energy threshold to use instead of the bundle's.
+    pub threshold: Option<f32>,
+    /// Temperature to use instead of the bundle's.
+    pub temperature: Option<f32>,
+    /// Conformal significance level to use instead of the bundle's.
+    pub alpha: Option<f32>,
+    /// Frames per forward pass (default 32).
+    pub batch: Option<usize>,
+}
+
+/// The gate's effective settings after overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateSettings {
+    /// Temperature `T` of probabilities and energy.
+    pub temperature: f32,
+    /// Energy threshold; `None` = scores only, no verdicts on scored frames.
+    pub threshold: Option<f32>,
+    /// Reject when the conformal p-value is `<= alpha`; needs calibration energies.
+    pub alpha: Option<f32>,
+    /// Calibration energies, ascending, for p-values.
+    pub calibration_energies: Vec<f32>,
+}
+
+/// What happened to one frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameReport {
+    /// The frame's name (its path, or `FILE#index`).
+    pub name: String,
+    /// Class label from the ImageFolder layout, when known.
+    pub label: Option<usize>,
+    /// Logits `[K]`, when the frame was scored.
+    pub logits: Option<Vec<f32>>,
+    /// Scores, when the frame was scored.
+    pub scores: Option<Scores>,
+    /// Conformal p-value of the energy, when calibration energies are present.
+    pub p_value: Option<f32>,
+    /// The verdict; `None` only for a scored frame when no threshold is set.
+    pub verdict: Option<Verdict>,
+    /// Why the verdict.
+    pub reason: Option<Reason>,
+    /// The error message for a frame that could not be scored.
+    pub error: Option<String>,
+}
+
+impl FrameReport {
+    fn failed(item: &FrameItem, reason: Reason, error: String) -> FrameReport {
+        FrameReport {
+            name: item.name.clone(),
+            label: item.label,
+            logits: None,
+            scores: None,
+            p_value: None,
+            verdict: Some(Verdict::OutOfDistribution),
+            reason: Some(reason),
+            error: Some(error),
+        }
+    }
+}
+
+/// A loaded bundle ready to score frames.
+#[derive(Debug)]
+pub struct EnergyGate {
+    model: Model,
+    input: InputSpec,
+    class_names: Vec<String>,
+    settings: GateSettings,
+    batch: usize,
+    paths: BundlePaths,
+    gate_file: Option<GateFile>,
+}
+
+impl EnergyGate {
+    /// Opens a bundle directory or an `.onnx` file (see [`BundlePaths::resolve`]), checks
+    /// `gate.json` against the model, and builds the optimised plan.
+    ///
+    /// Without `gate.json` the input spec comes from the model ([`InputSpec::plain`]), classes
+    /// are named `0..K-1`, `T = 1`, and there is no threshold unless overridden.
+    ///
+    /// # Errors
+    /// [`Error::Bundle`] when `gate.json` is invalid, was made for another model (sha256
+    /// mismatch), or disagrees with the model's input shape or class count; the errors of
+    /// [`Model::load`]; [`Error::Invalid`] for a bad override.
+    pub fn open(path: &Path, overrides: &Overrides) -> Result<EnergyGate> {
+        let paths = BundlePaths::resolve(path)?;
+        let gate_file = paths.gate.as_deref().map(GateFile::read).transpose()?;
+        if let (Some(g), Some(gp)) = (&gate_file, &paths.gate) {
+            if let Some(prov) = &g.provenance {
+                let actual = sha256_file(&paths.model)?;
+                if !prov.model_sha256.is_empty() && prov.model_sha256 != actual {
+                    return Err(Error::Bundle {
+                        path: gp.clone(),
+                        message: format!(
+                            "was made for a model with sha256 {}, but {} has sha256 {actual}; recalibrate or restore the model",
+                            prov.model_sha256,
+                            paths.model.display()
+                        ),
+                    });
+                }
+            }
+        }
+        let batch = overrides.batch.unwrap_or(32);
+        if batch == 0 {
+            return Err(Error::Invalid("batch must be at least 1".into()));
+        }
+        let model = Model::load(&paths.model, batch)?;
+        let batch = model.fixed_batch().unwrap_or(batch);
+        let [c, h, w] = model.input_chw();
+        let k = model.num_classes();
+        let (input, class_names, temperature, gate) = match &gate_file {
+            Some(g) => (g.input.clone(), g.class_names.clone(), g.temperature, g.gate.clone()),
+            None => {
+                let color = match c {
+                    1 => Color::Gray,
+                    3 => Color::Rgb,
+                    _ => {
+                        return Err(Error::Shape {
+                            path: paths.model.clone(),
+                            expected: "1 or 3 input channels".into(),
+                            got: format!("{c} channels"),
+                        })
+                    }
+                };
+                (InputSpec::plain(h as u32, w as u32, color), (0..k).map(|i| i.to_string()).collect(), 1.0, None)
+            }
+        };
+        let where_ = || paths.gate.clone().unwrap_or_else(|| paths.model.clone());
+        if [input.color.channels(), input.height as usize, input.width as usize] != [c, h, w] {
+            return Err(Error::Bundle {
+                path: where_(),
+                message: format!(
+                    "gate.json input is [{}, {}, {}] but the model takes [N, {c}, {h}, {w}]",
+                    input.color.channels(),
+                    input.height,
+                    input.width
+                ),
+            });
+        }
+        if class_names.len() != k {
+            return Err(Error::Bundle {
+                path: where_(),
+                message: format!("gate.json names {} classes but the model has {k} logits", class_names.len()),
+            });
+        }
+        let temperature = overrides.temperature.unwrap_or(temperature);
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(Error::Invalid(format!("temperature must be finite and > 0, got {temperature}")));
+        }
+        let calibration_energies = gate.as_ref().map(|g| g.calibration_energies.clone()).unwrap_or_default();
+        let alpha = overrides.alpha.or(gate.as_ref().and_then(|g| g.alpha));
+        if let Some(a) = alpha {
+            if !(a > 0.0 && a < 1.0) {
+                return Err(Error::Invalid(format!("alpha must be in (0, 1), got {a}")));
+            }
+            if calibration_energies.is_empty() {
+                return Err(Error::Invalid("alpha needs calibration energies in gate.json".into()));
+            }
+        }
+        let settings = GateSettings {
+            temperature,
+            threshold: overrides.threshold.or(gate.as_ref().map(|g| g.threshold)),
+            alpha,
+            calibration_energies,
+        };
+        Ok(EnergyGate { model, input, class_names, settings, batch, paths, gate_file })
+    }
+
+    /// The preprocessing spec.
+    pub fn input(&self) -> &InputSpec {
+        &self.input
+    }
+
+    /// Class names in logit order.
+    pub fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+
+    /// The effective gate settings.
+    pub fn settings(&self) -> &GateSettings {
+        &self.settings
+    }
+
+    /// Frames per forward pass.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Where the bundle's files are.
+    pub fn paths(&self) -> &BundlePaths {
+        &self.paths
+    }
+
+    /// The `gate.json` as read, if there was one.
+    pub fn gate_file(&self) -> Option<&GateFile> {
+        self.gate_file.as_ref()
+    }
+
+    /// Mutable access to the model, for raw forward passes.
+    pub fn model_mut(&mut self) -> &mut Model {
+        &mut self.model
+    }
+
+    /// Scores and judges one frame's logits `[K]`. Logits that cannot be scored (NaN, say)
+    /// give `OutOfDistribution` with `non_finite_energy`.
+    pub fn judge_logits(&self, name: &str, label: Option<usize>, logits: &[f32]) -> FrameReport {
+        let mut report = FrameReport {
+            name: name.to_string(),
+            label,
+            logits: Some(logits.to_vec()),
+            scores: None,
+            p_value: None,
+            verdict: Some(Verdict::OutOfDistribution),
+            reason: Some(Reason::NonFiniteEnergy),
+            error: None,
+        };
+        match Scores::from_logits(logits, self.settings.temperature) {
+            Ok(scores) => {
+                let cal = &self.settings.calibration_energies;
+                let p = (!cal.is_empty()).then(|| p_value(cal, scores.energy));
+                let decision = self.settings.threshold.map(|thr| {
+                    let pa = self.settings.alpha.and_then(|a| p.map(|p| (p, a)));
+                    decide(scores.energy, thr, pa)
+                });
+                report.scores = Some(scores);
+                report.p_value = p;
+                report.verdict = decision.map(|d| d.0);
+                report.reason = decision.map(|d| d.1);
+            }
+            Err(e) => report.error = Some(e.to_string()),
+        }
+        report
+    }
+
+    /// Scores `items` in batches, decoding on a second thread; `progress(k)` is called after
+    /// each batch with the number of frames it held. Reports come back in input order.
+    ///
+    /// Never fails as a whole: a frame that cannot be decoded gets `decode_error`, a batch the
+    /// model fails on gets `model_error` for each of its frames.
+    pub fn score_items(&mut self, items: &[FrameItem], mut progress: impl FnMut(usize)) -> Vec<FrameReport> {
+        let batch = self.batch;
+        let len = self.input.frame_len();
+        let spec = self.input.clone();
+        let mut reports: Vec<FrameReport> = Vec::with_capacity(items.len());
+        std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::sync_channel::<(usize, Vec<f32>, Vec<Option<String>>)>(2);
+            scope.spawn(move || {
+                for (b, chunk) in items.chunks(batch).enumerate() {
+                    let mut data = vec![0.0f32; chunk.len() * len];
+                    let mut errors = Vec::with_capacity(chunk.len());
+                    for (item, out) in chunk.iter().zip(data.chunks_mut(len)) {
+                        let r = item.decode().and_then(|img| crate::frame::preprocess_into(&img, &spec, out));
+                        errors.push(r.err().map(|e| e.to_string()));
+                    }
+                    if tx.send((b * batch, data, errors)).is_err() {
+                        return;
+                    }
+                }
+            });
+            for (start, data, errors) in rx {
+                let n = errors.len();
+                let chunk = &items[start..start + n];
+                let logits = self.model.logits(&data, n);
+                let k = self.model.num_classes();
+                for (i, (item, err)) in chunk.iter().zip(errors).enumerate() {
+                    let report = match (&logits, err) {
+                        (_, Some(e)) => FrameReport::failed(item, Reason::DecodeError, e),
+                        (Err(e), None) => FrameReport::failed(item, Reason::ModelError, e.to_string()),
+                        (Ok(all), None) => self.judge_logits(&item.name, item.label, &all[i * k..(i + 1) * k]),
+                    };
+                    reports.push(report);
+                }
+                progress(n);
+            }
+        });
+        reports
+    }
+}

@@ -1,0 +1,145 @@
+//! ebm-gate against PyTorch and onnxruntime on the same image files
+//! (tests/data/golden_cifar10_airnet.json, made by models/tools/make_goldens.py).
+
+use std::path::PathBuf;
+
+use ebm_gate::core::gate::Reason;
+use ebm_gate::eval::summarise_ood;
+use ebm_gate::pipeline::{EnergyGate, FrameReport, Overrides};
+use ebm_gate::source::collect;
+
+use crate::common::{bundle, f32s, read_json, root, shared_data};
+
+fn golden() -> serde_json::Value {
+    read_json("tests/data/golden_cifar10_airnet.json")
+}
+
+fn open(batch: usize) -> EnergyGate {
+    EnergyGate::open(&bundle(), &Overrides { batch: Some(batch), ..Default::default() }).expect("bundle loads")
+}
+
+fn score(gate: &mut EnergyGate, paths: &[PathBuf]) -> Vec<FrameReport> {
+    let items = collect(paths, None).unwrap();
+    gate.score_items(&items, |_| {})
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn golden_is_for_the_committed_model() {
+    let g = golden();
+    let sha = ebm_gate::bundle::sha256_file(&bundle().join("model.onnx")).unwrap();
+    assert_eq!(g["model_sha256"].as_str().unwrap(), sha, "rerun models/tools/make_goldens.py");
+}
+
+#[test]
+fn committed_frames_match_pytorch_and_onnxruntime_to_1e4() {
+    let g = golden();
+    let frames = g["frames"].as_array().unwrap();
+    assert!((16..=32).contains(&frames.len()));
+    let paths: Vec<PathBuf> = frames.iter().map(|f| root().join(f["path"].as_str().unwrap())).collect();
+    let reports = score(&mut open(8), &paths);
+    for (f, r) in frames.iter().zip(&reports) {
+        let logits = r.logits.as_ref().unwrap_or_else(|| panic!("{} not scored: {:?}", r.name, r.error));
+        let dt = max_abs_diff(logits, &f32s(&f["torch_logits"]));
+        let dort = max_abs_diff(logits, &f32s(&f["ort_logits"]));
+        assert!(dt < 1e-4 && dort < 1e-4, "{}: |ebm-gate - torch| {dt}, |ebm-gate - ort| {dort}", r.name);
+        let s = r.scores.unwrap();
+        let e = f["energy"].as_f64().unwrap();
+        assert!((s.energy as f64 - e).abs() < 1e-4, "{}: energy {} vs {e}", r.name, s.energy);
+        assert_eq!(s.class as u64, f["class_index"].as_u64().unwrap(), "{}", r.name);
+    }
+}
+
+#[test]
+fn batch_size_does_not_change_logits() {
+    let g = golden();
+    let paths: Vec<PathBuf> =
+        g["frames"].as_array().unwrap().iter().map(|f| root().join(f["path"].as_str().unwrap())).collect();
+    let one = score(&mut open(1), &paths);
+    let seven = score(&mut open(7), &paths);
+    for (a, b) in one.iter().zip(&seven) {
+        let d = max_abs_diff(a.logits.as_ref().unwrap(), b.logits.as_ref().unwrap());
+        assert!(d < 1e-4, "{}: batch 1 vs 7 differ by {d}", a.name);
+    }
+}
+
+#[test]
+fn resized_samples_match_pillow_bilinear() {
+    // Samples of other sizes go through the resize: Pillow and fast_image_resize round a
+    // level apart on some pixels, so logits agree to a looser bound than the 32x32 frames.
+    let g = golden();
+    let samples = g["samples"].as_array().unwrap();
+    let paths: Vec<PathBuf> = samples.iter().map(|f| root().join(f["path"].as_str().unwrap())).collect();
+    let reports = score(&mut open(8), &paths);
+    for (f, r) in samples.iter().zip(&reports) {
+        let d = max_abs_diff(r.logits.as_ref().unwrap(), &f32s(&f["torch_logits"]));
+        assert!(d < SAMPLE_TOLERANCE, "{}: |ebm-gate - torch| = {d}", r.name);
+        assert_eq!(r.scores.unwrap().class as u64, f["class_index"].as_u64().unwrap(), "{}", r.name);
+    }
+}
+
+/// Largest logit difference allowed for resized samples (measured 0.041 on these 7 samples).
+const SAMPLE_TOLERANCE: f32 = 0.05;
+
+#[test]
+fn cifar10_test_jpegs_match_pytorch() {
+    let Some(data) = shared_data("cifar10_test_jpegs_match_pytorch") else { return };
+    let g = golden();
+    let rows = g["cifar10_test"].as_array().unwrap();
+    let paths: Vec<PathBuf> = rows.iter().map(|f| data.join(f["path"].as_str().unwrap())).collect();
+    let reports = score(&mut open(32), &paths);
+    let mut worst = 0.0f32;
+    let mut same_class = 0;
+    for (f, r) in rows.iter().zip(&reports) {
+        let d = max_abs_diff(r.logits.as_ref().unwrap(), &f32s(&f["torch_logits"]));
+        worst = worst.max(d);
+        same_class += (r.scores.unwrap().class as u64 == f["class_index"].as_u64().unwrap()) as usize;
+    }
+    // JPEG decoders (libjpeg-turbo in Pillow, the image crate here) differ by a level or two.
+    assert!(worst < JPEG_TOLERANCE, "worst |logit diff| {worst}");
+    assert!(same_class + 1 >= rows.len(), "{same_class}/{} classes agree", rows.len());
+}
+
+/// Largest logit difference allowed between JPEG decoders (measured 0.096 on these 65 images).
+const JPEG_TOLERANCE: f32 = 0.15;
+
+#[test]
+fn eval_metrics_on_frames_match_scikit_learn() {
+    let g = golden();
+    let ev = &g["eval_frames"];
+    let to_paths = |v: &serde_json::Value| -> Vec<PathBuf> {
+        v.as_array().unwrap().iter().map(|p| root().join(p.as_str().unwrap())).collect()
+    };
+    let mut gate = open(8);
+    let id = score(&mut gate, &to_paths(&ev["id"]));
+    let ood = score(&mut gate, &to_paths(&ev["ood"]));
+    let s = summarise_ood("synthetic", "frames", &id, &ood, &["energy", "msp", "max_logit"]).unwrap();
+    for m in &s.metrics {
+        let want = &ev["metrics"][&m.score];
+        for (k, got) in
+            [("auroc", m.auroc), ("aupr_in", m.aupr_in), ("aupr_out", m.aupr_out), ("fpr_at_95_tpr", m.fpr_at_95_tpr)]
+        {
+            let w = want[k].as_f64().unwrap();
+            assert!((got - w).abs() < 1e-9, "{} {k}: {got} vs scikit-learn {w}", m.score);
+        }
+    }
+}
+
+#[test]
+fn unreadable_frame_is_rejected_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("not_an_image.png");
+    std::fs::write(&bad, b"this is text, not a PNG").unwrap();
+    let good = root().join("tests/data/frames/00_chelsea_0.png");
+    let missing = dir.path().join("missing.jpg");
+    let reports = score(&mut open(4), &[bad.clone(), good, missing.clone()]);
+    assert_eq!(reports[0].reason, Some(Reason::DecodeError));
+    assert!(reports[0].error.as_ref().unwrap().contains("not_an_image.png"), "{:?}", reports[0].error);
+    assert!(reports[1].scores.is_some());
+    assert_eq!(reports[2].reason, Some(Reason::DecodeError));
+    assert!(reports[2].error.as_ref().unwrap().contains("missing.jpg"));
+}

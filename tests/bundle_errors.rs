@@ -1,0 +1,95 @@
+//! Bad bundles and bare models: clear errors that name the file, or sensible defaults.
+
+use std::path::Path;
+
+use ebm_gate::pipeline::{EnergyGate, Overrides};
+use ebm_gate::Error;
+
+use crate::common::bundle;
+
+fn copy_bundle(to: &Path) {
+    for f in ["model.onnx", "gate.json"] {
+        std::fs::copy(bundle().join(f), to.join(f)).unwrap();
+    }
+}
+
+fn edit_gate(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let p = dir.join("gate.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&p, v.to_string()).unwrap();
+}
+
+fn open_err(path: &Path) -> String {
+    match EnergyGate::open(path, &Overrides::default()) {
+        Ok(_) => panic!("{} opened but should not", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn model_hash_mismatch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_bundle(dir.path());
+    edit_gate(dir.path(), |v| v["provenance"]["model_sha256"] = "00".repeat(32).into());
+    let msg = open_err(dir.path());
+    assert!(msg.contains("gate.json") && msg.contains("sha256") && msg.contains(&"00".repeat(32)), "{msg}");
+}
+
+#[test]
+fn class_count_mismatch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_bundle(dir.path());
+    edit_gate(dir.path(), |v| {
+        v["class_names"].as_array_mut().unwrap().pop();
+    });
+    let msg = open_err(dir.path());
+    assert!(msg.contains("names 9 classes") && msg.contains("10 logits"), "{msg}");
+}
+
+#[test]
+fn input_size_mismatch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_bundle(dir.path());
+    edit_gate(dir.path(), |v| v["input"]["height"] = 64.into());
+    let msg = open_err(dir.path());
+    assert!(msg.contains("[3, 64, 32]") && msg.contains("[N, 3, 32, 32]"), "{msg}");
+}
+
+#[test]
+fn unknown_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_bundle(dir.path());
+    edit_gate(dir.path(), |v| v["format_version"] = 99.into());
+    let msg = open_err(dir.path());
+    assert!(msg.contains("format_version 99"), "{msg}");
+}
+
+#[test]
+fn not_an_onnx_file_is_a_model_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("broken.onnx");
+    std::fs::write(&p, b"definitely not protobuf").unwrap();
+    let err = EnergyGate::open(&p, &Overrides::default()).unwrap_err();
+    assert!(matches!(err, Error::Model { .. }), "{err}");
+    assert!(err.to_string().contains("broken.onnx"), "{err}");
+}
+
+#[test]
+fn directory_without_model_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let msg = open_err(dir.path());
+    assert!(msg.contains("model.onnx"), "{msg}");
+}
+
+#[test]
+fn bare_onnx_uses_defaults_from_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("classifier.onnx");
+    std::fs::copy(bundle().join("model.onnx"), &p).unwrap();
+    let gate = EnergyGate::open(&p, &Overrides::default()).unwrap();
+    assert_eq!(gate.class_names(), (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
+    assert_eq!((gate.input().height, gate.input().width), (32, 32));
+    assert_eq!(gate.settings().threshold, None);
+    assert_eq!(gate.settings().temperature, 1.0);
+}

@@ -1,0 +1,7 @@
+//! Integration tests: one binary of modules.
+
+mod agreement;
+mod bundle_errors;
+mod cli;
+mod common;
+mod metrics_golden;
