@@ -45,8 +45,8 @@ impl Model {
     /// Loads `path` and builds the optimised plan for `batch` frames.
     ///
     /// The model's first input must be `[N, C, H, W]` float with concrete `C, H, W`, and its
-    /// first output `[N, K]` float logits. A model with a fixed batch dimension runs only
-    /// that batch size.
+    /// first output `[N, K]` float logits. A model with a fixed batch dimension runs that
+    /// batch size, short batches padded.
     ///
     /// # Errors
     /// [`Error::Model`] naming the file when tract cannot read, type or optimise it;
@@ -167,8 +167,8 @@ impl Model {
     /// `n * C * H * W`); returns the logits `[n, K]` row-major.
     ///
     /// # Errors
-    /// [`Error::Shape`] when `input` has the wrong length (or `n` differs from a fixed batch),
-    /// [`Error::Model`] when tract fails.
+    /// [`Error::Shape`] when `input` has the wrong length or `n` exceeds a fixed batch (a
+    /// shorter batch is padded with zeros), [`Error::Model`] when tract fails.
     pub fn logits(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>> {
         let [c, h, w] = self.chw;
         if n == 0 || input.len() != n * c * h * w {
@@ -178,13 +178,25 @@ impl Model {
                 got: format!("{} values", input.len()),
             });
         }
-        self.ensure_plan(n)?;
+        // A model with a fixed batch runs a short batch padded with zeros.
+        let run_n = match self.fixed_batch {
+            Some(fixed) if n < fixed => fixed,
+            _ => n,
+        };
+        self.ensure_plan(run_n)?;
         let path = self.path.clone();
         let merr = |e: TractError| Error::Model { path: path.clone(), message: format!("{e:#}") };
-        let state = self.plans.get_mut(&n).ok_or_else(|| Error::Invalid(format!("no plan for batch {n}")))?;
-        let tensor = Tensor::from_shape(&[n, c, h, w], input).map_err(merr)?;
+        let state = self.plans.get_mut(&run_n).ok_or_else(|| Error::Invalid(format!("no plan for batch {run_n}")))?;
+        let tensor = if run_n == n {
+            Tensor::from_shape(&[n, c, h, w], input)
+        } else {
+            let mut padded = input.to_vec();
+            padded.resize(run_n * c * h * w, 0.0);
+            Tensor::from_shape(&[run_n, c, h, w], &padded)
+        }
+        .map_err(merr)?;
         let outputs = state.run(tvec!(tensor.into())).map_err(merr)?;
         let view = outputs[0].to_plain_array_view::<f32>().map_err(merr)?;
-        Ok(view.iter().copied().collect())
+        Ok(view.iter().copied().take(n * self.num_classes).collect())
     }
 }

@@ -93,3 +93,26 @@ fn bare_onnx_uses_defaults_from_the_model() {
     assert_eq!(gate.settings().threshold, None);
     assert_eq!(gate.settings().temperature, 1.0);
 }
+
+#[test]
+fn fixed_batch_model_runs_short_batches_padded() {
+    // tests/data/tiny_fixed_batch4.onnx takes exactly [4, 3, 32, 32]; three frames are padded.
+    let doc = crate::common::read_json("tests/data/tiny_fixed_batch4.json");
+    let root = crate::common::root();
+    let model = root.join("tests/data/tiny_fixed_batch4.onnx");
+    let mut gate = EnergyGate::open(&model, &Overrides { batch: Some(32), ..Default::default() }).unwrap();
+    assert_eq!(gate.batch(), 4);
+    let paths: Vec<std::path::PathBuf> =
+        doc["frames"].as_array().unwrap().iter().map(|p| root.join(p.as_str().unwrap())).collect();
+    let items = ebm_gate::source::collect(&paths, None).unwrap();
+    let reports = gate.score_items(&items, |_| {});
+    assert_eq!(reports.len(), 3);
+    for (r, want) in reports.iter().zip(doc["ort_logits"].as_array().unwrap()) {
+        let want = crate::common::f32s(want);
+        let got = r.logits.as_ref().unwrap();
+        assert_eq!(got.len(), 5);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-4, "{}: {got:?} vs onnxruntime {want:?}", r.name);
+        }
+    }
+}
