@@ -80,10 +80,10 @@ enum Command {
         #[arg(long, value_parser = parse_named)]
         ood: Vec<(String, PathBuf)>,
         /// Write the full report as JSON to FILE
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
-        /// Use at most N frames of each set (the first N in path order)
-        #[arg(long)]
+        /// Use N frames of each set, spread evenly over it (every k-th in path order)
+        #[arg(long, value_name = "N")]
         limit: Option<usize>,
         #[command(flatten)]
         gate: GateArgs,
@@ -145,7 +145,7 @@ fn json_line(r: &FrameReport, names: &[String], with_logits: bool) -> serde_json
         "p_value": r.p_value,
         "verdict": r.verdict.map(|v| v.as_str()),
         "reason": r.reason.map(|r| r.as_str()),
-        "error": r.error,
+        "error": r.error.as_deref().map(str::trim_end),
     });
     if with_logits {
         v["logits"] = serde_json::json!(r.logits);
@@ -205,9 +205,9 @@ fn score(model: &std::path::Path, inputs: &[PathBuf], json: bool, logits: bool, 
                 if has_p { fmt_opt(r.p_value, 4) } else { String::new() },
                 r.verdict.map(|v| v.as_str()).unwrap_or("-"),
                 match (&r.reason, &r.error) {
-                    (_, Some(e)) => format!("{}: {e}", r.reason.map(|x| x.as_str()).unwrap_or("error")),
+                    (_, Some(e)) => format!("{}: {}", r.reason.map(|x| x.as_str()).unwrap_or("error"), e.trim_end()),
                     (Some(reason), None) => reason.as_str().to_string(),
-                    (None, None) => "no threshold".into(),
+                    (None, None) => "-".into(),
                 }
             )
         };
@@ -243,11 +243,14 @@ fn eval(
     let mut gate = open(model, args)?;
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let names = gate.class_names().to_vec();
-    let take = |mut v: Vec<_>| {
-        if let Some(n) = limit {
-            v.truncate(n);
+    // --limit N keeps N frames spread evenly over the set (every k-th in path order), so an
+    // ImageFolder set keeps all its classes.
+    let take = |v: Vec<_>| match limit {
+        Some(n) if n < v.len() => {
+            let len = v.len();
+            v.into_iter().enumerate().filter(|(i, _)| i * n / len != (i + 1) * n / len).map(|(_, x)| x).collect()
         }
-        v
+        _ => v,
     };
     let id_items =
         take(collect(&[id.to_path_buf()], Some(&names)).with_context(|| format!("reading ID set {}", id.display()))?);
@@ -325,13 +328,13 @@ fn print_eval(r: &EvalReport, total: usize, elapsed: f64) {
     for o in &r.ood {
         for (i, m) in o.metrics.iter().enumerate() {
             println!(
-                "{:<22} {:<10} {:>8.4} {:>8.4} {:>9.4} {:>10.4} {:>13}",
+                "{:<22} {:<10} {:>8.4} {:>8.4} {:>9.4} {:>10} {:>13}",
                 if i == 0 { format!("{} ({})", o.name, o.n) } else { String::new() },
                 m.score,
                 m.auroc,
                 m.aupr_in,
                 m.aupr_out,
-                m.fpr_at_95_tpr,
+                pct(Some(m.fpr_at_95_tpr)),
                 if i == 0 { pct(o.accepted) } else { String::new() }
             );
         }
