@@ -173,8 +173,8 @@ fn score(model: &std::path::Path, inputs: &[PathBuf], json: bool, logits: bool, 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let has_p = reports.iter().any(|r| r.p_value.is_some());
+    let width = reports.iter().map(|r| r.name.len()).max().unwrap_or(4).clamp(4, 60);
     if !json {
-        let width = reports.iter().map(|r| r.name.len()).max().unwrap_or(4).clamp(4, 60);
         let _ = writeln!(
             out,
             "{:<width$}  {:<12} {:>6} {:>8} {:>6} {:>8} {:>7}  {:<20} reason",
@@ -192,7 +192,6 @@ fn score(model: &std::path::Path, inputs: &[PathBuf], json: bool, logits: bool, 
         let line = if json {
             json_line(r, &names, logits).to_string()
         } else {
-            let width = reports.iter().map(|r| r.name.len()).max().unwrap_or(4).clamp(4, 60);
             let s = r.scores;
             format!(
                 "{:<width$}  {:<12} {:>6} {:>8} {:>6} {:>8} {:>7}  {:<20} {}",
