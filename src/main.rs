@@ -145,7 +145,7 @@ fn json_line(r: &FrameReport, names: &[String], with_logits: bool) -> serde_json
         "p_value": r.p_value,
         "verdict": r.verdict.map(|v| v.as_str()),
         "reason": r.reason.map(|r| r.as_str()),
-        "error": r.error.as_deref().map(str::trim_end),
+        "error": r.error,
     });
     if with_logits {
         v["logits"] = serde_json::json!(r.logits);
@@ -204,7 +204,7 @@ fn score(model: &std::path::Path, inputs: &[PathBuf], json: bool, logits: bool, 
                 if has_p { fmt_opt(r.p_value, 4) } else { String::new() },
                 r.verdict.map(|v| v.as_str()).unwrap_or("-"),
                 match (&r.reason, &r.error) {
-                    (_, Some(e)) => format!("{}: {}", r.reason.map(|x| x.as_str()).unwrap_or("error"), e.trim_end()),
+                    (_, Some(e)) => format!("{}: {e}", r.reason.map(|x| x.as_str()).unwrap_or("error")),
                     (Some(reason), None) => reason.as_str().to_string(),
                     (None, None) => "-".into(),
                 }

@@ -74,7 +74,8 @@ impl FrameReport {
             p_value: None,
             verdict: Some(Verdict::OutOfDistribution),
             reason: Some(reason),
-            error: Some(error),
+            // Decoder messages may end in a newline; one line per frame reads better.
+            error: Some(error.trim_end().to_string()),
         }
     }
 }
