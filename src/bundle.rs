@@ -1,9 +1,10 @@
 //! The model bundle: a directory holding `model.onnx` and `gate.json`.
 //!
 //! `gate.json` (format version 1) records how frames are preprocessed, the class names, the
-//! temperature, and the gate: the energy threshold, the sorted calibration energies it came from,
-//! and provenance (the model's sha256, the data, `n`, the date, the tool). The threshold and
-//! `alpha` live here, never inside the ONNX graph, and flags override them at run time.
+//! temperature, and the gate: the conformal level `alpha`, the energy threshold, the sorted
+//! calibration energies they come from, optional conformal prediction-set scores, and provenance
+//! (the model's sha256, the data, `n`, the split, the date, the tool). The threshold and `alpha`
+//! live here, never inside the ONNX graph, and flags override them at run time.
 //!
 //! ```json
 //! { "format_version": 1,
@@ -11,12 +12,19 @@
 //!              "resize": "shorter_side_then_center_crop", "pixel_range": [0, 1],
 //!              "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616] },
 //!   "class_names": ["airplane", "automobile", "..."],
-//!   "temperature": 1.0,
-//!   "gate": { "score": "energy", "threshold": -6.1, "target_tpr": 0.95, "alpha": null,
-//!             "calibration_energies": [-14.2, "... ascending ..."] },
-//!   "provenance": { "model_sha256": "...", "data": "...", "n": 5000, "created": "...",
-//!                   "tool": "..." } }
+//!   "temperature": 0.528,
+//!   "gate": { "score": "energy", "threshold": -1.865, "target_tpr": 0.95, "alpha": 0.05,
+//!             "calibration_energies": [-4.9, "... ascending ..."] },
+//!   "prediction_sets": { "method": "lac", "calibration_scores": [0.0001, "... ascending ..."] },
+//!   "provenance": { "model_sha256": "...", "data": "../shared/data/cifar10/test", "n": 5011,
+//!                   "created": "2026-11-29T13:29:40Z", "tool": "ebm-gate 0.1.0 calibrate",
+//!                   "split": { "holdout": 0.5, "seed": 0, "n_total": 10000, "n_held_out": 4989 } } }
 //! ```
+//!
+//! With `alpha` set, the gate is conformal: a frame is rejected when its p-value over the
+//! calibration energies is `<= alpha`, and `threshold` is the same rule as an energy (the
+//! `ceil((n + 1)(1 - alpha))`-th smallest calibration energy). Without `alpha`, `threshold`
+//! alone decides. `calibration_energies` and `calibration_scores` are at `temperature`.
 //!
 //! A bare `.onnx` without a `gate.json` beside it loads with defaults taken from the model
 //! (input size and channel count, `K` classes named `0..K-1`), pixel range `[0, 1]`, no mean/std
@@ -143,7 +151,8 @@ impl InputSpec {
 pub struct GateSpec {
     /// The score gated on; only `"energy"` is supported.
     pub score: String,
-    /// Energy threshold: frames with `E(x) > threshold` are rejected.
+    /// Energy threshold: frames with `E(x) > threshold` are rejected. With `alpha` set it is
+    /// the conformal quantile of `calibration_energies` at `alpha` (same decisions).
     pub threshold: f32,
     /// The fraction of calibration energies at or below the threshold it was chosen for.
     pub target_tpr: f64,
@@ -153,6 +162,29 @@ pub struct GateSpec {
     /// Energies of the calibration frames at the bundle's temperature, ascending.
     #[serde(default)]
     pub calibration_energies: Vec<f32>,
+}
+
+/// Conformal prediction sets of classes (LAC), fitted by `calibrate` on labelled frames.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictionSets {
+    /// The nonconformity score; only `"lac"` (`1 - p(y|x)` of the true class) is supported.
+    pub method: String,
+    /// Scores of the calibration frames at the bundle's temperature, ascending.
+    pub calibration_scores: Vec<f32>,
+}
+
+/// How `calibrate` split its folder into calibration and held-out frames (see
+/// [`crate::calibration::is_held_out`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitSpec {
+    /// Fraction held out, in `[0, 1)`.
+    pub holdout: f64,
+    /// Seed of the split.
+    pub seed: u64,
+    /// Frames in the folder.
+    pub n_total: usize,
+    /// Frames held out (not used for calibration).
+    pub n_held_out: usize,
 }
 
 /// Where the gate's numbers came from.
@@ -168,6 +200,9 @@ pub struct Provenance {
     pub created: String,
     /// The tool and version that wrote it.
     pub tool: String,
+    /// The calibration/held-out split of `data`, when `calibrate` made one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitSpec>,
 }
 
 /// The contents of `gate.json`.
@@ -185,6 +220,9 @@ pub struct GateFile {
     /// The gate, when one has been fitted.
     #[serde(default)]
     pub gate: Option<GateSpec>,
+    /// Conformal prediction sets, when fitted on labelled data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction_sets: Option<PredictionSets>,
     /// Provenance of the gate.
     #[serde(default)]
     pub provenance: Option<Provenance>,
@@ -223,6 +261,20 @@ impl GateFile {
             let e = &gate.calibration_energies;
             if e.iter().any(|v| !v.is_finite()) || e.windows(2).any(|w| w[0] > w[1]) {
                 return Err(bad("gate.calibration_energies must be finite and ascending".into()));
+            }
+            if let Some(a) = gate.alpha {
+                if !(a > 0.0 && a < 1.0) {
+                    return Err(bad(format!("gate.alpha must be in (0, 1), got {a}")));
+                }
+            }
+        }
+        if let Some(ps) = &g.prediction_sets {
+            if ps.method != "lac" {
+                return Err(bad(format!("prediction_sets.method {:?} is not supported (only \"lac\")", ps.method)));
+            }
+            let s = &ps.calibration_scores;
+            if s.is_empty() || s.iter().any(|v| !v.is_finite()) || s.windows(2).any(|w| w[0] > w[1]) {
+                return Err(bad("prediction_sets.calibration_scores must be non-empty, finite and ascending".into()));
             }
         }
         Ok(g)

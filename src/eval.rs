@@ -7,9 +7,10 @@
 
 use serde::Serialize;
 
+use crate::calibration::{false_rejection, prediction_set_summary, split_conformal_check, wilson_interval};
 use crate::core::energy::free_energy;
 use crate::core::gate::Verdict;
-use crate::metrics::{accuracy, OodMetrics};
+use crate::metrics::{accuracy, CalibrationMetrics, OodMetrics};
 use crate::pipeline::FrameReport;
 
 /// The scores `eval` compares, by name.
@@ -46,6 +47,62 @@ pub struct IdSummary {
     pub accepted: Option<f64>,
     /// Mean energy over scored frames.
     pub mean_energy: f64,
+    /// Frames of the folder left out because they calibrated the gate (`calibrate`'s split).
+    pub excluded_calibration_frames: usize,
+}
+
+/// Calibration of the class probabilities on the labelled ID set at one temperature.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProbabilityCalibration {
+    /// Temperature `T`.
+    pub temperature: f64,
+    /// Mean negative log-likelihood, nats.
+    pub nll: f64,
+    /// Expected calibration error, 15 equal-width bins, in [0, 1].
+    pub ece: f64,
+    /// Maximum calibration error, in [0, 1].
+    pub mce: f64,
+    /// Multiclass Brier score.
+    pub brier: f64,
+}
+
+impl From<&CalibrationMetrics> for ProbabilityCalibration {
+    fn from(m: &CalibrationMetrics) -> Self {
+        ProbabilityCalibration { temperature: m.temperature, nll: m.nll, ece: m.ece, mce: m.mce, brier: m.brier }
+    }
+}
+
+/// The conformal gate at one level `alpha`, on the evaluated sets.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ConformalRow {
+    /// The level.
+    pub alpha: f32,
+    /// The energy threshold it amounts to with the bundle's calibration energies.
+    pub threshold: Option<f32>,
+    /// Fraction of ID frames rejected (`p <= alpha` over the bundle's calibration energies);
+    /// unscored frames count as rejected.
+    pub id_rejected: f64,
+    /// Wilson 95% interval of `id_rejected`.
+    pub id_rejected_interval: (f64, f64),
+    /// Mean false-rejection rate over random half/half splits of the ID frames' own energies.
+    pub split_mean: f64,
+    /// Its standard deviation over the splits.
+    pub split_sd: f64,
+    /// Number of random splits.
+    pub splits: usize,
+    /// Fraction of each OOD set rejected, in the order of [`EvalReport::ood`].
+    pub ood_rejected: Vec<f64>,
+}
+
+/// Conformal prediction sets at one level on the labelled ID set.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SetRow {
+    /// The level: target coverage `1 - alpha`.
+    pub alpha: f32,
+    /// Fraction of frames whose set holds the true class.
+    pub coverage: f64,
+    /// Mean number of classes per set.
+    pub mean_size: f64,
 }
 
 /// One score's metrics on one OOD set.
@@ -95,6 +152,12 @@ pub struct EvalReport {
     pub id: IdSummary,
     /// Each OOD set.
     pub ood: Vec<OodSummary>,
+    /// Probability calibration at `T = 1` and at the bundle's temperature (labelled ID only).
+    pub calibration: Vec<ProbabilityCalibration>,
+    /// The conformal gate at each level checked (needs calibration energies).
+    pub conformal: Vec<ConformalRow>,
+    /// Prediction-set coverage (needs the bundle's prediction-set scores and labels).
+    pub prediction_sets: Vec<SetRow>,
 }
 
 fn accepted(reports: &[FrameReport]) -> Option<f64> {
@@ -129,7 +192,86 @@ pub fn summarise_id(path: &str, reports: &[FrameReport]) -> IdSummary {
         accuracy: acc,
         accepted: accepted(reports),
         mean_energy: mean_energy(reports),
+        excluded_calibration_frames: 0,
     }
+}
+
+/// Labelled ID frames' logits `[N, K]` and labels, when every frame is labelled and scored.
+fn labelled_logits(reports: &[FrameReport]) -> Option<(Vec<f32>, Vec<usize>, usize)> {
+    let k = reports.first()?.logits.as_ref()?.len();
+    let mut logits = Vec::with_capacity(reports.len() * k);
+    let mut labels = Vec::with_capacity(reports.len());
+    for r in reports {
+        logits.extend_from_slice(r.logits.as_deref()?);
+        labels.push(r.label?);
+    }
+    Some((logits, labels, k))
+}
+
+/// NLL, ECE, MCE and Brier of the labelled ID set at `T = 1` and at `temperature` (one entry when
+/// it is 1); empty when the set is unlabelled or has unscored frames.
+pub fn probability_calibration(id: &[FrameReport], temperature: f32) -> Vec<ProbabilityCalibration> {
+    let Some((logits, labels, k)) = labelled_logits(id) else { return Vec::new() };
+    let mut ts = vec![1.0f64];
+    if temperature != 1.0 {
+        ts.push(temperature as f64);
+    }
+    ts.iter()
+        .filter_map(|&t| CalibrationMetrics::from_logits(&logits, k, &labels, t).ok())
+        .map(|m| ProbabilityCalibration::from(&m))
+        .collect()
+}
+
+/// The conformal gate at each of `alphas`: the ID false-rejection rate with the bundle's
+/// `calibration_energies` (ascending), the mean over `splits` random half/half splits of the ID
+/// energies themselves (seeded), and the fraction of each OOD set rejected. Energies are the
+/// reports' own (at the bundle's temperature); unscored frames count as rejected.
+pub fn conformal_rows(
+    calibration_energies: &[f32],
+    alphas: &[f32],
+    id: &[FrameReport],
+    ood: &[&[FrameReport]],
+    splits: usize,
+) -> Vec<ConformalRow> {
+    let energy = |r: &FrameReport| r.scores.map(|s| s.energy).unwrap_or(f32::NAN);
+    let id_e: Vec<f32> = id.iter().map(energy).collect();
+    let id_finite: Vec<f32> = id_e.iter().copied().filter(|e| e.is_finite()).collect();
+    alphas
+        .iter()
+        .filter(|&&a| crate::calibration::check_alpha(calibration_energies.len(), a).is_ok())
+        .map(|&alpha| {
+            let fr = false_rejection(calibration_energies, &id_e, alpha);
+            let sc = split_conformal_check(&id_finite, alpha, splits, 0);
+            ConformalRow {
+                alpha,
+                threshold: crate::core::conformal::conformal_quantile(calibration_energies, alpha),
+                id_rejected: fr.rate,
+                id_rejected_interval: wilson_interval(fr.rejected, fr.n),
+                split_mean: sc.mean,
+                split_sd: sc.sd,
+                splits,
+                ood_rejected: ood
+                    .iter()
+                    .map(|o| {
+                        let e: Vec<f32> = o.iter().map(energy).collect();
+                        false_rejection(calibration_energies, &e, alpha).rate
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// Coverage and mean size of the LAC prediction sets at each of `alphas` on the labelled ID
+/// frames; empty when unlabelled or some frame is unscored.
+pub fn set_rows(id: &[FrameReport], temperature: f32, sorted_scores: &[f32], alphas: &[f32]) -> Vec<SetRow> {
+    let Some((logits, labels, k)) = labelled_logits(id) else { return Vec::new() };
+    alphas
+        .iter()
+        .filter(|&&a| crate::calibration::check_alpha(sorted_scores.len(), a).is_ok())
+        .filter_map(|&a| prediction_set_summary(&logits, k, &labels, temperature as f64, sorted_scores, a).ok())
+        .map(|s| SetRow { alpha: s.alpha, coverage: s.coverage, mean_size: s.mean_size })
+        .collect()
 }
 
 /// Summarises one OOD set against the ID set's reports, for each score in `scores`.

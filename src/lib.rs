@@ -14,7 +14,12 @@
 //! Layers, from the bottom:
 //! - [`core`] (`no_std`, no allocation): energy, softmax scores, conformal p-value, the
 //!   threshold decision. Builds for microcontrollers with `--no-default-features`.
-//! - [`metrics`] (feature `std`): AUROC, AUPR, FPR@95TPR, accuracy, as scikit-learn computes them.
+//! - [`metrics`] (feature `std`): AUROC, AUPR, FPR@95TPR, accuracy, as scikit-learn computes them;
+//!   NLL, ECE, MCE, Brier and reliability bins.
+//! - [`calibration`] (feature `std`): temperature scaling, the conformal threshold and prediction
+//!   sets, false-rejection checks; with `runtime`, [`calibration::calibrate`] fits a bundle's
+//!   `gate.json` from a folder of in-distribution frames.
+//! - [`plots`] (feature `plots`): reliability diagrams, ROC curves, energy histograms.
 //! - feature `runtime`: [`bundle`] (`model.onnx` + `gate.json`), [`frame`] (decode, resize,
 //!   normalise), [`source`] (files, folders, IDX), `model` (tract, private), [`pipeline`]
 //!   ([`pipeline::EnergyGate`]: frames in, verdicts out), [`eval`].
@@ -36,7 +41,11 @@
 pub mod core;
 
 #[cfg(feature = "std")]
+pub mod calibration;
+#[cfg(feature = "std")]
 pub mod metrics;
+#[cfg(feature = "plots")]
+pub mod plots;
 
 #[cfg(feature = "runtime")]
 pub mod bundle;

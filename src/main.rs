@@ -2,7 +2,7 @@
 //!
 //! Exit codes: `score` 0 = every frame in-distribution (or scored, when there is no threshold),
 //! 1 = at least one frame rejected (an unreadable frame is rejected), 2 = the run could not
-//! proceed; `eval` 0 or 2.
+//! proceed; `eval` and `calibrate` 0 or 2.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,8 +11,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use ebm_gate::calibration::{calibrate, calibration_frames, CalibrateOptions, CHECK_ALPHAS};
 use ebm_gate::core::gate::Verdict;
-use ebm_gate::eval::{summarise_id, summarise_ood, EvalReport, SCORE_NAMES};
+use ebm_gate::eval::{
+    conformal_rows, probability_calibration, set_rows, summarise_id, summarise_ood, EvalReport, SCORE_NAMES,
+};
 use ebm_gate::pipeline::{EnergyGate, FrameReport, Overrides};
 use ebm_gate::source::collect;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -26,13 +29,14 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct GateArgs {
-    /// Energy threshold: frames with E(x) > THRESHOLD are rejected (overrides gate.json)
+    /// Energy threshold: reject frames with E(x) > THRESHOLD (replaces gate.json's gate)
     #[arg(long, allow_hyphen_values = true)]
     threshold: Option<f32>,
     /// Temperature T for probabilities and energy (overrides gate.json)
     #[arg(long)]
     temperature: Option<f32>,
-    /// Also reject frames whose conformal p-value is <= ALPHA (needs calibration energies)
+    /// Conformal gate: reject frames whose p-value is <= ALPHA (overrides gate.json's alpha;
+    /// needs calibration energies; with --threshold, both rules apply)
     #[arg(long)]
     alpha: Option<f32>,
     /// Frames per forward pass
@@ -46,6 +50,7 @@ impl GateArgs {
             threshold: self.threshold,
             temperature: self.temperature,
             alpha: self.alpha,
+            set_alpha: None,
             batch: Some(self.batch),
         }
     }
@@ -66,8 +71,40 @@ enum Command {
         /// Include the logits in JSON output
         #[arg(long)]
         logits: bool,
+        /// Also give each frame a conformal prediction set of classes with coverage 1 - SET_ALPHA
+        /// (LAC; needs a bundle calibrated on labelled data)
+        #[arg(long, value_name = "SET_ALPHA")]
+        set_alpha: Option<f32>,
         #[command(flatten)]
         gate: GateArgs,
+    },
+    /// Fit the gate on in-distribution frames: temperature (NLL), conformal threshold, prediction
+    /// sets; writes gate.json and reports NLL/ECE/MCE/Brier before and after on held-out frames
+    Calibrate {
+        /// Bundle directory (model.onnx [+ gate.json]) or an .onnx file
+        model: PathBuf,
+        /// In-distribution folder; the ImageFolder layout <class>/<image> (class names as in
+        /// gate.json) gives labels, needed to fit T and prediction sets
+        #[arg(long)]
+        id: PathBuf,
+        /// Level of the conformal gate: at most ALPHA of ID frames are rejected
+        #[arg(long, default_value_t = 0.05)]
+        alpha: f32,
+        /// Fraction of the folder held out from calibration for the before/after report
+        #[arg(long, default_value_t = 0.5)]
+        holdout: f64,
+        /// Seed of the calibration/held-out split
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Where to write gate.json (default: the bundle's gate.json)
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Write the reliability diagram (reliability.png/.svg) into DIR
+        #[arg(long, value_name = "DIR")]
+        plots: Option<PathBuf>,
+        /// Frames per forward pass
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
     },
     /// ID accuracy and OOD metrics (AUROC, AUPR-In/Out, FPR@95TPR) for energy, MSP, MaxLogit
     Eval {
@@ -85,6 +122,12 @@ enum Command {
         /// Use N frames of each set, spread evenly over it (every k-th in path order)
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
+        /// Write ROC curves and energy histograms (roc.png/.svg, energy_histogram.png/.svg) into DIR
+        #[arg(long, value_name = "DIR")]
+        plots: Option<PathBuf>,
+        /// Random half/half splits of the ID energies for the split-conformal check
+        #[arg(long, default_value_t = 100)]
+        splits: usize,
         #[command(flatten)]
         gate: GateArgs,
     },
@@ -100,8 +143,15 @@ fn parse_named(s: &str) -> Result<(String, PathBuf), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Score { model, inputs, json, logits, gate } => score(&model, &inputs, json, logits, &gate),
-        Command::Eval { model, id, ood, json, limit, gate } => eval(&model, &id, &ood, json.as_deref(), limit, &gate),
+        Command::Score { model, inputs, json, logits, set_alpha, gate } => {
+            score(&model, &inputs, json, logits, set_alpha, &gate)
+        }
+        Command::Calibrate { model, id, alpha, holdout, seed, out, plots, batch } => {
+            calibrate_cmd(&model, &id, alpha, holdout, seed, out, plots.as_deref(), batch)
+        }
+        Command::Eval { model, id, ood, json, limit, plots, splits, gate } => {
+            eval(&model, &id, &ood, json.as_deref(), limit, plots.as_deref(), splits, &gate)
+        }
     };
     match result {
         Ok(code) => code,
@@ -112,11 +162,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn open(model: &std::path::Path, gate: &GateArgs) -> Result<EnergyGate> {
-    if gate.batch == 0 {
+fn open(model: &std::path::Path, overrides: &Overrides) -> Result<EnergyGate> {
+    if overrides.batch == Some(0) {
         bail!("--batch must be at least 1");
     }
-    EnergyGate::open(model, &gate.overrides()).with_context(|| format!("cannot load model {}", model.display()))
+    let gate = EnergyGate::open(model, overrides).with_context(|| format!("cannot load model {}", model.display()))?;
+    if let (Some(t), Some(g)) = (overrides.temperature, gate.gate_file()) {
+        if t != g.temperature && g.gate.is_some() {
+            eprintln!(
+                "note: gate.json's gate was fitted at T = {}; at --temperature {t} it does not apply (give --threshold for verdicts)",
+                g.temperature
+            );
+        }
+    }
+    Ok(gate)
 }
 
 fn progress_bar(total: usize, enabled: bool) -> ProgressBar {
@@ -143,6 +202,7 @@ fn json_line(r: &FrameReport, names: &[String], with_logits: bool) -> serde_json
         "msp": s.map(|s| s.msp),
         "max_logit": s.map(|s| s.max_logit),
         "p_value": r.p_value,
+        "prediction_set": r.prediction_set.as_ref().map(|set| set.iter().map(|&y| names[y].clone()).collect::<Vec<_>>()),
         "verdict": r.verdict.map(|v| v.as_str()),
         "reason": r.reason.map(|r| r.as_str()),
         "error": r.error,
@@ -157,8 +217,15 @@ fn fmt_opt(v: Option<f32>, prec: usize) -> String {
     v.map(|x| format!("{x:.prec$}")).unwrap_or_else(|| "-".into())
 }
 
-fn score(model: &std::path::Path, inputs: &[PathBuf], json: bool, logits: bool, args: &GateArgs) -> Result<ExitCode> {
-    let mut gate = open(model, args)?;
+fn score(
+    model: &std::path::Path,
+    inputs: &[PathBuf],
+    json: bool,
+    logits: bool,
+    set_alpha: Option<f32>,
+    args: &GateArgs,
+) -> Result<ExitCode> {
+    let mut gate = open(model, &Overrides { set_alpha, ..args.overrides() })?;
     let items = collect(inputs, None)?;
     if items.is_empty() {
         bail!(
@@ -174,10 +241,20 @@ fn score(model: &std::path::Path, inputs: &[PathBuf], json: bool, logits: bool, 
     let mut out = stdout.lock();
     let has_p = reports.iter().any(|r| r.p_value.is_some());
     let width = reports.iter().map(|r| r.name.len()).max().unwrap_or(4).clamp(4, 60);
+    let set_text = |r: &FrameReport| {
+        r.prediction_set
+            .as_ref()
+            .map(|set| format!("{{{}}}", set.iter().map(|&y| names[y].as_str()).collect::<Vec<_>>().join(",")))
+    };
+    let set_width = if set_alpha.is_some() {
+        reports.iter().filter_map(set_text).map(|t| t.len()).max().unwrap_or(3).max(3) + 2
+    } else {
+        0
+    };
     if !json {
         let _ = writeln!(
             out,
-            "{:<width$}  {:<12} {:>6} {:>8} {:>6} {:>8} {:>7}  {:<20} reason",
+            "{:<width$}  {:<12} {:>6} {:>8} {:>6} {:>8} {:>7}  {:<set_width$}{:<20} reason",
             "path",
             "class",
             "prob",
@@ -185,6 +262,7 @@ fn score(model: &std::path::Path, inputs: &[PathBuf], json: bool, logits: bool, 
             "msp",
             "maxlogit",
             if has_p { "p" } else { "" },
+            if set_alpha.is_some() { "set" } else { "" },
             "verdict"
         );
     }
@@ -194,7 +272,7 @@ fn score(model: &std::path::Path, inputs: &[PathBuf], json: bool, logits: bool, 
         } else {
             let s = r.scores;
             format!(
-                "{:<width$}  {:<12} {:>6} {:>8} {:>6} {:>8} {:>7}  {:<20} {}",
+                "{:<width$}  {:<12} {:>6} {:>8} {:>6} {:>8} {:>7}  {:<set_width$}{:<20} {}",
                 r.name,
                 s.map(|s| names[s.class].clone()).unwrap_or_else(|| "-".into()),
                 fmt_opt(s.map(|s| s.probability), 3),
@@ -202,6 +280,7 @@ fn score(model: &std::path::Path, inputs: &[PathBuf], json: bool, logits: bool, 
                 fmt_opt(s.map(|s| s.msp), 3),
                 fmt_opt(s.map(|s| s.max_logit), 3),
                 if has_p { fmt_opt(r.p_value, 4) } else { String::new() },
+                if set_alpha.is_some() { set_text(r).unwrap_or_else(|| "-".into()) } else { String::new() },
                 r.verdict.map(|v| v.as_str()).unwrap_or("-"),
                 match (&r.reason, &r.error) {
                     (_, Some(e)) => format!("{}: {e}", r.reason.map(|x| x.as_str()).unwrap_or("error")),
@@ -217,29 +296,155 @@ fn score(model: &std::path::Path, inputs: &[PathBuf], json: bool, logits: bool, 
     let rejected = reports.iter().filter(|r| r.verdict == Some(Verdict::OutOfDistribution)).count();
     let failed = reports.iter().filter(|r| r.scores.is_none()).count();
     let accepted = reports.iter().filter(|r| r.verdict == Some(Verdict::InDistribution)).count();
-    match gate.settings().threshold {
-        Some(t) => eprintln!(
-            "{} frames: {accepted} in-distribution, {rejected} rejected ({failed} could not be scored); threshold E <= {t}",
-            reports.len()
+    let st = gate.settings();
+    let rule = match (st.threshold, st.alpha) {
+        (Some(t), None) => format!("threshold E <= {t}"),
+        (None, Some(a)) => format!(
+            "conformal gate: reject p <= {a} (E > {}, {} calibration energies)",
+            fmt_opt(st.energy_threshold(), 4),
+            st.calibration_energies.len()
         ),
-        None => eprintln!(
+        (Some(t), Some(a)) => format!("threshold E <= {t} and conformal p > {a}"),
+        (None, None) => String::new(),
+    };
+    if st.gates() {
+        eprintln!(
+            "{} frames: {accepted} in-distribution, {rejected} rejected ({failed} could not be scored); {rule}",
+            reports.len()
+        );
+    } else {
+        eprintln!(
             "{} frames scored without a threshold ({failed} could not be scored): give --threshold or a bundle with gate.json for verdicts",
             reports.len()
-        ),
+        );
+    }
+    if let Some(a) = set_alpha {
+        eprintln!(
+            "prediction sets: LAC at coverage >= {:.0}% (T = {:.4}; an empty set: no class is plausible)",
+            100.0 * (1.0 - a),
+            st.temperature
+        );
     }
     Ok(if rejected > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
+#[allow(clippy::too_many_arguments)]
+fn calibrate_cmd(
+    model: &std::path::Path,
+    id: &std::path::Path,
+    alpha: f32,
+    holdout: f64,
+    seed: u64,
+    out: Option<PathBuf>,
+    plots: Option<&std::path::Path>,
+    batch: usize,
+) -> Result<ExitCode> {
+    let mut gate = open(model, &Overrides { batch: Some(batch), ..Overrides::default() })?;
+    if !id.is_dir() {
+        bail!("--id {}: not a folder (calibrate takes a folder of in-distribution images)", id.display());
+    }
+    let names = gate.class_names().to_vec();
+    let items = collect(&[id.to_path_buf()], Some(&names)).with_context(|| format!("reading {}", id.display()))?;
+    let opts = CalibrateOptions { alpha, holdout, seed, data: id.display().to_string(), root: id.to_path_buf() };
+    let bar = progress_bar(items.len(), true);
+    bar.set_message("calibrate");
+    let t0 = Instant::now();
+    let outcome = calibrate(&mut gate, &items, &opts, |n| bar.inc(n as u64))?;
+    bar.finish_and_clear();
+    let elapsed = t0.elapsed().as_secs_f64();
+    let out = out.unwrap_or_else(|| gate.paths().model.parent().unwrap_or(std::path::Path::new(".")).join("gate.json"));
+    outcome.gate_file.write(&out)?;
+
+    println!(
+        "calibrate {}  on {}: {} frames, {} calibrate, {} held out (holdout {holdout}, seed {seed}); {:.1} s",
+        gate.paths().model.display(),
+        id.display(),
+        outcome.n_total,
+        outcome.n_calibration,
+        outcome.n_held_out,
+        elapsed
+    );
+    match (&outcome.fit, &outcome.before_after) {
+        (Some(fit), Some((before, after))) => {
+            println!(
+                "temperature T = {:.4}  (NLL on the calibration frames {:.4} -> {:.4}, {} Brent iterations)",
+                fit.temperature, fit.nll_before, fit.nll_after, fit.iterations
+            );
+            println!();
+            let on = if outcome.measured_on_held_out { "held-out" } else { "calibration (nothing held out)" };
+            println!("probabilities on the {on} frames (n = {}):", before.n);
+            println!("{:<14} {:>8} {:>8} {:>8} {:>8} {:>9}", "", "NLL", "ECE", "MCE", "Brier", "accuracy");
+            for (name, m) in [("before (T = 1)", before), ("after", after)] {
+                println!(
+                    "{:<14} {:>8.4} {:>7.2}% {:>7.2}% {:>8.4} {:>8.2}%",
+                    name,
+                    m.nll,
+                    100.0 * m.ece,
+                    100.0 * m.mce,
+                    m.brier,
+                    100.0 * m.accuracy
+                );
+            }
+            if let Some(dir) = plots {
+                for p in ebm_gate::plots::reliability_diagram(dir, before, after)? {
+                    eprintln!("wrote {}", p.display());
+                }
+            }
+        }
+        _ => {
+            println!(
+                "unlabelled folder (no <class>/ subfolders named as in gate.json): temperature kept at {}, no prediction sets",
+                outcome.gate_file.temperature
+            );
+            if plots.is_some() {
+                eprintln!("no reliability diagram: it needs labels");
+            }
+        }
+    }
+    println!();
+    println!(
+        "conformal gate: alpha = {alpha}, threshold E <= {:.4} ({} calibration energies)",
+        outcome.threshold, outcome.n_calibration
+    );
+    if !outcome.false_rejection.is_empty() {
+        println!("false rejection of held-out ID frames (should be about alpha, at most alpha on average):");
+        println!("{:>7} {:>10} {:>20}", "alpha", "rejected", "95% interval");
+        for f in &outcome.false_rejection {
+            println!(
+                "{:>7} {:>9.2}% {:>9.2}% - {:.2}%   ({} of {})",
+                f.alpha,
+                100.0 * f.rate,
+                100.0 * f.interval.0,
+                100.0 * f.interval.1,
+                f.rejected,
+                f.n
+            );
+        }
+    }
+    if !outcome.prediction_sets.is_empty() {
+        println!("prediction sets (LAC) on held-out frames:");
+        println!("{:>7} {:>10} {:>10}", "alpha", "coverage", "mean size");
+        for s in &outcome.prediction_sets {
+            println!("{:>7} {:>9.2}% {:>10.3}", s.alpha, 100.0 * s.coverage, s.mean_size);
+        }
+    }
+    println!("wrote {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn eval(
     model: &std::path::Path,
     id: &std::path::Path,
     ood: &[(String, PathBuf)],
     json: Option<&std::path::Path>,
     limit: Option<usize>,
+    plots: Option<&std::path::Path>,
+    splits: usize,
     args: &GateArgs,
 ) -> Result<ExitCode> {
     let t_load = Instant::now();
-    let mut gate = open(model, args)?;
+    let mut gate = open(model, &args.overrides())?;
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let names = gate.class_names().to_vec();
     // --limit N keeps N frames spread evenly over the set (every k-th in path order), so an
@@ -251,8 +456,17 @@ fn eval(
         }
         _ => v,
     };
-    let id_items =
-        take(collect(&[id.to_path_buf()], Some(&names)).with_context(|| format!("reading ID set {}", id.display()))?);
+    let all_id =
+        collect(&[id.to_path_buf()], Some(&names)).with_context(|| format!("reading ID set {}", id.display()))?;
+    // Frames that calibrated the gate are left out: the checks below need held-out frames.
+    let (all_id, excluded) = match gate.gate_file().and_then(|g| calibration_frames(g, id, &all_id)) {
+        Some(mask) => {
+            let excluded = mask.iter().filter(|m| **m).count();
+            (all_id.into_iter().zip(mask).filter(|(_, m)| !m).map(|(it, _)| it).collect(), excluded)
+        }
+        None => (all_id, 0),
+    };
+    let id_items = take(all_id);
     if id_items.is_empty() {
         bail!("no image files found in the ID set {}", id.display());
     }
@@ -276,21 +490,36 @@ fn eval(
     }
     bar.finish_and_clear();
     let elapsed = t0.elapsed().as_secs_f64();
-    let temperature = gate.settings().temperature;
+    let st = gate.settings().clone();
+    let temperature = st.temperature;
     let scores: Vec<&str> = SCORE_NAMES.iter().copied().filter(|&s| s != "energy_t1" || temperature != 1.0).collect();
     let mut ood_summaries = Vec::new();
     for ((name, path), reports) in ood.iter().zip(&ood_reports) {
         ood_summaries.push(summarise_ood(name, &path.display().to_string(), &id_reports, reports, &scores)?);
     }
+    let mut id_summary = summarise_id(&id.display().to_string(), &id_reports);
+    id_summary.excluded_calibration_frames = excluded;
+    let ood_refs: Vec<&[FrameReport]> = ood_reports.iter().map(Vec::as_slice).collect();
+    let mut alphas = CHECK_ALPHAS.to_vec();
+    if let Some(a) = st.alpha.filter(|a| !alphas.contains(a)) {
+        alphas.push(a);
+    }
+    let lac = gate.gate_file().and_then(|g| g.prediction_sets.as_ref()).map(|p| p.calibration_scores.clone());
     let report = EvalReport {
         model: gate.paths().model.display().to_string(),
         temperature,
-        threshold: gate.settings().threshold,
-        id: summarise_id(&id.display().to_string(), &id_reports),
+        threshold: st.energy_threshold(),
+        id: id_summary,
         ood: ood_summaries,
+        calibration: probability_calibration(&id_reports, temperature),
+        conformal: conformal_rows(&st.calibration_energies, &alphas, &id_reports, &ood_refs, splits),
+        prediction_sets: lac.map(|l| set_rows(&id_reports, temperature, &l, &CHECK_ALPHAS)).unwrap_or_default(),
     };
     print_eval(&report, total, elapsed);
     println!("load + optimise: {load_ms:.0} ms; batch {}", gate.batch());
+    if let Some(dir) = plots {
+        write_eval_plots(dir, &report, &id_reports, &ood_reports, &st)?;
+    }
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
@@ -299,19 +528,67 @@ fn eval(
     Ok(ExitCode::SUCCESS)
 }
 
+fn write_eval_plots(
+    dir: &std::path::Path,
+    report: &EvalReport,
+    id: &[FrameReport],
+    ood: &[Vec<FrameReport>],
+    st: &ebm_gate::pipeline::GateSettings,
+) -> Result<()> {
+    use ebm_gate::plots::{energy_histograms, roc_curves, RocSeries};
+    let neg_energy =
+        |r: &[FrameReport]| -> Vec<f32> { r.iter().map(|x| x.scores.map(|s| -s.energy).unwrap_or(f32::NAN)).collect() };
+    let id_s = neg_energy(id);
+    let mut series = Vec::new();
+    for (o, reports) in report.ood.iter().zip(ood) {
+        let (fpr, tpr) = ebm_gate::metrics::roc_curve(&id_s, &neg_energy(reports))?;
+        let auroc = o.metrics.iter().find(|m| m.score == "energy").map(|m| m.auroc).unwrap_or(f64::NAN);
+        series.push(RocSeries { name: format!("{} (n = {})", o.name, o.n), auroc, fpr, tpr });
+    }
+    let title = format!("Energy score ROC, ID = {} (n = {})", short(&report.id.path), report.id.n);
+    let mut written = Vec::new();
+    if !series.is_empty() {
+        written.extend(roc_curves(dir, &title, &series)?);
+    }
+    let energies = |r: &[FrameReport]| -> Vec<f32> { r.iter().filter_map(|x| x.scores.map(|s| s.energy)).collect() };
+    let mut sets = vec![(format!("ID: {}", short(&report.id.path)), energies(id))];
+    for (o, reports) in report.ood.iter().zip(ood) {
+        sets.push((format!("OOD: {}", o.name), energies(reports)));
+    }
+    let thr = st.energy_threshold().map(|t| {
+        let rule = match st.alpha {
+            Some(a) if st.threshold.is_none() => format!("conformal threshold, alpha = {a}"),
+            _ => "threshold".to_string(),
+        };
+        (t, format!("{rule}: E = {t:.3}"))
+    });
+    let title = format!("Free energy at T = {:.3}: in-distribution vs OOD", st.temperature);
+    written.extend(energy_histograms(dir, &title, &sets, thr)?);
+    for p in written {
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+/// The last two components of a path, for titles.
+fn short(path: &str) -> String {
+    let parts: Vec<&str> = path.trim_end_matches('/').rsplit('/').take(2).collect();
+    parts.into_iter().rev().collect::<Vec<_>>().join("/")
+}
+
 fn pct(v: Option<f64>) -> String {
     v.map(|x| format!("{:.2}%", 100.0 * x)).unwrap_or_else(|| "-".into())
 }
 
 fn print_eval(r: &EvalReport, total: usize, elapsed: f64) {
     println!(
-        "model {}  (T = {}, threshold {})",
+        "model {}  (T = {:.4}, threshold {})",
         r.model,
         r.temperature,
         r.threshold.map(|t| format!("E <= {t}")).unwrap_or("none".into())
     );
     println!(
-        "ID    {}  n = {}  errors = {}  accuracy = {}  accepted at threshold = {}  mean energy = {:.3}",
+        "ID    {}  n = {}  errors = {}  accuracy = {}  accepted by the gate = {}  mean energy = {:.3}",
         r.id.path,
         r.id.n,
         r.id.errors,
@@ -319,6 +596,12 @@ fn print_eval(r: &EvalReport, total: usize, elapsed: f64) {
         pct(r.id.accepted),
         r.id.mean_energy
     );
+    if r.id.excluded_calibration_frames > 0 {
+        println!(
+            "      ({} frames of this folder calibrated the gate and are left out; n counts the held-out ones)",
+            r.id.excluded_calibration_frames
+        );
+    }
     println!();
     println!(
         "{:<22} {:<10} {:>8} {:>8} {:>9} {:>10} {:>13}",
@@ -340,5 +623,61 @@ fn print_eval(r: &EvalReport, total: usize, elapsed: f64) {
     }
     println!();
     println!("ID is the positive class; scores: energy = -E(x), msp, max_logit (higher = more in-distribution).");
+    if !r.calibration.is_empty() {
+        println!();
+        println!("probabilities on the ID set:");
+        println!("{:<10} {:>8} {:>8} {:>8} {:>8}", "T", "NLL", "ECE", "MCE", "Brier");
+        for c in &r.calibration {
+            println!(
+                "{:<10.4} {:>8.4} {:>7.2}% {:>7.2}% {:>8.4}",
+                c.temperature,
+                c.nll,
+                100.0 * c.ece,
+                100.0 * c.mce,
+                c.brier
+            );
+        }
+    }
+    if !r.conformal.is_empty() {
+        println!();
+        println!("conformal gate (reject p <= alpha), ID false rejection should be about alpha:");
+        let ood_names: Vec<String> = r.ood.iter().map(|o| format!("{} rej.", o.name)).collect();
+        print!("{:>6} {:>10} {:>10} {:>17} {:>18}", "alpha", "E thresh.", "ID rej.", "95% interval", "random splits");
+        for n in &ood_names {
+            print!(" {n:>16}");
+        }
+        println!();
+        for c in &r.conformal {
+            print!(
+                "{:>6} {:>10} {:>9.2}% {:>7.2}% - {:>5.2}% {:>8.2}% ± {:.2}%",
+                c.alpha,
+                c.threshold.map(|t| format!("{t:.4}")).unwrap_or("-".into()),
+                100.0 * c.id_rejected,
+                100.0 * c.id_rejected_interval.0,
+                100.0 * c.id_rejected_interval.1,
+                100.0 * c.split_mean,
+                100.0 * c.split_sd
+            );
+            for v in &c.ood_rejected {
+                print!(" {:>15.2}%", 100.0 * v);
+            }
+            println!();
+        }
+        if let Some(c) = r.conformal.first() {
+            println!(
+                "(random splits: mean ± sd of the false rejection over {} half/half splits of these ID energies)",
+                c.splits
+            );
+        }
+    }
+    if !r.prediction_sets.is_empty() {
+        println!();
+        println!("prediction sets (LAC) on the ID set:");
+        println!("{:>6} {:>10} {:>10}", "alpha", "coverage", "mean size");
+        for s in &r.prediction_sets {
+            println!("{:>6} {:>9.2}% {:>10.3}", s.alpha, 100.0 * s.coverage, s.mean_size);
+        }
+    }
+    println!();
     println!("{total} frames in {elapsed:.1} s ({:.0} frames/s, decode + forward)", total as f64 / elapsed);
 }

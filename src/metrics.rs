@@ -12,6 +12,10 @@
 //!   `roc_curve(drop_intermediate=False)` where at least the target fraction of ID frames is
 //!   accepted (FPR@95TPR for a target of 0.95).
 //!
+//! Calibration of class probabilities (Guo et al. 2017, "On Calibration of Modern Neural
+//! Networks"): [`CalibrationMetrics`] gives NLL, ECE and MCE over [`ECE_BINS`] equal-width
+//! confidence bins, the multiclass Brier score, and the reliability-diagram bins.
+//!
 //! All points with equal scores move together, as scikit-learn's distinct-threshold curve does.
 //! A NaN score (for example from a non-finite energy) counts as `-inf`: least in-distribution.
 
@@ -25,6 +29,29 @@ pub enum MetricsError {
     EmptyClass(&'static str),
     /// The target TPR is outside `(0, 1]`.
     BadTarget(f64),
+    /// Logits and labels disagree in length: `logits.len()` is not `labels.len() * k`.
+    Shape {
+        /// `logits.len()`.
+        logits: usize,
+        /// Classes per row.
+        k: usize,
+        /// `labels.len()`.
+        labels: usize,
+    },
+    /// A label is not below the number of classes.
+    LabelOutOfRange {
+        /// Row index.
+        index: usize,
+        /// The label.
+        label: usize,
+        /// Number of classes.
+        k: usize,
+    },
+    /// A row of logits holds NaN or an infinity, or the temperature is not finite and positive.
+    NonFinite {
+        /// Row index.
+        index: usize,
+    },
 }
 
 impl fmt::Display for MetricsError {
@@ -32,6 +59,15 @@ impl fmt::Display for MetricsError {
         match self {
             MetricsError::EmptyClass(which) => write!(f, "no {which} scores to compare"),
             MetricsError::BadTarget(t) => write!(f, "target TPR must be in (0, 1], got {t}"),
+            MetricsError::Shape { logits, k, labels } => {
+                write!(f, "{logits} logits do not make {labels} rows of {k} classes (one row per label)")
+            }
+            MetricsError::LabelOutOfRange { index, label, k } => {
+                write!(f, "label {label} of row {index} is out of range for {k} classes")
+            }
+            MetricsError::NonFinite { index } => {
+                write!(f, "row {index} has non-finite logits (or the temperature is not finite and > 0)")
+            }
         }
     }
 }
@@ -192,4 +228,161 @@ pub fn accuracy(predicted: &[usize], labels: &[usize]) -> Option<f64> {
     }
     let hits = predicted.iter().zip(labels).filter(|(p, l)| p == l).count();
     Some(hits as f64 / predicted.len() as f64)
+}
+
+/// Number of equal-width confidence bins for ECE, MCE and the reliability diagram, as in Guo et
+/// al. 2017.
+pub const ECE_BINS: usize = 15;
+
+/// One confidence bin `(lower, upper]` of a reliability diagram.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReliabilityBin {
+    /// Lower edge (exclusive), in [0, 1].
+    pub lower: f64,
+    /// Upper edge (inclusive), in [0, 1].
+    pub upper: f64,
+    /// Frames whose confidence falls in the bin.
+    pub count: usize,
+    /// Fraction of them classified correctly (NaN when empty).
+    pub accuracy: f64,
+    /// Their mean confidence (NaN when empty).
+    pub confidence: f64,
+}
+
+/// How well the probabilities `softmax(z / T)` of a labelled set are calibrated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalibrationMetrics {
+    /// Number of frames.
+    pub n: usize,
+    /// The temperature `T` the probabilities were taken at.
+    pub temperature: f64,
+    /// Top-1 accuracy, in [0, 1].
+    pub accuracy: f64,
+    /// Mean negative log-likelihood of the true class, `mean(-ln p(y_i | x_i))`, nats.
+    pub nll: f64,
+    /// Expected calibration error over [`ECE_BINS`] equal-width bins of the top-class
+    /// confidence: `sum_b (n_b / n) * |acc_b - conf_b|`, in [0, 1].
+    pub ece: f64,
+    /// Maximum calibration error: `max_b |acc_b - conf_b|` over non-empty bins, in [0, 1].
+    pub mce: f64,
+    /// Multiclass Brier score, `mean_i sum_k (p_ik - [k = y_i])^2` (Brier 1950), in [0, 2].
+    pub brier: f64,
+    /// The reliability-diagram bins, `(b / 15, (b + 1) / 15]` for `b = 0..15`.
+    pub bins: Vec<ReliabilityBin>,
+}
+
+impl CalibrationMetrics {
+    /// Computes every figure from row-major logits `[N, K]`, labels `[N]` and a temperature.
+    ///
+    /// Probabilities are computed in `f64` from the logits. A frame's confidence is its largest
+    /// probability and its prediction the first class with it; a confidence `c` falls in bin `b`
+    /// when `b / 15 < c <= (b + 1) / 15` (the convention of Guo et al.'s code).
+    ///
+    /// ```
+    /// use ebm_gate::metrics::CalibrationMetrics;
+    /// // Two frames, both predicted class 0 with p = e / (e + 1) = 0.731; one is right.
+    /// let m = CalibrationMetrics::from_logits(&[1.0, 0.0, 1.0, 0.0], 2, &[0, 1], 1.0).unwrap();
+    /// let p = 1.0f64.exp() / (1.0f64.exp() + 1.0);
+    /// assert!((m.accuracy - 0.5).abs() < 1e-12);
+    /// assert!((m.ece - (p - 0.5)).abs() < 1e-12);
+    /// assert!((m.nll - (-(p.ln()) - (1.0 - p).ln()) / 2.0).abs() < 1e-12);
+    /// ```
+    ///
+    /// # Errors
+    /// [`MetricsError::EmptyClass`] for no frames, [`MetricsError::Shape`],
+    /// [`MetricsError::LabelOutOfRange`], [`MetricsError::NonFinite`].
+    pub fn from_logits(
+        logits: &[f32],
+        k: usize,
+        labels: &[usize],
+        temperature: f64,
+    ) -> Result<CalibrationMetrics, MetricsError> {
+        check_rows(logits, k, labels)?;
+        let n = labels.len();
+        let mut p = vec![0.0f64; k];
+        let (mut nll, mut brier, mut hits) = (0.0f64, 0.0f64, 0usize);
+        let mut count = [0usize; ECE_BINS];
+        let mut correct = [0usize; ECE_BINS];
+        let mut conf_sum = [0.0f64; ECE_BINS];
+        for (i, (row, &y)) in logits.chunks_exact(k).zip(labels).enumerate() {
+            let lse = log_softmax_into(row, temperature, &mut p).ok_or(MetricsError::NonFinite { index: i })?;
+            nll += lse - row[y] as f64 / temperature;
+            let (mut pred, mut conf) = (0usize, f64::NEG_INFINITY);
+            for (j, v) in p.iter().enumerate() {
+                if *v > conf {
+                    (pred, conf) = (j, *v);
+                }
+            }
+            brier +=
+                p.iter().enumerate().map(|(j, &v)| if j == y { (v - 1.0) * (v - 1.0) } else { v * v }).sum::<f64>();
+            let b =
+                (0..ECE_BINS).find(|&b| conf > b as f64 / ECE_BINS as f64 && conf <= (b + 1) as f64 / ECE_BINS as f64);
+            if let Some(b) = b {
+                count[b] += 1;
+                conf_sum[b] += conf;
+                correct[b] += usize::from(pred == y);
+            }
+            hits += usize::from(pred == y);
+        }
+        let bins: Vec<ReliabilityBin> = (0..ECE_BINS)
+            .map(|b| {
+                let c = count[b] as f64;
+                ReliabilityBin {
+                    lower: b as f64 / ECE_BINS as f64,
+                    upper: (b + 1) as f64 / ECE_BINS as f64,
+                    count: count[b],
+                    accuracy: correct[b] as f64 / c,
+                    confidence: conf_sum[b] / c,
+                }
+            })
+            .collect();
+        let gaps = bins.iter().filter(|b| b.count > 0).map(|b| (b.count, (b.accuracy - b.confidence).abs()));
+        let (mut ece, mut mce) = (0.0f64, 0.0f64);
+        for (c, gap) in gaps {
+            ece += c as f64 / n as f64 * gap;
+            mce = mce.max(gap);
+        }
+        Ok(CalibrationMetrics {
+            n,
+            temperature,
+            accuracy: hits as f64 / n as f64,
+            nll: nll / n as f64,
+            ece,
+            mce,
+            brier: brier / n as f64,
+            bins,
+        })
+    }
+}
+
+/// Checks `[N, K]` logits against `[N]` labels.
+pub(crate) fn check_rows(logits: &[f32], k: usize, labels: &[usize]) -> Result<(), MetricsError> {
+    if labels.is_empty() {
+        return Err(MetricsError::EmptyClass("labelled"));
+    }
+    if k == 0 || logits.len() != labels.len() * k {
+        return Err(MetricsError::Shape { logits: logits.len(), k, labels: labels.len() });
+    }
+    if let Some((index, &label)) = labels.iter().enumerate().find(|(_, &l)| l >= k) {
+        return Err(MetricsError::LabelOutOfRange { index, label, k });
+    }
+    Ok(())
+}
+
+/// Writes `softmax(z / T)` into `p` and returns `logsumexp(z / T)`, in `f64`; `None` when the
+/// row or `T` is not finite (or `T <= 0`).
+pub(crate) fn log_softmax_into(row: &[f32], temperature: f64, p: &mut [f64]) -> Option<f64> {
+    if !(temperature.is_finite() && temperature > 0.0) || row.iter().any(|z| !z.is_finite()) {
+        return None;
+    }
+    let m = row.iter().fold(f64::NEG_INFINITY, |m, &z| m.max(z as f64)) / temperature;
+    let mut sum = 0.0;
+    for (o, &z) in p.iter_mut().zip(row) {
+        *o = (z as f64 / temperature - m).exp();
+        sum += *o;
+    }
+    for o in p.iter_mut() {
+        *o /= sum;
+    }
+    Some(m + sum.ln())
 }

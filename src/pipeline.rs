@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::mpsc;
 
 use crate::bundle::{sha256_file, BundlePaths, Color, GateFile, InputSpec};
-use crate::core::conformal::p_value;
+use crate::core::conformal::{conformal_quantile, in_prediction_set, p_value};
 use crate::core::energy::Scores;
 use crate::core::gate::{decide, Reason, Verdict};
 use crate::error::{Error, Result};
@@ -18,14 +18,25 @@ use crate::model::Model;
 use crate::source::FrameItem;
 
 /// Run-time settings that override `gate.json` (for example from command-line flags).
+///
+/// Which rule decides:
+/// - `threshold` given: reject when `E(x) > threshold`; the bundle's `alpha` is ignored, an
+///   `alpha` given here applies as well.
+/// - otherwise, an `alpha` (given here, or the bundle's): the conformal gate, reject when
+///   `p(x) <= alpha` (the same as `E(x)` above the conformal quantile of the calibration
+///   energies at `alpha`).
+/// - otherwise the bundle's threshold, if any; with none, frames are scored without verdicts.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Overrides {
-    /// Energy threshold to use instead of the bundle's.
+    /// Energy threshold to use instead of the bundle's gate.
     pub threshold: Option<f32>,
-    /// Temperature to use instead of the bundle's.
+    /// Temperature to use instead of the bundle's. A different temperature sets the bundle's
+    /// gate and prediction sets aside (they were fitted at the bundle's temperature).
     pub temperature: Option<f32>,
     /// Conformal significance level to use instead of the bundle's.
     pub alpha: Option<f32>,
+    /// Level of the conformal prediction sets of classes; `None` = no sets.
+    pub set_alpha: Option<f32>,
     /// Frames per forward pass (default 32).
     pub batch: Option<usize>,
 }
@@ -35,12 +46,34 @@ pub struct Overrides {
 pub struct GateSettings {
     /// Temperature `T` of probabilities and energy.
     pub temperature: f32,
-    /// Energy threshold; `None` = scores only, no verdicts on scored frames.
+    /// Explicit energy threshold in force: reject when `E(x) > threshold`.
     pub threshold: Option<f32>,
-    /// Reject when the conformal p-value is `<= alpha`; needs calibration energies.
+    /// Conformal level in force: reject when the p-value is `<= alpha`.
     pub alpha: Option<f32>,
     /// Calibration energies, ascending, for p-values.
     pub calibration_energies: Vec<f32>,
+    /// Level of the conformal prediction sets, when asked for.
+    pub set_alpha: Option<f32>,
+    /// LAC quantile `q` of the prediction sets (`None` inside: every class), when asked for.
+    pub set_quantile: Option<Option<f32>>,
+}
+
+impl GateSettings {
+    /// The energy above which frames are rejected: the explicit threshold, or the conformal
+    /// quantile of the calibration energies at `alpha` (when both are set, the lower). `None`
+    /// when no rule is in force (scores only).
+    pub fn energy_threshold(&self) -> Option<f32> {
+        let conformal = self.alpha.and_then(|a| conformal_quantile(&self.calibration_energies, a));
+        match (self.threshold, conformal) {
+            (Some(t), Some(c)) => Some(t.min(c)),
+            (t, c) => t.or(c),
+        }
+    }
+
+    /// Whether frames get verdicts.
+    pub fn gates(&self) -> bool {
+        self.threshold.is_some() || self.alpha.is_some()
+    }
 }
 
 /// What happened to one frame.
@@ -56,6 +89,8 @@ pub struct FrameReport {
     pub scores: Option<Scores>,
     /// Conformal p-value of the energy, when calibration energies are present.
     pub p_value: Option<f32>,
+    /// Conformal prediction set (class indices, ascending), when `set_alpha` is set.
+    pub prediction_set: Option<Vec<usize>>,
     /// The verdict; `None` only for a scored frame when no threshold is set.
     pub verdict: Option<Verdict>,
     /// Why the verdict.
@@ -72,6 +107,7 @@ impl FrameReport {
             logits: None,
             scores: None,
             p_value: None,
+            prediction_set: None,
             verdict: Some(Verdict::OutOfDistribution),
             reason: Some(reason),
             // Decoder messages may end in a newline; one line per frame reads better.
@@ -164,25 +200,63 @@ impl EnergyGate {
                 message: format!("gate.json names {} classes but the model has {k} logits", class_names.len()),
             });
         }
+        let bundle_temperature = temperature;
         let temperature = overrides.temperature.unwrap_or(temperature);
         if !(temperature.is_finite() && temperature > 0.0) {
             return Err(Error::Invalid(format!("temperature must be finite and > 0, got {temperature}")));
         }
+        // The gate's energies and threshold were fitted at the bundle's temperature: at another
+        // one they mean nothing, so the bundle's gate is set aside (flags can still give one).
+        let gate = if temperature != bundle_temperature { None } else { gate };
+        let prediction_sets = if temperature != bundle_temperature {
+            None
+        } else {
+            gate_file.as_ref().and_then(|g| g.prediction_sets.clone())
+        };
         let calibration_energies = gate.as_ref().map(|g| g.calibration_energies.clone()).unwrap_or_default();
-        let alpha = overrides.alpha.or(gate.as_ref().and_then(|g| g.alpha));
-        if let Some(a) = alpha {
-            if !(a > 0.0 && a < 1.0) {
-                return Err(Error::Invalid(format!("alpha must be in (0, 1), got {a}")));
-            }
-            if calibration_energies.is_empty() {
-                return Err(Error::Invalid("alpha needs calibration energies in gate.json".into()));
+        let (threshold, alpha) = match overrides.threshold {
+            Some(t) => (Some(t), overrides.alpha),
+            None => match overrides.alpha.or(gate.as_ref().and_then(|g| g.alpha)) {
+                Some(a) => (None, Some(a)),
+                None => (gate.as_ref().map(|g| g.threshold), None),
+            },
+        };
+        if let Some(t) = threshold {
+            if t.is_nan() {
+                return Err(Error::Invalid("threshold must be a number, got NaN".into()));
             }
         }
+        if let Some(a) = alpha {
+            let src = where_().display().to_string();
+            if calibration_energies.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "alpha = {a} needs calibration energies, and {src} has none: run `ebm-gate calibrate` first, or give --threshold"
+                )));
+            }
+            crate::calibration::check_alpha(calibration_energies.len(), a)
+                .map_err(|e| Error::Invalid(format!("{src}: {e}")))?;
+        }
+        let set_quantile = match overrides.set_alpha {
+            None => None,
+            Some(a) => {
+                let src = where_().display().to_string();
+                let scores = prediction_sets.as_ref().ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "prediction sets need calibration scores at T = {temperature}, and {src} has none: run `ebm-gate calibrate` on labelled data first (without --temperature)"
+                    ))
+                })?;
+                crate::calibration::check_alpha(scores.calibration_scores.len(), a)
+                    .map_err(|e| Error::Invalid(format!("{src}: prediction sets: {e}")))?;
+                Some(conformal_quantile(&scores.calibration_scores, a))
+            }
+        };
         let settings = GateSettings {
             temperature,
-            threshold: overrides.threshold.or(gate.as_ref().map(|g| g.threshold)),
+            threshold,
             alpha,
             calibration_energies,
+            set_alpha: overrides.set_alpha,
+            set_quantile,
         };
         Ok(EnergyGate { model, input, class_names, settings, batch, paths, gate_file })
     }
@@ -231,18 +305,27 @@ impl EnergyGate {
             logits: Some(logits.to_vec()),
             scores: None,
             p_value: None,
+            prediction_set: None,
             verdict: Some(Verdict::OutOfDistribution),
             reason: Some(Reason::NonFiniteEnergy),
             error: None,
         };
         match Scores::from_logits(logits, self.settings.temperature) {
             Ok(scores) => {
-                let cal = &self.settings.calibration_energies;
+                let st = &self.settings;
+                let cal = &st.calibration_energies;
                 let p = (!cal.is_empty()).then(|| p_value(cal, scores.energy));
-                let decision = self.settings.threshold.map(|thr| {
-                    let pa = self.settings.alpha.and_then(|a| p.map(|p| (p, a)));
-                    decide(scores.energy, thr, pa)
+                let decision = st.gates().then(|| {
+                    let pa = st.alpha.and_then(|a| p.map(|p| (p, a)));
+                    decide(scores.energy, st.threshold.unwrap_or(f32::INFINITY), pa)
                 });
+                if let Some(q) = st.set_quantile {
+                    let mut probs = vec![0.0f32; logits.len()];
+                    if crate::core::energy::softmax(logits, st.temperature, &mut probs).is_ok() {
+                        report.prediction_set =
+                            Some((0..probs.len()).filter(|&y| in_prediction_set(probs[y], q)).collect());
+                    }
+                }
                 report.scores = Some(scores);
                 report.p_value = p;
                 report.verdict = decision.map(|d| d.0);

@@ -14,8 +14,10 @@ fn golden() -> serde_json::Value {
     read_json("tests/data/golden_cifar10_airnet.json")
 }
 
+/// The bundle at `T = 1`, the temperature the goldens' energies were computed at.
 fn open(batch: usize) -> EnergyGate {
-    EnergyGate::open(&bundle(), &Overrides { batch: Some(batch), ..Default::default() }).expect("bundle loads")
+    EnergyGate::open(&bundle(), &Overrides { batch: Some(batch), temperature: Some(1.0), ..Default::default() })
+        .expect("bundle loads")
 }
 
 fn score(gate: &mut EnergyGate, paths: &[PathBuf]) -> Vec<FrameReport> {

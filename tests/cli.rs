@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::common::{bin, bundle, read_json, root};
+use crate::common::{bin, bundle, f32s, read_json, root, shared_data};
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin()).args(args).current_dir(root()).output().unwrap();
@@ -17,11 +17,18 @@ fn lines(stdout: &str) -> Vec<serde_json::Value> {
     stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect()
 }
 
+/// `E = -T * logsumexp(z / T)` in f64: the closed form, for goldens made at another temperature.
+fn energy_at(z: &[f32], t: f64) -> f64 {
+    let m = z.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    -t * (m / t + z.iter().map(|&v| ((v as f64 - m) / t).exp()).sum::<f64>().ln())
+}
+
 #[test]
 fn score_samples_json_has_stable_keys_and_golden_energies() {
     let (code, stdout, stderr) = run(&["score", "models/cifar10-airnet", "models/cifar10-airnet/samples", "--json"]);
     let rows = lines(&stdout);
     let golden = read_json("tests/data/golden_cifar10_airnet.json");
+    let t = read_json("models/cifar10-airnet/gate.json")["temperature"].as_f64().unwrap();
     let samples = golden["samples"].as_array().unwrap();
     assert_eq!(rows.len(), samples.len(), "{stderr}");
     for (row, g) in rows.iter().zip(samples) {
@@ -30,13 +37,16 @@ fn score_samples_json_has_stable_keys_and_golden_energies() {
         }
         assert!(row["path"].as_str().unwrap().ends_with(g["path"].as_str().unwrap()));
         let e = row["energy"].as_f64().unwrap();
-        assert!((e - g["energy"].as_f64().unwrap()).abs() < 0.05, "{row}");
+        let want = energy_at(&f32s(&g["ort_logits"]), t);
+        assert!((e - want).abs() < 0.05, "{row}: energy at T = {t} should be {want}");
+        assert!(row["p_value"].is_number(), "{row}");
     }
     let rejected = rows.iter().any(|r| r["verdict"] == "out_of_distribution");
     assert_eq!(code, if rejected { 1 } else { 0 }, "{stderr}");
     let noise = rows.iter().find(|r| r["path"].as_str().unwrap().ends_with("noise.png")).unwrap();
     assert_eq!(noise["verdict"], "out_of_distribution", "{noise}");
-    assert_eq!(noise["reason"], "energy_above_threshold");
+    assert_eq!(noise["reason"], "p_value_at_or_below_alpha", "the bundle's gate is conformal");
+    assert!(noise["p_value"].as_f64().unwrap() <= 0.05, "{noise}");
 }
 
 #[test]
@@ -125,10 +135,13 @@ fn eval_writes_a_report_with_every_score() {
     assert!(r["id"]["accuracy"].is_number());
     let scores: Vec<&str> =
         r["ood"][0]["metrics"].as_array().unwrap().iter().map(|m| m["score"].as_str().unwrap()).collect();
-    assert_eq!(scores, ["energy", "msp", "max_logit"]);
+    assert_eq!(scores, ["energy", "msp", "max_logit", "energy_t1"], "T != 1 adds energy at T = 1");
+    // The golden energy metrics were computed at T = 1.
     let golden = read_json("tests/data/golden_cifar10_airnet.json");
     let want = golden["eval_frames"]["metrics"]["energy"]["auroc"].as_f64().unwrap();
-    assert!((r["ood"][0]["metrics"][0]["auroc"].as_f64().unwrap() - want).abs() < 1e-9);
+    assert!((r["ood"][0]["metrics"][3]["auroc"].as_f64().unwrap() - want).abs() < 1e-9);
+    assert!(r["calibration"].as_array().unwrap().len() == 2, "NLL/ECE at T = 1 and at the bundle's T");
+    assert!(!r["conformal"].as_array().unwrap().is_empty());
 }
 
 #[test]
@@ -137,4 +150,204 @@ fn eval_bad_ood_spec_exits_2() {
         run(&["eval", "models/cifar10-airnet", "--id", "tests/data/frames", "--ood", "nonamegiven"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("NAME=PATH"), "{stderr}");
+}
+
+/// A copy of the reference bundle (model.onnx + gate.json) in a temporary folder.
+fn bundle_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["model.onnx", "gate.json"] {
+        std::fs::copy(bundle().join(f), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
+fn sorted_energies_from_score(model: &str, frames: &str) -> Vec<f64> {
+    let (_, stdout, stderr) = run(&["score", model, frames, "--json"]);
+    let mut e: Vec<f64> = lines(&stdout).iter().map(|r| r["energy"].as_f64().expect(&stderr)).collect();
+    e.sort_by(f64::total_cmp);
+    e
+}
+
+#[test]
+fn calibrate_unlabelled_folder_writes_the_conformal_gate() {
+    let b = bundle_copy();
+    let model = b.path().to_str().unwrap();
+    let t_before = read_json("models/cifar10-airnet/gate.json")["temperature"].as_f64().unwrap();
+    let (code, stdout, stderr) = run(&["calibrate", model, "--id", "tests/data/frames", "--holdout", "0"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("unlabelled"), "{stdout}");
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(b.path().join("gate.json")).unwrap()).unwrap();
+    // Unlabelled: the temperature is kept, no prediction sets.
+    assert_eq!(g["temperature"].as_f64().unwrap(), t_before);
+    assert!(g.get("prediction_sets").is_none());
+    // The calibration energies are the frames' energies as `score` gives them, ascending.
+    let want = sorted_energies_from_score(model, "tests/data/frames");
+    let got: Vec<f64> =
+        g["gate"]["calibration_energies"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(got.len(), 24);
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+    // Threshold: the ceil((n + 1)(1 - alpha)) = ceil(25 * 0.95) = 24th smallest energy.
+    assert_eq!(g["gate"]["threshold"].as_f64().unwrap(), got[23]);
+    assert_eq!(g["gate"]["alpha"].as_f64().unwrap() as f32, 0.05);
+    assert_eq!(g["provenance"]["n"], 24);
+    assert_eq!(g["provenance"]["split"]["n_held_out"], 0);
+    assert_eq!(g["provenance"]["model_sha256"].as_str().unwrap().len(), 64);
+    // With n = 24 and alpha = 0.05 only an energy above every calibration energy has
+    // p = 1/25 <= 0.05: the calibration frames themselves all pass.
+    let (code, _, stderr) = run(&["score", model, "tests/data/frames"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("conformal gate"), "{stderr}");
+}
+
+#[test]
+fn calibrate_refuses_too_few_frames_bad_frames_and_foreign_models() {
+    let b = bundle_copy();
+    let model = b.path().to_str().unwrap();
+    // 24 frames: alpha 0.01 needs n + 1 >= 100.
+    let (code, _, stderr) =
+        run(&["calibrate", model, "--id", "tests/data/frames", "--holdout", "0", "--alpha", "0.01"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("too few") && stderr.contains("at least 99"), "{stderr}");
+    // A frame that cannot be decoded: calibration data must be clean.
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..20 {
+        std::fs::copy(root().join("tests/data/frames/00_chelsea_0.png"), dir.path().join(format!("{i:02}.png")))
+            .unwrap();
+    }
+    std::fs::write(dir.path().join("zz_broken.png"), b"not a png").unwrap();
+    let (code, _, stderr) = run(&["calibrate", model, "--id", dir.path().to_str().unwrap(), "--holdout", "0"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("zz_broken.png") && stderr.contains("could not be scored"), "{stderr}");
+    // gate.json made for another model.
+    let gate = b.path().join("gate.json");
+    let text = std::fs::read_to_string(&gate).unwrap();
+    let sha = read_json("models/cifar10-airnet/gate.json")["provenance"]["model_sha256"].as_str().unwrap().to_string();
+    std::fs::write(&gate, text.replace(&sha, &"0".repeat(64))).unwrap();
+    let (code, _, stderr) = run(&["calibrate", model, "--id", "tests/data/frames", "--holdout", "0"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("sha256"), "{stderr}");
+    // --holdout out of range.
+    let (code, _, stderr) = run(&[
+        "calibrate",
+        "models/cifar10-airnet",
+        "--id",
+        "tests/data/frames",
+        "--holdout",
+        "1.0",
+        "--out",
+        dir.path().join("g.json").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("holdout"), "{stderr}");
+}
+
+#[test]
+fn prediction_sets_follow_the_lac_rule() {
+    let (code, stdout, stderr) = run(&[
+        "score",
+        "models/cifar10-airnet",
+        "models/cifar10-airnet/samples",
+        "--json",
+        "--logits",
+        "--set-alpha",
+        "0.1",
+    ]);
+    assert!(code <= 1, "{stderr}");
+    let g = read_json("models/cifar10-airnet/gate.json");
+    let names: Vec<&str> = g["class_names"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let t = g["temperature"].as_f64().unwrap();
+    let scores = f32s(&g["prediction_sets"]["calibration_scores"]);
+    // q: the ceil((n + 1) * 0.9)-th smallest calibration score.
+    let k = ((scores.len() as f64 + 1.0) * 0.9).ceil() as usize;
+    let q = scores[k - 1] as f64;
+    for row in lines(&stdout) {
+        let z = f32s(&row["logits"]);
+        let m = z.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let sum: f64 = z.iter().map(|&v| ((v as f64 - m) / t).exp()).sum();
+        let want: Vec<&str> =
+            (0..z.len()).filter(|&y| 1.0 - ((z[y] as f64 - m) / t).exp() / sum <= q + 1e-6).map(|y| names[y]).collect();
+        let got: Vec<&str> = row["prediction_set"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert_eq!(got, want, "{row}");
+    }
+    // A bundle without prediction-set scores refuses --set-alpha.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(bundle().join("model.onnx"), dir.path().join("m.onnx")).unwrap();
+    let (code, _, stderr) =
+        run(&["score", dir.path().join("m.onnx").to_str().unwrap(), "tests/data/frames", "--set-alpha", "0.1"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("prediction sets need calibration scores"), "{stderr}");
+}
+
+/// Calibrate on 400 labelled CIFAR-10 test images (40 per class, half held out), look at the
+/// report, the plots, and `eval` leaving the calibration frames out.
+#[test]
+fn calibrate_labelled_cifar_subset_fits_t_lowers_ece_and_draws() {
+    let Some(data) = shared_data("calibrate_labelled_cifar_subset_fits_t_lowers_ece_and_draws") else { return };
+    let names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+    let dir = tempfile::tempdir().unwrap();
+    let id = dir.path().join("id");
+    for name in names {
+        let mut files: Vec<_> =
+            std::fs::read_dir(data.join("cifar10/test").join(name)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        std::fs::create_dir_all(id.join(name)).unwrap();
+        for f in files.iter().take(40) {
+            std::fs::copy(f, id.join(name).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let b = bundle_copy();
+    let model = b.path().to_str().unwrap();
+    let plots = dir.path().join("plots");
+    let (code, stdout, stderr) =
+        run(&["calibrate", model, "--id", id.to_str().unwrap(), "--plots", plots.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(b.path().join("gate.json")).unwrap()).unwrap();
+    let t = g["temperature"].as_f64().unwrap();
+    assert!(t > 0.2 && t < 2.0, "T = {t}");
+    assert!(
+        g["prediction_sets"]["calibration_scores"].as_array().unwrap().len()
+            == g["provenance"]["n"].as_u64().unwrap() as usize
+    );
+    // The table: before and after rows, the ECE after is lower on the held-out frames.
+    let ece = |row: &str| -> f64 {
+        let line = stdout.lines().find(|l| l.starts_with(row)).unwrap_or_else(|| panic!("{stdout}"));
+        line.split_whitespace().find(|w| w.ends_with('%')).unwrap().trim_end_matches('%').parse().unwrap()
+    };
+    assert!(ece("after") < ece("before"), "{stdout}");
+    for f in ["reliability.png", "reliability.svg"] {
+        assert!(plots.join(f).metadata().unwrap().len() > 10_000, "{f}");
+    }
+    let png = image::open(plots.join("reliability.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (1200, 540));
+    let svg = std::fs::read_to_string(plots.join("reliability.svg")).unwrap();
+    assert!(svg.contains("Confidence") && svg.contains("ECE"), "axis label and ECE in the SVG");
+    // eval on the same folder leaves the calibration frames out.
+    let report = dir.path().join("eval.json");
+    let eval_plots = dir.path().join("eval_plots");
+    let (code, stdout, stderr) = run(&[
+        "eval",
+        model,
+        "--id",
+        id.to_str().unwrap(),
+        "--ood",
+        "synthetic=tests/data/frames",
+        "--json",
+        report.to_str().unwrap(),
+        "--plots",
+        eval_plots.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let n_cal = g["provenance"]["n"].as_u64().unwrap();
+    assert_eq!(r["id"]["excluded_calibration_frames"].as_u64().unwrap(), n_cal);
+    assert_eq!(r["id"]["n"].as_u64().unwrap(), 400 - n_cal);
+    assert_eq!(r["id"]["n"], g["provenance"]["split"]["n_held_out"]);
+    assert!(r["prediction_sets"].as_array().unwrap().len() >= 2);
+    for f in ["roc.png", "roc.svg", "energy_histogram.png", "energy_histogram.svg"] {
+        assert!(eval_plots.join(f).metadata().unwrap().len() > 10_000, "{f}");
+    }
 }

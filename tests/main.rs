@@ -2,6 +2,7 @@
 
 mod agreement;
 mod bundle_errors;
+mod calibration_golden;
 mod cli;
 mod common;
 mod metrics_golden;

@@ -1,0 +1,270 @@
+//! `calibrate` on a bundle: score a folder of in-distribution frames, split it, fit `T`, the
+//! conformal gate and the prediction sets, and build the new `gate.json`.
+
+use std::path::{Component, Path};
+
+use super::{
+    check_alpha, conformal_quantile, false_rejection, fit_temperature, is_held_out, lac_scores, prediction_set_summary,
+    sorted_energies, FalseRejection, SetSummary, TemperatureFit,
+};
+use crate::bundle::{sha256_file, GateFile, GateSpec, PredictionSets, Provenance, SplitSpec, FORMAT_VERSION};
+use crate::error::{Error, Result};
+use crate::metrics::CalibrationMetrics;
+use crate::pipeline::{EnergyGate, FrameReport};
+use crate::source::FrameItem;
+
+/// The levels whose false-rejection rate `calibrate` and `eval` report.
+pub const CHECK_ALPHAS: [f32; 3] = [0.01, 0.05, 0.1];
+
+/// Settings of [`calibrate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalibrateOptions {
+    /// Level of the conformal gate stored in `gate.json` (reject when `p <= alpha`).
+    pub alpha: f32,
+    /// Fraction of the folder held out for the before/after report, in `[0, 1)`.
+    pub holdout: f64,
+    /// Seed of the split ([`is_held_out`]).
+    pub seed: u64,
+    /// The folder, as the user named it; recorded in the provenance.
+    pub data: String,
+    /// The folder on disk, against which frame names are made relative for the split.
+    pub root: std::path::PathBuf,
+}
+
+/// What [`calibrate`] fitted and measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalibrationOutcome {
+    /// The new `gate.json` contents (not yet written).
+    pub gate_file: GateFile,
+    /// Frames in the folder.
+    pub n_total: usize,
+    /// Frames used for calibration.
+    pub n_calibration: usize,
+    /// Frames held out.
+    pub n_held_out: usize,
+    /// Whether every frame had a class label (ImageFolder layout with the bundle's class names).
+    pub labelled: bool,
+    /// The temperature fit, on labelled data.
+    pub fit: Option<TemperatureFit>,
+    /// Calibration of the probabilities at `T = 1` (before) and at the fitted `T` (after),
+    /// measured on the held-out frames (on the calibration frames when none are held out).
+    pub before_after: Option<(CalibrationMetrics, CalibrationMetrics)>,
+    /// Whether `before_after` was measured on held-out frames.
+    pub measured_on_held_out: bool,
+    /// The conformal energy threshold at `alpha`.
+    pub threshold: f32,
+    /// False-rejection rate on the held-out frames at [`CHECK_ALPHAS`] and `alpha`.
+    pub false_rejection: Vec<FalseRejection>,
+    /// Prediction-set coverage and size on the held-out frames at [`CHECK_ALPHAS`].
+    pub prediction_sets: Vec<SetSummary>,
+}
+
+/// A frame's path relative to `root`, with `/` separators; the whole name when it is not
+/// under `root` (an IDX frame, say).
+pub fn relative_name(root: &Path, name: &str) -> String {
+    match Path::new(name).strip_prefix(root) {
+        Ok(rel) => rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"),
+        Err(_) => name.to_string(),
+    }
+}
+
+/// `true` for each frame in the held-out part of the split ([`is_held_out`] of its
+/// [`relative_name`]).
+pub fn held_out_mask(items: &[FrameItem], root: &Path, holdout: f64, seed: u64) -> Vec<bool> {
+    items.iter().map(|it| is_held_out(&relative_name(root, &it.name), holdout, seed)).collect()
+}
+
+/// Whether `folder` is the data a bundle was calibrated on: the same folder once both are made
+/// absolute, or `folder` ends with the named components of the recorded path (so
+/// `../shared/data/cifar10/test` recorded elsewhere matches `/x/shared/data/cifar10/test`).
+pub fn is_calibration_data(provenance: &Provenance, folder: &Path) -> bool {
+    let recorded = Path::new(&provenance.data);
+    let Ok(here) = folder.canonicalize() else { return false };
+    if recorded.canonicalize().is_ok_and(|r| r == here) {
+        return true;
+    }
+    let named: Vec<_> = recorded.components().filter(|c| matches!(c, Component::Normal(_))).collect();
+    let here_c: Vec<_> = here.components().collect();
+    !named.is_empty() && here_c.len() >= named.len() && here_c[here_c.len() - named.len()..] == named[..]
+}
+
+/// The frames of `items` (listed from `folder`) that calibrated the bundle: `Some(mask)` with
+/// `true` for calibration frames when the bundle's provenance records a split of this folder.
+pub fn calibration_frames(gate_file: &GateFile, folder: &Path, items: &[FrameItem]) -> Option<Vec<bool>> {
+    let prov = gate_file.provenance.as_ref()?;
+    let split = prov.split.as_ref()?;
+    if !is_calibration_data(prov, folder) {
+        return None;
+    }
+    Some(held_out_mask(items, folder, split.holdout, split.seed).into_iter().map(|h| !h).collect())
+}
+
+fn gather(reports: &[&FrameReport], k: usize) -> (Vec<f32>, Vec<usize>) {
+    let mut logits = Vec::with_capacity(reports.len() * k);
+    let mut labels = Vec::with_capacity(reports.len());
+    for r in reports {
+        logits.extend_from_slice(r.logits.as_deref().unwrap_or(&[]));
+        labels.push(r.label.unwrap_or(usize::MAX));
+    }
+    (logits, labels)
+}
+
+/// Scores `items` (in-distribution frames from `opts.root`) through `gate`, splits them, and
+/// fits the gate:
+///
+/// 1. frames with [`is_held_out`] (`opts.holdout`, `opts.seed`) are held out; the rest
+///    calibrate;
+/// 2. with labels, `T` is fitted by NLL on the calibration frames ([`fit_temperature`]) and
+///    NLL / ECE / MCE / Brier at `T = 1` and at `T` are measured on the held-out frames; without
+///    labels the bundle's temperature is kept;
+/// 3. the calibration energies at `T`, sorted, and the conformal threshold at `opts.alpha`;
+/// 4. with labels, the LAC prediction-set scores;
+/// 5. false-rejection rates and set coverage on the held-out frames.
+///
+/// `progress(k)` is called as frames are scored.
+///
+/// # Errors
+/// [`Error::Invalid`] naming the folder when a frame cannot be scored (calibration data must be
+/// clean), when its energy is not finite, when there are too few calibration frames for
+/// `alpha` (`n + 1 < 1 / alpha`), or when `holdout` is not in `[0, 1)`.
+pub fn calibrate(
+    gate: &mut EnergyGate,
+    items: &[FrameItem],
+    opts: &CalibrateOptions,
+    progress: impl FnMut(usize),
+) -> Result<CalibrationOutcome> {
+    let bad = |m: String| Error::Invalid(format!("calibrate on {}: {m}", opts.data));
+    if !(0.0..1.0).contains(&opts.holdout) {
+        return Err(bad(format!("--holdout must be in [0, 1), got {}", opts.holdout)));
+    }
+    if items.is_empty() {
+        return Err(bad("no image files found".into()));
+    }
+    let held = held_out_mask(items, &opts.root, opts.holdout, opts.seed);
+    let n_cal = held.iter().filter(|h| !**h).count();
+    check_alpha(n_cal, opts.alpha).map_err(|e| bad(e.to_string()))?;
+    let reports = gate.score_items(items, progress);
+    let failed: Vec<String> = reports
+        .iter()
+        .filter(|r| r.scores.is_none())
+        .take(3)
+        .map(|r| format!("{}: {}", r.name, r.error.as_deref().unwrap_or("non-finite energy")))
+        .collect();
+    if !failed.is_empty() {
+        let n = reports.iter().filter(|r| r.scores.is_none()).count();
+        return Err(bad(format!(
+            "{n} of {} frames could not be scored, and calibration data must score cleanly; first: {}",
+            reports.len(),
+            failed.join("; ")
+        )));
+    }
+    let k = gate.class_names().len();
+    let cal: Vec<&FrameReport> = reports.iter().zip(&held).filter(|(_, h)| !**h).map(|(r, _)| r).collect();
+    let hold: Vec<&FrameReport> = reports.iter().zip(&held).filter(|(_, h)| **h).map(|(r, _)| r).collect();
+    let labelled = reports.iter().all(|r| r.label.is_some());
+    let (cal_logits, cal_labels) = gather(&cal, k);
+    let (hold_logits, hold_labels) = gather(&hold, k);
+    let measured_on_held_out = !hold.is_empty();
+    let (eval_logits, eval_labels) =
+        if measured_on_held_out { (&hold_logits, &hold_labels) } else { (&cal_logits, &cal_labels) };
+
+    let (fit, temperature) = if labelled {
+        let fit = fit_temperature(&cal_logits, k, &cal_labels).map_err(|e| bad(e.to_string()))?;
+        (Some(fit), fit.temperature as f32)
+    } else {
+        (None, gate.settings().temperature)
+    };
+    let before_after = match fit {
+        Some(f) => Some((
+            CalibrationMetrics::from_logits(eval_logits, k, eval_labels, 1.0).map_err(|e| bad(e.to_string()))?,
+            CalibrationMetrics::from_logits(eval_logits, k, eval_labels, f.temperature)
+                .map_err(|e| bad(e.to_string()))?,
+        )),
+        None => None,
+    };
+    let energies =
+        sorted_energies(&cal_logits, k, temperature).map_err(|e| bad(format!("{e} ({})", cal_name(&cal, &e))))?;
+    let threshold = conformal_quantile(&energies, opts.alpha)
+        .ok_or_else(|| bad(format!("too few calibration frames ({}) for alpha {}", energies.len(), opts.alpha)))?;
+    let lac = if labelled {
+        Some(lac_scores(&cal_logits, k, &cal_labels, temperature as f64).map_err(|e| bad(e.to_string()))?)
+    } else {
+        None
+    };
+
+    let mut false_rej = Vec::new();
+    let mut sets = Vec::new();
+    if measured_on_held_out {
+        let held_energies = sorted_energies(&hold_logits, k, temperature).map_err(|e| bad(e.to_string()))?;
+        let mut alphas = CHECK_ALPHAS.to_vec();
+        if !alphas.contains(&opts.alpha) {
+            alphas.push(opts.alpha);
+        }
+        for &a in &alphas {
+            if check_alpha(energies.len(), a).is_ok() {
+                false_rej.push(false_rejection(&energies, &held_energies, a));
+            }
+        }
+        if let Some(scores) = &lac {
+            for &a in &CHECK_ALPHAS {
+                if check_alpha(scores.len(), a).is_ok() {
+                    sets.push(
+                        prediction_set_summary(&hold_logits, k, &hold_labels, temperature as f64, scores, a)
+                            .map_err(|e| bad(e.to_string()))?,
+                    );
+                }
+            }
+        }
+    }
+
+    let model_sha256 = sha256_file(&gate.paths().model)?;
+    let mut gate_file = gate.gate_file().cloned().unwrap_or_else(|| GateFile {
+        format_version: FORMAT_VERSION,
+        input: gate.input().clone(),
+        class_names: gate.class_names().to_vec(),
+        temperature: 1.0,
+        gate: None,
+        prediction_sets: None,
+        provenance: None,
+    });
+    gate_file.temperature = temperature;
+    gate_file.gate = Some(GateSpec {
+        score: "energy".into(),
+        threshold,
+        target_tpr: 1.0 - opts.alpha as f64,
+        alpha: Some(opts.alpha),
+        calibration_energies: energies,
+    });
+    gate_file.prediction_sets =
+        lac.map(|calibration_scores| PredictionSets { method: "lac".into(), calibration_scores });
+    gate_file.provenance = Some(Provenance {
+        model_sha256,
+        data: opts.data.clone(),
+        n: n_cal,
+        created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        tool: format!("ebm-gate {} calibrate", env!("CARGO_PKG_VERSION")),
+        split: Some(SplitSpec { holdout: opts.holdout, seed: opts.seed, n_total: items.len(), n_held_out: hold.len() }),
+    });
+    Ok(CalibrationOutcome {
+        gate_file,
+        n_total: items.len(),
+        n_calibration: n_cal,
+        n_held_out: hold.len(),
+        labelled,
+        fit,
+        before_after,
+        measured_on_held_out,
+        threshold,
+        false_rejection: false_rej,
+        prediction_sets: sets,
+    })
+}
+
+fn cal_name(cal: &[&FrameReport], e: &super::CalibrationError) -> String {
+    match e {
+        super::CalibrationError::NonFiniteEnergy { index } => {
+            cal.get(*index).map(|r| r.name.clone()).unwrap_or_default()
+        }
+        _ => String::new(),
+    }
+}
