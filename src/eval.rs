@@ -3,7 +3,8 @@
 //! Scores compared, all "higher = more in-distribution": `energy` (`-E(x)` at the bundle's
 //! temperature, Liu et al. 2020), `msp` (max softmax probability at `T = 1`), `max_logit`, and
 //! `energy_t1` (`-E(x)` at `T = 1`, the setting of Liu et al.) when the bundle's temperature is
-//! not 1. A frame that could not be scored counts as least in-distribution (rejected).
+//! not 1. A frame that could not be scored is left out of the metrics and counted in `errors`;
+//! the gate's rates (accepted, rejected) count it as rejected, as the gate does.
 
 use serde::Serialize;
 
@@ -84,10 +85,11 @@ pub struct ConformalRow {
     pub id_rejected: f64,
     /// Wilson 95% interval of `id_rejected`.
     pub id_rejected_interval: (f64, f64),
-    /// Mean false-rejection rate over random half/half splits of the ID frames' own energies.
-    pub split_mean: f64,
+    /// Mean false-rejection rate over random half/half splits of the ID frames' own energies;
+    /// `None` when half of them are too few for `alpha`.
+    pub split_mean: Option<f64>,
     /// Its standard deviation over the splits.
-    pub split_sd: f64,
+    pub split_sd: Option<f64>,
     /// Number of random splits.
     pub splits: usize,
     /// Fraction of each OOD set rejected, in the order of [`EvalReport::ood`].
@@ -241,14 +243,15 @@ pub fn conformal_rows(
         .filter(|&&a| crate::calibration::check_alpha(calibration_energies.len(), a).is_ok())
         .map(|&alpha| {
             let fr = false_rejection(calibration_energies, &id_e, alpha);
-            let sc = split_conformal_check(&id_finite, alpha, splits, 0);
+            let enough = splits > 0 && crate::calibration::check_alpha(id_finite.len() / 2, alpha).is_ok();
+            let sc = enough.then(|| split_conformal_check(&id_finite, alpha, splits, 0));
             ConformalRow {
                 alpha,
                 threshold: crate::core::conformal::conformal_quantile(calibration_energies, alpha),
                 id_rejected: fr.rate,
                 id_rejected_interval: wilson_interval(fr.rejected, fr.n),
-                split_mean: sc.mean,
-                split_sd: sc.sd,
+                split_mean: sc.map(|c| c.mean),
+                split_sd: sc.map(|c| c.sd),
                 splits,
                 ood_rejected: ood
                     .iter()
@@ -274,10 +277,11 @@ pub fn set_rows(id: &[FrameReport], temperature: f32, sorted_scores: &[f32], alp
         .collect()
 }
 
-/// Summarises one OOD set against the ID set's reports, for each score in `scores`.
+/// Summarises one OOD set against the ID set's reports, for each score in `scores`. The metrics
+/// use the frames that were scored; the others are counted in `errors`.
 ///
 /// # Errors
-/// A message when either set is empty.
+/// A message when either set has no scored frame.
 pub fn summarise_ood(
     name: &str,
     path: &str,
@@ -285,9 +289,13 @@ pub fn summarise_ood(
     ood: &[FrameReport],
     scores: &[&str],
 ) -> Result<OodSummary, crate::metrics::MetricsError> {
+    // Metrics compare scored frames only: a frame that could not be decoded says nothing about
+    // the score (it is counted in `errors`, and the gate rejects it).
+    let scored = |r: &[FrameReport]| -> Vec<FrameReport> { r.iter().filter(|x| x.scores.is_some()).cloned().collect() };
+    let (id_s, ood_s) = (scored(id), scored(ood));
     let mut metrics = Vec::new();
     for &score in scores {
-        let m = OodMetrics::compute(&score_values(id, score), &score_values(ood, score))?;
+        let m = OodMetrics::compute(&score_values(&id_s, score), &score_values(&ood_s, score))?;
         metrics.push(ScoreMetrics {
             score: score.into(),
             auroc: m.auroc,

@@ -52,6 +52,7 @@ impl GateArgs {
             alpha: self.alpha,
             set_alpha: None,
             batch: Some(self.batch),
+            accept_new_model: false,
         }
     }
 }
@@ -88,10 +89,10 @@ enum Command {
         #[arg(long)]
         id: PathBuf,
         /// Level of the conformal gate: at most ALPHA of ID frames are rejected
-        #[arg(long, default_value_t = 0.05)]
+        #[arg(long, default_value_t = 0.05, allow_hyphen_values = true)]
         alpha: f32,
         /// Fraction of the folder held out from calibration for the before/after report
-        #[arg(long, default_value_t = 0.5)]
+        #[arg(long, default_value_t = 0.5, allow_hyphen_values = true)]
         holdout: f64,
         /// Seed of the calibration/held-out split
         #[arg(long, default_value_t = 0)]
@@ -105,6 +106,10 @@ enum Command {
         /// Frames per forward pass
         #[arg(long, default_value_t = 32)]
         batch: usize,
+        /// The model changed since gate.json was written (sha256 mismatch): keep gate.json's
+        /// preprocessing and class names, refit everything else
+        #[arg(long)]
+        new_model: bool,
     },
     /// ID accuracy and OOD metrics (AUROC, AUPR-In/Out, FPR@95TPR) for energy, MSP, MaxLogit
     Eval {
@@ -120,14 +125,14 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
         /// Use N frames of each set, spread evenly over it (every k-th in path order)
-        #[arg(long, value_name = "N")]
-        limit: Option<usize>,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
         /// Write ROC curves and energy histograms (roc.png/.svg, energy_histogram.png/.svg) into DIR
         #[arg(long, value_name = "DIR")]
         plots: Option<PathBuf>,
         /// Random half/half splits of the ID energies for the split-conformal check
-        #[arg(long, default_value_t = 100)]
-        splits: usize,
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+        splits: u64,
         #[command(flatten)]
         gate: GateArgs,
     },
@@ -146,12 +151,19 @@ fn main() -> ExitCode {
         Command::Score { model, inputs, json, logits, set_alpha, gate } => {
             score(&model, &inputs, json, logits, set_alpha, &gate)
         }
-        Command::Calibrate { model, id, alpha, holdout, seed, out, plots, batch } => {
-            calibrate_cmd(&model, &id, alpha, holdout, seed, out, plots.as_deref(), batch)
+        Command::Calibrate { model, id, alpha, holdout, seed, out, plots, batch, new_model } => {
+            calibrate_cmd(&model, &id, alpha, holdout, seed, out, plots.as_deref(), batch, new_model)
         }
-        Command::Eval { model, id, ood, json, limit, plots, splits, gate } => {
-            eval(&model, &id, &ood, json.as_deref(), limit, plots.as_deref(), splits, &gate)
-        }
+        Command::Eval { model, id, ood, json, limit, plots, splits, gate } => eval(
+            &model,
+            &id,
+            &ood,
+            json.as_deref(),
+            limit.map(|n| n as usize),
+            plots.as_deref(),
+            splits as usize,
+            &gate,
+        ),
     };
     match result {
         Ok(code) => code,
@@ -167,13 +179,15 @@ fn open(model: &std::path::Path, overrides: &Overrides) -> Result<EnergyGate> {
         bail!("--batch must be at least 1");
     }
     let gate = EnergyGate::open(model, overrides).with_context(|| format!("cannot load model {}", model.display()))?;
-    if let (Some(t), Some(g)) = (overrides.temperature, gate.gate_file()) {
-        if t != g.temperature && g.gate.is_some() {
-            eprintln!(
-                "note: gate.json's gate was fitted at T = {}; at --temperature {t} it does not apply (give --threshold for verdicts)",
-                g.temperature
+    let st = gate.settings();
+    if let (Some(t), Some(why)) = (overrides.temperature, &st.gate_set_aside) {
+        if !st.gates() {
+            bail!(
+                "{why}: at --temperature {t} the bundle's gate does not hold, and frames would pass unchecked; \
+                 give --threshold too, or leave out --temperature"
             );
         }
+        eprintln!("note: {why}; using --threshold / --alpha as given");
     }
     Ok(gate)
 }
@@ -338,10 +352,23 @@ fn calibrate_cmd(
     out: Option<PathBuf>,
     plots: Option<&std::path::Path>,
     batch: usize,
+    new_model: bool,
 ) -> Result<ExitCode> {
-    let mut gate = open(model, &Overrides { batch: Some(batch), ..Overrides::default() })?;
+    let mut gate = open(model, &Overrides { batch: Some(batch), accept_new_model: new_model, ..Overrides::default() })?;
+    if let Some(why) = &gate.settings().gate_set_aside {
+        eprintln!("note: {why}; refitting the gate for {}", gate.paths().model.display());
+    }
     if !id.is_dir() {
         bail!("--id {}: not a folder (calibrate takes a folder of in-distribution images)", id.display());
+    }
+    // Fail before the long run, not after it, when the outputs cannot be written.
+    let out = out.unwrap_or_else(|| gate.paths().model.parent().unwrap_or(std::path::Path::new(".")).join("gate.json"));
+    let out_dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    if !out_dir.is_dir() {
+        bail!("--out {}: the folder {} does not exist", out.display(), out_dir.display());
+    }
+    if let Some(dir) = plots {
+        std::fs::create_dir_all(dir).with_context(|| format!("--plots {}: cannot create the folder", dir.display()))?;
     }
     let names = gate.class_names().to_vec();
     let items = collect(&[id.to_path_buf()], Some(&names)).with_context(|| format!("reading {}", id.display()))?;
@@ -352,11 +379,10 @@ fn calibrate_cmd(
     let outcome = calibrate(&mut gate, &items, &opts, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
     let elapsed = t0.elapsed().as_secs_f64();
-    let out = out.unwrap_or_else(|| gate.paths().model.parent().unwrap_or(std::path::Path::new(".")).join("gate.json"));
     outcome.gate_file.write(&out)?;
 
     println!(
-        "calibrate {}  on {}: {} frames, {} calibrate, {} held out (holdout {holdout}, seed {seed}); {:.1} s",
+        "calibrate {} on {}: {} frames, {} calibrate, {} held out (holdout {holdout}, seed {seed}); {:.1} s",
         gate.paths().model.display(),
         id.display(),
         outcome.n_total,
@@ -392,8 +418,16 @@ fn calibrate_cmd(
             }
         }
         _ => {
+            let classes = if gate.gate_file().is_some() {
+                "named as gate.json's class_names".to_string()
+            } else {
+                format!(
+                    "named 0..{}, as a bare model's classes are; a gate.json with class_names names them",
+                    names.len() - 1
+                )
+            };
             println!(
-                "unlabelled folder (no <class>/ subfolders named as in gate.json): temperature kept at {}, no prediction sets",
+                "unlabelled folder (no <class>/ subfolders {classes}): temperature kept at {}, no prediction sets",
                 outcome.gate_file.temperature
             );
             if plots.is_some() {
@@ -495,7 +529,22 @@ fn eval(
     let scores: Vec<&str> = SCORE_NAMES.iter().copied().filter(|&s| s != "energy_t1" || temperature != 1.0).collect();
     let mut ood_summaries = Vec::new();
     for ((name, path), reports) in ood.iter().zip(&ood_reports) {
-        ood_summaries.push(summarise_ood(name, &path.display().to_string(), &id_reports, reports, &scores)?);
+        let summary = summarise_ood(name, &path.display().to_string(), &id_reports, reports, &scores)
+            .with_context(|| format!("OOD set {name} ({}): no frame could be scored", path.display()))?;
+        ood_summaries.push(summary);
+    }
+    for (set, reports) in
+        std::iter::once(("ID", &id_reports)).chain(ood.iter().map(|(n, _)| n.as_str()).zip(&ood_reports))
+    {
+        let failed: Vec<&FrameReport> = reports.iter().filter(|r| r.scores.is_none()).collect();
+        if let Some(first) = failed.first() {
+            eprintln!(
+                "warning: {set}: {} of {} frames could not be scored and are left out of the metrics (the gate rejects them); first: {}",
+                failed.len(),
+                reports.len(),
+                first.error.as_deref().unwrap_or("non-finite energy")
+            );
+        }
     }
     let mut id_summary = summarise_id(&id.display().to_string(), &id_reports);
     id_summary.excluded_calibration_frames = excluded;
@@ -602,16 +651,22 @@ fn print_eval(r: &EvalReport, total: usize, elapsed: f64) {
             r.id.excluded_calibration_frames
         );
     }
-    println!();
-    println!(
-        "{:<22} {:<10} {:>8} {:>8} {:>9} {:>10} {:>13}",
-        "OOD set", "score", "AUROC", "AUPR-In", "AUPR-Out", "FPR@95TPR", "accepted@thr"
-    );
+    if !r.ood.is_empty() {
+        println!();
+        println!(
+            "{:<22} {:<10} {:>8} {:>8} {:>9} {:>10} {:>13}",
+            "OOD set", "score", "AUROC", "AUPR-In", "AUPR-Out", "FPR@95TPR", "accepted@thr"
+        );
+    }
     for o in &r.ood {
         for (i, m) in o.metrics.iter().enumerate() {
+            let head = match o.errors {
+                0 => format!("{} ({})", o.name, o.n),
+                e => format!("{} ({}, {e} unreadable)", o.name, o.n),
+            };
             println!(
                 "{:<22} {:<10} {:>8.4} {:>8.4} {:>9.4} {:>10} {:>13}",
-                if i == 0 { format!("{} ({})", o.name, o.n) } else { String::new() },
+                if i == 0 { head } else { String::new() },
                 m.score,
                 m.auroc,
                 m.aupr_in,
@@ -621,8 +676,10 @@ fn print_eval(r: &EvalReport, total: usize, elapsed: f64) {
             );
         }
     }
-    println!();
-    println!("ID is the positive class; scores: energy = -E(x), msp, max_logit (higher = more in-distribution).");
+    if !r.ood.is_empty() {
+        println!();
+        println!("ID is the positive class; scores: energy = -E(x), msp, max_logit (higher = more in-distribution).");
+    }
     if !r.calibration.is_empty() {
         println!();
         println!("probabilities on the ID set:");
@@ -649,14 +706,16 @@ fn print_eval(r: &EvalReport, total: usize, elapsed: f64) {
         println!();
         for c in &r.conformal {
             print!(
-                "{:>6} {:>10} {:>9.2}% {:>7.2}% - {:>5.2}% {:>8.2}% ± {:.2}%",
+                "{:>6} {:>10} {:>9.2}% {:>7.2}% - {:>5.2}% {:>18}",
                 c.alpha,
                 c.threshold.map(|t| format!("{t:.4}")).unwrap_or("-".into()),
                 100.0 * c.id_rejected,
                 100.0 * c.id_rejected_interval.0,
                 100.0 * c.id_rejected_interval.1,
-                100.0 * c.split_mean,
-                100.0 * c.split_sd
+                match (c.split_mean, c.split_sd) {
+                    (Some(m), Some(sd)) => format!("{:.2}% ± {:.2}%", 100.0 * m, 100.0 * sd),
+                    _ => "too few frames".into(),
+                }
             );
             for v in &c.ood_rejected {
                 print!(" {:>15.2}%", 100.0 * v);

@@ -39,6 +39,10 @@ pub struct Overrides {
     pub set_alpha: Option<f32>,
     /// Frames per forward pass (default 32).
     pub batch: Option<usize>,
+    /// Accept a `gate.json` written for another model (sha256 mismatch): keep its preprocessing
+    /// and class names, set its gate and prediction sets aside. For recalibrating a retrained
+    /// model; off by default, when such a bundle is refused.
+    pub accept_new_model: bool,
 }
 
 /// The gate's effective settings after overrides.
@@ -56,6 +60,8 @@ pub struct GateSettings {
     pub set_alpha: Option<f32>,
     /// LAC quantile `q` of the prediction sets (`None` inside: every class), when asked for.
     pub set_quantile: Option<Option<f32>>,
+    /// Why the bundle's gate was set aside, when it was (another temperature, another model).
+    pub gate_set_aside: Option<String>,
 }
 
 impl GateSettings {
@@ -145,13 +151,15 @@ impl EnergyGate {
         if let (Some(g), Some(gp)) = (&gate_file, &paths.gate) {
             if let Some(prov) = &g.provenance {
                 let actual = sha256_file(&paths.model)?;
-                if !prov.model_sha256.is_empty() && prov.model_sha256 != actual {
+                if !prov.model_sha256.is_empty() && prov.model_sha256 != actual && !overrides.accept_new_model {
                     return Err(Error::Bundle {
                         path: gp.clone(),
                         message: format!(
-                            "was made for a model with sha256 {}, but {} has sha256 {actual}; recalibrate or restore the model",
+                            "was made for a model with sha256 {}, but {} has sha256 {actual}; restore the model, or \
+                             recalibrate for the new one with `ebm-gate calibrate {} --id DIR --new-model`",
                             prov.model_sha256,
-                            paths.model.display()
+                            paths.model.display(),
+                            path.display()
                         ),
                     });
                 }
@@ -201,18 +209,37 @@ impl EnergyGate {
             });
         }
         let bundle_temperature = temperature;
-        let temperature = overrides.temperature.unwrap_or(temperature);
-        if !(temperature.is_finite() && temperature > 0.0) {
-            return Err(Error::Invalid(format!("temperature must be finite and > 0, got {temperature}")));
+        if let Some(t) = overrides.temperature {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(Error::Invalid(format!("temperature must be finite and > 0, got {t}")));
+            }
         }
-        // The gate's energies and threshold were fitted at the bundle's temperature: at another
-        // one they mean nothing, so the bundle's gate is set aside (flags can still give one).
-        let gate = if temperature != bundle_temperature { None } else { gate };
-        let prediction_sets = if temperature != bundle_temperature {
-            None
-        } else {
-            gate_file.as_ref().and_then(|g| g.prediction_sets.clone())
+        // A temperature within 1e-4 (relative) of the bundle's is the bundle's (a value typed
+        // from a printout, say).
+        let temperature = match overrides.temperature {
+            Some(t) if (t - bundle_temperature).abs() > 1e-4 * bundle_temperature => t,
+            _ => bundle_temperature,
         };
+        // The gate's energies and threshold were fitted at the bundle's temperature, for this
+        // model: at another temperature, or for another model, they mean nothing, so the
+        // bundle's gate is set aside (flags can still give one).
+        let model_changed = overrides.accept_new_model
+            && gate_file.as_ref().and_then(|g| g.provenance.as_ref()).is_some_and(|p| {
+                !p.model_sha256.is_empty() && sha256_file(&paths.model).is_ok_and(|a| a != p.model_sha256)
+            });
+        let gate_set_aside = if gate.is_none() && gate_file.as_ref().and_then(|g| g.prediction_sets.as_ref()).is_none()
+        {
+            None
+        } else if model_changed {
+            Some(format!("gate.json was made for another model (sha256 {})", provenance_sha(&gate_file)))
+        } else if temperature != bundle_temperature {
+            Some(format!("gate.json's gate was fitted at T = {bundle_temperature}, not at T = {temperature}"))
+        } else {
+            None
+        };
+        let gate = if gate_set_aside.is_some() { None } else { gate };
+        let prediction_sets =
+            if gate_set_aside.is_some() { None } else { gate_file.as_ref().and_then(|g| g.prediction_sets.clone()) };
         let calibration_energies = gate.as_ref().map(|g| g.calibration_energies.clone()).unwrap_or_default();
         let (threshold, alpha) = match overrides.threshold {
             Some(t) => (Some(t), overrides.alpha),
@@ -229,9 +256,12 @@ impl EnergyGate {
         if let Some(a) = alpha {
             let src = where_().display().to_string();
             if calibration_energies.is_empty() {
-                return Err(Error::Invalid(format!(
-                    "alpha = {a} needs calibration energies, and {src} has none: run `ebm-gate calibrate` first, or give --threshold"
-                )));
+                return Err(Error::Invalid(match &gate_set_aside {
+                    Some(why) => format!("alpha = {a} needs calibration energies, and {why}: give --threshold instead"),
+                    None => format!(
+                        "alpha = {a} needs calibration energies, and {src} has none: run `ebm-gate calibrate` first, or give --threshold"
+                    ),
+                }));
             }
             crate::calibration::check_alpha(calibration_energies.len(), a)
                 .map_err(|e| Error::Invalid(format!("{src}: {e}")))?;
@@ -241,9 +271,12 @@ impl EnergyGate {
             Some(a) => {
                 let src = where_().display().to_string();
                 let scores = prediction_sets.as_ref().ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "prediction sets need calibration scores at T = {temperature}, and {src} has none: run `ebm-gate calibrate` on labelled data first (without --temperature)"
-                    ))
+                    Error::Invalid(match &gate_set_aside {
+                        Some(why) => format!("prediction sets need calibration scores, and {why}"),
+                        None => format!(
+                            "prediction sets need calibration scores, and {src} has none: run `ebm-gate calibrate` on labelled data first"
+                        ),
+                    })
                 })?;
                 crate::calibration::check_alpha(scores.calibration_scores.len(), a)
                     .map_err(|e| Error::Invalid(format!("{src}: prediction sets: {e}")))?;
@@ -257,6 +290,7 @@ impl EnergyGate {
             calibration_energies,
             set_alpha: overrides.set_alpha,
             set_quantile,
+            gate_set_aside,
         };
         Ok(EnergyGate { model, input, class_names, settings, batch, paths, gate_file })
     }
@@ -379,4 +413,8 @@ impl EnergyGate {
         });
         reports
     }
+}
+
+fn provenance_sha(gate_file: &Option<GateFile>) -> String {
+    gate_file.as_ref().and_then(|g| g.provenance.as_ref()).map(|p| p.model_sha256.clone()).unwrap_or_default()
 }

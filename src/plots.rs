@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use plotters::coord::Shift;
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -82,7 +83,7 @@ impl Plot for Reliability<'_> {
     fn plot<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
         let (panels, foot) = root.split_vertically(root.dim_in_pixel().1 - 26);
         foot.draw_text(
-            "Bars: accuracy in each of 15 equal-width confidence bins; numbers: frames per bin. A gap inside a bar (dark): under-confident; above it (pink): over-confident.",
+            "Bars: accuracy in each of 15 equal-width confidence bins; numbers: frames per bin.",
             &(FONT, 14).into_text_style(&foot),
             (70, 4),
         )?;
@@ -121,9 +122,18 @@ impl Plot for Reliability<'_> {
             chart.draw_series(filled.iter().map(|b| Rectangle::new(gap(b), red.mix(0.25).filled())))?;
             chart
                 .draw_series(filled.iter().map(|b| Rectangle::new(gap(b), red.stroke_width(1))))?
-                .label("Gap between accuracy and confidence")
+                .label("Gap, over-confident (above a bar)")
                 .legend(move |(x, y)| {
                     EmptyElement::at((x, y))
+                        + Rectangle::new([(0, -6), (16, 6)], red.mix(0.25).filled())
+                        + Rectangle::new([(0, -6), (16, 6)], red.stroke_width(1))
+                });
+            chart
+                .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())?
+                .label("Gap, under-confident (inside a bar)")
+                .legend(move |(x, y)| {
+                    EmptyElement::at((x, y))
+                        + Rectangle::new([(0, -6), (16, 6)], blue.mix(0.75).filled())
                         + Rectangle::new([(0, -6), (16, 6)], red.mix(0.25).filled())
                         + Rectangle::new([(0, -6), (16, 6)], red.stroke_width(1))
                 });
@@ -142,7 +152,7 @@ impl Plot for Reliability<'_> {
             chart
                 .draw_series(DashedLineSeries::new(vec![(0.0, 0.0), (1.0, 1.0)], 6, 4, BLACK.stroke_width(1)))?
                 .label("Perfect calibration")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK));
+                .legend(|(x, y)| DashedPathElement::new(vec![(x, y), (x + 18, y)], 4, 3, BLACK));
             chart
                 .configure_series_labels()
                 .position(SeriesLabelPosition::UpperLeft)
@@ -216,11 +226,11 @@ impl Plot for Roc<'_> {
                 RGBColor(150, 150, 150).stroke_width(1),
             ))?
             .label("Chance")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RGBColor(150, 150, 150)));
+            .legend(|(x, y)| DashedPathElement::new(vec![(x, y), (x + 18, y)], 4, 3, RGBColor(150, 150, 150)));
         chart
             .draw_series(DashedLineSeries::new(vec![(0.0, 0.95), (1.0, 0.95)], 3, 3, BLACK.stroke_width(1)))?
             .label("TPR = 95%")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK));
+            .legend(|(x, y)| DashedPathElement::new(vec![(x, y), (x + 18, y)], 3, 3, BLACK));
         for (i, s) in self.series.iter().enumerate() {
             let c = color(i + 1);
             chart
@@ -302,7 +312,9 @@ impl Plot for Hist<'_> {
             .build_cartesian_2d(lo..hi, 0f64..ymax)?;
         chart
             .configure_mesh()
-            .x_desc("Free energy E(x) = -T logsumexp(f(x)/T)   (lower = more in-distribution)")
+            .x_desc(
+                "Free energy E(x) = -T logsumexp(f(x)/T), lower = more in-distribution (central 99% of frames shown)",
+            )
             .y_desc("Density (fraction of frames per unit energy)")
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 15))
@@ -326,7 +338,7 @@ impl Plot for Hist<'_> {
             chart
                 .draw_series(DashedLineSeries::new(vec![(t, 0.0), (t, ymax)], 6, 4, BLACK.stroke_width(2)))?
                 .label(label.clone())
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.stroke_width(2)));
+                .legend(|(x, y)| DashedPathElement::new(vec![(x, y), (x + 18, y)], 4, 3, BLACK.stroke_width(2)));
         }
         chart
             .configure_series_labels()

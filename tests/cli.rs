@@ -228,7 +228,13 @@ fn calibrate_refuses_too_few_frames_bad_frames_and_foreign_models() {
     std::fs::write(&gate, text.replace(&sha, &"0".repeat(64))).unwrap();
     let (code, _, stderr) = run(&["calibrate", model, "--id", "tests/data/frames", "--holdout", "0"]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("sha256"), "{stderr}");
+    assert!(stderr.contains("sha256") && stderr.contains("--new-model"), "{stderr}");
+    // ... which --new-model accepts, refitting the gate for the model at hand.
+    let (code, _, stderr) = run(&["calibrate", model, "--id", "tests/data/frames", "--holdout", "0", "--new-model"]);
+    assert_eq!(code, 0, "{stderr}");
+    let g: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&gate).unwrap()).unwrap();
+    assert_eq!(g["provenance"]["model_sha256"].as_str().unwrap(), sha);
+    assert_eq!(g["temperature"].as_f64().unwrap(), 1.0, "a new model starts at T = 1 without labels");
     // --holdout out of range.
     let (code, _, stderr) = run(&[
         "calibrate",
@@ -350,4 +356,81 @@ fn calibrate_labelled_cifar_subset_fits_t_lowers_ece_and_draws() {
     for f in ["roc.png", "roc.svg", "energy_histogram.png", "energy_histogram.svg"] {
         assert!(eval_plots.join(f).metadata().unwrap().len() > 10_000, "{f}");
     }
+}
+
+#[test]
+fn another_temperature_does_not_silently_turn_the_gate_off() {
+    // The bundle's gate was fitted at its own T: at T = 1 it does not hold, so `score` refuses
+    // rather than pass every frame unchecked.
+    let (code, _, stderr) =
+        run(&["score", "models/cifar10-airnet", "tests/data/frames/15_uniform_noise.png", "--temperature", "1"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("fitted at T =") && stderr.contains("--threshold"), "{stderr}");
+    // With an explicit threshold it runs, at T = 1.
+    let (code, stdout, stderr) = run(&[
+        "score",
+        "models/cifar10-airnet",
+        "tests/data/frames/15_uniform_noise.png",
+        "--temperature",
+        "1",
+        "--threshold",
+        "-2.65",
+        "--json",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    let row = &lines(&stdout)[0];
+    assert_eq!(row["reason"], "energy_above_threshold");
+    assert!(row["p_value"].is_null(), "no p-value against energies fitted at another T: {row}");
+    // The bundle's T as printed (4 decimals) is the bundle's T: the gate stays on.
+    let t = read_json("models/cifar10-airnet/gate.json")["temperature"].as_f64().unwrap();
+    let typed = format!("{t:.4}");
+    let (code, _, stderr) =
+        run(&["score", "models/cifar10-airnet", "tests/data/frames/15_uniform_noise.png", "--temperature", &typed]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("conformal gate"), "{stderr}");
+}
+
+#[test]
+fn eval_leaves_unreadable_frames_out_of_the_metrics_and_refuses_an_empty_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let ood = dir.path().join("ood");
+    std::fs::create_dir_all(&ood).unwrap();
+    for f in ["15_uniform_noise.png", "16_gaussian_noise.png", "17_black.png"] {
+        std::fs::copy(root().join("tests/data/frames").join(f), ood.join(f)).unwrap();
+    }
+    std::fs::write(ood.join("zz_broken.png"), b"not a png").unwrap();
+    let report = dir.path().join("r.json");
+    let args = |ood_arg: String| {
+        vec![
+            "eval".to_string(),
+            "models/cifar10-airnet".into(),
+            "--id".into(),
+            "tests/data/frames".into(),
+            "--ood".into(),
+            ood_arg,
+            "--json".into(),
+            report.to_str().unwrap().into(),
+        ]
+    };
+    let a = args(format!("x={}", ood.display()));
+    let (code, stdout, stderr) = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("1 unreadable") && stderr.contains("zz_broken.png"), "{stdout}{stderr}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["ood"][0]["n"], 4);
+    assert_eq!(r["ood"][0]["errors"], 1);
+    // The same metrics as with the broken file removed.
+    std::fs::remove_file(ood.join("zz_broken.png")).unwrap();
+    let report2 = dir.path().join("r2.json");
+    let mut b = args(format!("x={}", ood.display()));
+    b[7] = report2.to_str().unwrap().into();
+    let (code, _, stderr) = run(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{stderr}");
+    let r2: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report2).unwrap()).unwrap();
+    assert_eq!(r["ood"][0]["metrics"], r2["ood"][0]["metrics"]);
+    // A mistyped path: nothing scored, so no metrics and exit 2.
+    let c = args("x=/no/such/file.gz".into());
+    let (code, _, stderr) = run(&c.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 2);
+    assert!(stderr.contains("no frame could be scored") && stderr.contains("/no/such/file.gz"), "{stderr}");
 }

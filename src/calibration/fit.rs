@@ -148,7 +148,10 @@ pub fn calibrate(
         .iter()
         .filter(|r| r.scores.is_none())
         .take(3)
-        .map(|r| format!("{}: {}", r.name, r.error.as_deref().unwrap_or("non-finite energy")))
+        .map(|r| match &r.error {
+            Some(e) => e.clone(), // names the file
+            None => format!("{}: non-finite energy", r.name),
+        })
         .collect();
     if !failed.is_empty() {
         let n = reports.iter().filter(|r| r.scores.is_none()).count();
@@ -171,6 +174,9 @@ pub fn calibrate(
     let (fit, temperature) = if labelled {
         let fit = fit_temperature(&cal_logits, k, &cal_labels).map_err(|e| bad(e.to_string()))?;
         (Some(fit), fit.temperature as f32)
+    } else if gate.settings().gate_set_aside.is_some() {
+        // A new model: the old temperature belonged to the old one.
+        (None, 1.0)
     } else {
         (None, gate.settings().temperature)
     };
@@ -231,7 +237,8 @@ pub fn calibrate(
     gate_file.gate = Some(GateSpec {
         score: "energy".into(),
         threshold,
-        target_tpr: 1.0 - opts.alpha as f64,
+        // 1 - alpha, rounded to 1e-9 so an f32 alpha of 0.05 is stored as 0.95.
+        target_tpr: ((1.0 - opts.alpha as f64) * 1e9).round() / 1e9,
         alpha: Some(opts.alpha),
         calibration_energies: energies,
     });
