@@ -192,6 +192,7 @@ fn calibrate_unlabelled_folder_writes_the_conformal_gate() {
     // Threshold: the ceil((n + 1)(1 - alpha)) = ceil(25 * 0.95) = 24th smallest energy.
     assert_eq!(g["gate"]["threshold"].as_f64().unwrap(), got[23]);
     assert_eq!(g["gate"]["alpha"].as_f64().unwrap() as f32, 0.05);
+    assert_eq!(g["gate"]["target_tpr"].as_f64().unwrap(), 0.95);
     assert_eq!(g["provenance"]["n"], 24);
     assert_eq!(g["provenance"]["split"]["n_held_out"], 0);
     assert_eq!(g["provenance"]["model_sha256"].as_str().unwrap().len(), 64);

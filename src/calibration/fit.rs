@@ -237,8 +237,8 @@ pub fn calibrate(
     gate_file.gate = Some(GateSpec {
         score: "energy".into(),
         threshold,
-        // 1 - alpha, rounded to 1e-9 so an f32 alpha of 0.05 is stored as 0.95.
-        target_tpr: ((1.0 - opts.alpha as f64) * 1e9).round() / 1e9,
+        // 1 - alpha, rounded to 1e-6 (f32 precision) so an alpha of 0.05 is stored as 0.95.
+        target_tpr: ((1.0 - opts.alpha as f64) * 1e6).round() / 1e6,
         alpha: Some(opts.alpha),
         calibration_energies: energies,
     });
