@@ -18,7 +18,7 @@ use crate::pipeline::FrameReport;
 pub const SCORE_NAMES: [&str; 4] = ["energy", "msp", "max_logit", "energy_t1"];
 
 /// One score's value per frame ("higher = more ID"); NaN for a frame that was not scored.
-fn score_values(reports: &[FrameReport], score: &str) -> Vec<f32> {
+fn score_values(reports: &[&FrameReport], score: &str) -> Vec<f32> {
     reports
         .iter()
         .map(|r| match (&r.scores, &r.logits) {
@@ -282,16 +282,16 @@ pub fn set_rows(id: &[FrameReport], temperature: f32, sorted_scores: &[f32], alp
 ///
 /// # Errors
 /// A message when either set has no scored frame.
-pub fn summarise_ood(
+pub fn summarise_ood<'a>(
     name: &str,
     path: &str,
-    id: &[FrameReport],
-    ood: &[FrameReport],
+    id: &'a [FrameReport],
+    ood: &'a [FrameReport],
     scores: &[&str],
 ) -> Result<OodSummary, crate::metrics::MetricsError> {
     // Metrics compare scored frames only: a frame that could not be decoded says nothing about
     // the score (it is counted in `errors`, and the gate rejects it).
-    let scored = |r: &[FrameReport]| -> Vec<FrameReport> { r.iter().filter(|x| x.scores.is_some()).cloned().collect() };
+    let scored = |r: &'a [FrameReport]| -> Vec<&'a FrameReport> { r.iter().filter(|x| x.scores.is_some()).collect() };
     let (id_s, ood_s) = (scored(id), scored(ood));
     let mut metrics = Vec::new();
     for &score in scores {

@@ -132,6 +132,7 @@ pub struct EnergyGate {
     batch: usize,
     paths: BundlePaths,
     gate_file: Option<GateFile>,
+    model_sha256: String,
 }
 
 impl EnergyGate {
@@ -148,10 +149,13 @@ impl EnergyGate {
     pub fn open(path: &Path, overrides: &Overrides) -> Result<EnergyGate> {
         let paths = BundlePaths::resolve(path)?;
         let gate_file = paths.gate.as_deref().map(GateFile::read).transpose()?;
+        let model_sha256 = sha256_file(&paths.model)?;
+        let mut model_changed = false;
         if let (Some(g), Some(gp)) = (&gate_file, &paths.gate) {
             if let Some(prov) = &g.provenance {
-                let actual = sha256_file(&paths.model)?;
-                if !prov.model_sha256.is_empty() && prov.model_sha256 != actual && !overrides.accept_new_model {
+                let actual = &model_sha256;
+                model_changed = !prov.model_sha256.is_empty() && prov.model_sha256 != *actual;
+                if model_changed && !overrides.accept_new_model {
                     return Err(Error::Bundle {
                         path: gp.clone(),
                         message: format!(
@@ -223,10 +227,6 @@ impl EnergyGate {
         // The gate's energies and threshold were fitted at the bundle's temperature, for this
         // model: at another temperature, or for another model, they mean nothing, so the
         // bundle's gate is set aside (flags can still give one).
-        let model_changed = overrides.accept_new_model
-            && gate_file.as_ref().and_then(|g| g.provenance.as_ref()).is_some_and(|p| {
-                !p.model_sha256.is_empty() && sha256_file(&paths.model).is_ok_and(|a| a != p.model_sha256)
-            });
         let gate_set_aside = if gate.is_none() && gate_file.as_ref().and_then(|g| g.prediction_sets.as_ref()).is_none()
         {
             None
@@ -292,7 +292,7 @@ impl EnergyGate {
             set_quantile,
             gate_set_aside,
         };
-        Ok(EnergyGate { model, input, class_names, settings, batch, paths, gate_file })
+        Ok(EnergyGate { model, input, class_names, settings, batch, paths, gate_file, model_sha256 })
     }
 
     /// The preprocessing spec.
@@ -318,6 +318,11 @@ impl EnergyGate {
     /// Where the bundle's files are.
     pub fn paths(&self) -> &BundlePaths {
         &self.paths
+    }
+
+    /// sha256 of `model.onnx`, lowercase hex, as checked against `gate.json` when opened.
+    pub fn model_sha256(&self) -> &str {
+        &self.model_sha256
     }
 
     /// The `gate.json` as read, if there was one.

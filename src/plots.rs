@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
@@ -45,6 +46,43 @@ fn color(i: usize) -> RGBColor {
 }
 
 type DrawResult<DB> = std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A titled chart over `x` by `y` with labelled axes and a light grid.
+fn chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    (x, y): (std::ops::Range<f64>, std::ops::Range<f64>),
+    (x_desc, y_desc): (&str, &str),
+) -> std::result::Result<Chart<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT, 20))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x, y)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 15))
+        .light_line_style(TRANSPARENT)
+        .draw()?;
+    Ok(chart)
+}
+
+/// The legend of the series drawn so far, at `position`.
+fn legend<'a, DB: DrawingBackend + 'a>(chart: &mut Chart<'a, DB>, position: SeriesLabelPosition) -> DrawResult<DB> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font((FONT, 14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(160, 160, 160))
+        .draw()
+}
 
 /// A generic drawing function, callable for both backends.
 trait Plot {
@@ -89,22 +127,12 @@ impl Plot for Reliability<'_> {
         )?;
         let areas = panels.split_evenly((1, 2));
         for (area, (m, title)) in areas.iter().zip(&self.panels) {
-            let mut chart = ChartBuilder::on(area)
-                .caption(title, (FONT, 20))
-                .margin(14)
-                .x_label_area_size(48)
-                .y_label_area_size(58)
-                .build_cartesian_2d(0f64..1f64, 0f64..1f64)?;
-            chart
-                .configure_mesh()
-                .x_desc("Confidence (top-class probability)")
-                .y_desc("Accuracy in bin")
-                .x_labels(6)
-                .y_labels(6)
-                .label_style((FONT, 14))
-                .axis_desc_style((FONT, 15))
-                .light_line_style(TRANSPARENT)
-                .draw()?;
+            let mut chart = chart(
+                area,
+                title,
+                (0f64..1f64, 0f64..1f64),
+                ("Confidence (top-class probability)", "Accuracy in bin"),
+            )?;
             let filled = m.bins.iter().filter(|b| b.count > 0).collect::<Vec<_>>();
             let blue = color(0);
             chart
@@ -153,13 +181,7 @@ impl Plot for Reliability<'_> {
                 .draw_series(DashedLineSeries::new(vec![(0.0, 0.0), (1.0, 1.0)], 6, 4, BLACK.stroke_width(1)))?
                 .label("Perfect calibration")
                 .legend(|(x, y)| DashedPathElement::new(vec![(x, y), (x + 18, y)], 4, 3, BLACK));
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .label_font((FONT, 14))
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(160, 160, 160))
-                .draw()?;
+            legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         }
         Ok(())
     }
@@ -204,20 +226,12 @@ struct Roc<'a> {
 
 impl Plot for Roc<'_> {
     fn plot<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
-        let mut chart = ChartBuilder::on(root)
-            .caption(self.title, (FONT, 20))
-            .margin(16)
-            .x_label_area_size(48)
-            .y_label_area_size(58)
-            .build_cartesian_2d(0f64..1f64, 0f64..1.0001f64)?;
-        chart
-            .configure_mesh()
-            .x_desc("False positive rate (OOD frames accepted)")
-            .y_desc("True positive rate (ID frames accepted)")
-            .label_style((FONT, 14))
-            .axis_desc_style((FONT, 15))
-            .light_line_style(TRANSPARENT)
-            .draw()?;
+        let mut chart = chart(
+            root,
+            self.title,
+            (0f64..1f64, 0f64..1.0001f64),
+            ("False positive rate (OOD frames accepted)", "True positive rate (ID frames accepted)"),
+        )?;
         chart
             .draw_series(DashedLineSeries::new(
                 vec![(0.0, 0.0), (1.0, 1.0)],
@@ -238,13 +252,7 @@ impl Plot for Roc<'_> {
                 .label(format!("{}: AUROC {:.4}", s.name, s.auroc))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .label_font((FONT, 14))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(160, 160, 160))
-            .draw()?;
+        legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         Ok(())
     }
 }
@@ -304,22 +312,15 @@ impl Plot for Hist<'_> {
             })
             .collect();
         let ymax = densities.iter().flatten().copied().fold(0.0f64, f64::max) * 1.1 + 1e-9;
-        let mut chart = ChartBuilder::on(root)
-            .caption(self.title, (FONT, 20))
-            .margin(16)
-            .x_label_area_size(48)
-            .y_label_area_size(64)
-            .build_cartesian_2d(lo..hi, 0f64..ymax)?;
-        chart
-            .configure_mesh()
-            .x_desc(
+        let mut chart = chart(
+            root,
+            self.title,
+            (lo..hi, 0f64..ymax),
+            (
                 "Free energy E(x) = -T logsumexp(f(x)/T), lower = more in-distribution (central 99% of frames shown)",
-            )
-            .y_desc("Density (fraction of frames per unit energy)")
-            .label_style((FONT, 14))
-            .axis_desc_style((FONT, 15))
-            .light_line_style(TRANSPARENT)
-            .draw()?;
+                "Density (fraction of frames per unit energy)",
+            ),
+        )?;
         for (i, ((name, v), d)) in self.sets.iter().zip(&densities).enumerate() {
             let c = color(i);
             let mut pts = vec![(lo, 0.0)];
@@ -340,13 +341,7 @@ impl Plot for Hist<'_> {
                 .label(label.clone())
                 .legend(|(x, y)| DashedPathElement::new(vec![(x, y), (x + 18, y)], 4, 3, BLACK.stroke_width(2)));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .label_font((FONT, 14))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(160, 160, 160))
-            .draw()?;
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         Ok(())
     }
 }

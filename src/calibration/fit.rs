@@ -7,7 +7,7 @@ use super::{
     check_alpha, conformal_quantile, false_rejection, fit_temperature, is_held_out, lac_scores, prediction_set_summary,
     sorted_energies, FalseRejection, SetSummary, TemperatureFit,
 };
-use crate::bundle::{sha256_file, GateFile, GateSpec, PredictionSets, Provenance, SplitSpec, FORMAT_VERSION};
+use crate::bundle::{GateFile, GateSpec, PredictionSets, Provenance, SplitSpec, FORMAT_VERSION};
 use crate::error::{Error, Result};
 use crate::metrics::CalibrationMetrics;
 use crate::pipeline::{EnergyGate, FrameReport};
@@ -223,7 +223,7 @@ pub fn calibrate(
         }
     }
 
-    let model_sha256 = sha256_file(&gate.paths().model)?;
+    let model_sha256 = gate.model_sha256().to_string();
     let mut gate_file = gate.gate_file().cloned().unwrap_or_else(|| GateFile {
         format_version: FORMAT_VERSION,
         input: gate.input().clone(),
