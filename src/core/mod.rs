@@ -6,7 +6,11 @@
 //! - [`energy`]: free energy `E(x) = -T * logsumexp(f(x) / T)`, softmax at a temperature, MSP,
 //!   MaxLogit and the predicted class (JEM, Grathwohl et al. 2019; energy-OOD, Liu et al. 2020);
 //! - [`conformal`]: the split-conformal p-value of an energy over sorted calibration energies;
-//! - [`gate`]: the threshold decision and its typed [`gate::Verdict`] and [`gate::Reason`].
+//! - [`conformal`] also gives the conformal quantile (the same rule as an energy threshold)
+//!   and membership of a class in a conformal prediction set;
+//! - [`gate`]: the threshold decision and its typed [`gate::Verdict`] and [`gate::Reason`];
+//! - [`debounce`]: k-of-n with hysteresis over a stream of verdicts, in a fixed-capacity
+//!   `heapless` ring.
 //!
 //! ```
 //! use ebm_gate::core::energy::free_energy;
@@ -16,5 +20,6 @@
 //! ```
 
 pub mod conformal;
+pub mod debounce;
 pub mod energy;
 pub mod gate;
