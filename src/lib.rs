@@ -21,7 +21,8 @@
 //!   `gate.json` from a folder of in-distribution frames.
 //! - [`plots`] (feature `plots`): reliability diagrams, ROC curves, energy histograms.
 //! - feature `runtime`: [`bundle`] (`model.onnx` + `gate.json`), [`frame`] (decode, resize,
-//!   normalise), [`source`] (files, folders, IDX), `model` (tract, private), [`pipeline`]
+//!   normalise), [`raw`] (raw camera buffers in RGB/BGR/gray/YUV layouts, MJPEG streams),
+//!   [`source`] (files, folders, IDX), `model` (tract, private), [`pipeline`]
 //!   ([`pipeline::EnergyGate`]: frames in, verdicts out), [`eval`].
 //!
 //! ```no_run
@@ -59,6 +60,8 @@ pub mod frame;
 mod model;
 #[cfg(feature = "runtime")]
 pub mod pipeline;
+#[cfg(feature = "runtime")]
+pub mod raw;
 #[cfg(feature = "runtime")]
 pub mod source;
 

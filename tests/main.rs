@@ -6,3 +6,4 @@ mod calibration_golden;
 mod cli;
 mod common;
 mod metrics_golden;
+mod raw;

@@ -1,0 +1,407 @@
+//! Camera frames that are not image files: raw pixel buffers and MJPEG streams.
+//!
+//! - [`PixelFormat`]: the raw layouts cameras and `ffmpeg -f rawvideo` produce, and
+//!   [`raw_to_rgb`], which turns one buffer into an RGB image (the YUV formats through
+//!   yuvutils-rs, BT.601 or BT.709, limited or full range), ready for the same resize and
+//!   normalisation as a decoded image file.
+//! - [`MjpegReader`]: splits a byte stream of concatenated JPEG images (what
+//!   `ffmpeg -f mjpeg`, `rpicam-vid --codec mjpeg` and UVC cameras produce) into one JPEG per
+//!   frame by walking the JPEG marker structure (ITU-T T.81, annex B), so an embedded EXIF
+//!   thumbnail does not end a frame early. Garbage between frames and a truncated last frame are
+//!   reported as errors and the stream goes on.
+
+use std::io::Read;
+
+use image::RgbImage;
+use yuvutils_rs::{YuvBiPlanarImage, YuvConversionMode, YuvPackedImage, YuvPlanarImage, YuvRange, YuvStandardMatrix};
+
+use crate::error::{Error, Result};
+
+/// The layout of one raw frame of `width x height` pixels, rows top to bottom, no padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PixelFormat {
+    /// 3 bytes per pixel, R G B.
+    Rgb24,
+    /// 3 bytes per pixel, B G R.
+    Bgr24,
+    /// 1 byte per pixel, luma; replicated to R = G = B.
+    Gray8,
+    /// 4:2:2 packed, 2 bytes per pixel: Y0 U Y1 V for each pair of pixels (V4L2 `YUYV`).
+    Yuyv422,
+    /// 4:2:0 semi-planar: the Y plane, then one plane of interleaved U V at half resolution.
+    Nv12,
+    /// 4:2:0 planar: the Y plane, then U, then V, each at half resolution (`yuv420p`).
+    I420,
+}
+
+impl PixelFormat {
+    /// Every format, in the order of the CLI's choices.
+    pub const ALL: [PixelFormat; 6] = [
+        PixelFormat::Rgb24,
+        PixelFormat::Bgr24,
+        PixelFormat::Gray8,
+        PixelFormat::Yuyv422,
+        PixelFormat::Nv12,
+        PixelFormat::I420,
+    ];
+
+    /// The name used on the command line and by ffmpeg's `-pix_fmt` (`i420` is ffmpeg's
+    /// `yuv420p`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PixelFormat::Rgb24 => "rgb24",
+            PixelFormat::Bgr24 => "bgr24",
+            PixelFormat::Gray8 => "gray8",
+            PixelFormat::Yuyv422 => "yuyv422",
+            PixelFormat::Nv12 => "nv12",
+            PixelFormat::I420 => "i420",
+        }
+    }
+
+    /// Bytes in one frame of `width x height`.
+    ///
+    /// ```
+    /// use ebm_gate::raw::PixelFormat;
+    /// assert_eq!(PixelFormat::Rgb24.frame_len(640, 480).unwrap(), 921_600);
+    /// assert_eq!(PixelFormat::I420.frame_len(640, 480).unwrap(), 460_800);
+    /// assert!(PixelFormat::Nv12.frame_len(641, 480).is_err()); // 4:2:0 needs even sizes
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a zero size, or an odd width (4:2:2, 4:2:0) or height (4:2:0).
+    pub fn frame_len(self, width: u32, height: u32) -> Result<usize> {
+        let (w, h) = (width as usize, height as usize);
+        if w == 0 || h == 0 {
+            return Err(Error::Invalid(format!("frame size must be positive, got {width}x{height}")));
+        }
+        let odd = match self {
+            PixelFormat::Yuyv422 => w % 2 != 0,
+            PixelFormat::Nv12 | PixelFormat::I420 => w % 2 != 0 || h % 2 != 0,
+            _ => false,
+        };
+        if odd {
+            return Err(Error::Invalid(format!(
+                "{} needs an even width{}, got {width}x{height}",
+                self.name(),
+                if matches!(self, PixelFormat::Yuyv422) { "" } else { " and height" }
+            )));
+        }
+        Ok(match self {
+            PixelFormat::Rgb24 | PixelFormat::Bgr24 => 3 * w * h,
+            PixelFormat::Gray8 => w * h,
+            PixelFormat::Yuyv422 => 2 * w * h,
+            PixelFormat::Nv12 | PixelFormat::I420 => w * h + w * h / 2,
+        })
+    }
+}
+
+impl std::str::FromStr for PixelFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let s = s.to_ascii_lowercase();
+        let s = match s.as_str() {
+            "yuv420p" => "i420",
+            "yuyv" | "yuy2" => "yuyv422",
+            "gray" => "gray8",
+            other => other,
+        };
+        PixelFormat::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = PixelFormat::ALL.iter().map(|f| f.name()).collect();
+            format!("unknown pixel format {s:?} (one of {})", names.join(", "))
+        })
+    }
+}
+
+/// YUV matrix and range of a camera's raw frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct YuvSpec {
+    /// `false`: BT.601 (SD cameras, V4L2 default); `true`: BT.709 (HD).
+    pub bt709: bool,
+    /// `false`: limited ("TV", Y in 16..=235); `true`: full range (JPEG-style, Y in 0..=255).
+    pub full_range: bool,
+}
+
+impl Default for YuvSpec {
+    /// BT.601, limited range: what V4L2 webcams and `ffmpeg -pix_fmt yuyv422/nv12/yuv420p` give
+    /// unless told otherwise.
+    fn default() -> Self {
+        YuvSpec { bt709: false, full_range: false }
+    }
+}
+
+/// Converts one raw frame to RGB.
+///
+/// ```
+/// use ebm_gate::raw::{raw_to_rgb, PixelFormat, YuvSpec};
+/// let bgr = [0u8, 0, 255, 255, 0, 0]; // a red pixel, a blue pixel
+/// let img = raw_to_rgb(&bgr, PixelFormat::Bgr24, 2, 1, YuvSpec::default()).unwrap();
+/// assert_eq!(img.as_raw(), &[255, 0, 0, 0, 0, 255]);
+/// ```
+///
+/// # Errors
+/// [`Error::Shape`] naming `name` when `data` is not exactly one frame long; the errors of
+/// [`PixelFormat::frame_len`]; [`Error::Decode`] if the YUV converter refuses the buffer.
+pub fn raw_to_rgb(data: &[u8], format: PixelFormat, width: u32, height: u32, yuv: YuvSpec) -> Result<RgbImage> {
+    let len = format.frame_len(width, height)?;
+    if data.len() != len {
+        return Err(Error::Shape {
+            path: format!("{} frame", format.name()).into(),
+            expected: format!("{len} bytes for {width}x{height}"),
+            got: format!("{} bytes", data.len()),
+        });
+    }
+    let (w, h) = (width as usize, height as usize);
+    let mut rgb = vec![0u8; 3 * w * h];
+    let matrix = if yuv.bt709 { YuvStandardMatrix::Bt709 } else { YuvStandardMatrix::Bt601 };
+    let range = if yuv.full_range { YuvRange::Full } else { YuvRange::Limited };
+    let fail = |e: yuvutils_rs::YuvError| Error::Decode {
+        path: format!("{} frame", format.name()).into(),
+        message: e.to_string(),
+    };
+    match format {
+        PixelFormat::Rgb24 => rgb.copy_from_slice(data),
+        PixelFormat::Bgr24 => {
+            for (o, i) in rgb.chunks_exact_mut(3).zip(data.chunks_exact(3)) {
+                o.copy_from_slice(&[i[2], i[1], i[0]]);
+            }
+        }
+        PixelFormat::Gray8 => {
+            for (o, &v) in rgb.chunks_exact_mut(3).zip(data) {
+                o.fill(v);
+            }
+        }
+        PixelFormat::Yuyv422 => {
+            let img = YuvPackedImage { yuy: data, yuy_stride: 2 * width, width, height };
+            yuvutils_rs::yuyv422_to_rgb(&img, &mut rgb, 3 * width, range, matrix).map_err(fail)?;
+        }
+        PixelFormat::Nv12 => {
+            let (y, uv) = data.split_at(w * h);
+            let img = YuvBiPlanarImage { y_plane: y, y_stride: width, uv_plane: uv, uv_stride: width, width, height };
+            yuvutils_rs::yuv_nv12_to_rgb(&img, &mut rgb, 3 * width, range, matrix, YuvConversionMode::Balanced)
+                .map_err(fail)?;
+        }
+        PixelFormat::I420 => {
+            let (y, uv) = data.split_at(w * h);
+            let (u, v) = uv.split_at(w * h / 4);
+            let img = YuvPlanarImage {
+                y_plane: y,
+                y_stride: width,
+                u_plane: u,
+                u_stride: width / 2,
+                v_plane: v,
+                v_stride: width / 2,
+                width,
+                height,
+            };
+            yuvutils_rs::yuv420_to_rgb(&img, &mut rgb, 3 * width, range, matrix).map_err(fail)?;
+        }
+    }
+    RgbImage::from_raw(width, height, rgb).ok_or_else(|| Error::Invalid("RGB buffer size".into()))
+}
+
+/// What went wrong in an MJPEG stream, with the byte offset where it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MjpegError {
+    /// Bytes that are not a JPEG frame (from `offset`, `len` bytes were skipped to the next
+    /// start-of-image marker).
+    Garbage {
+        /// Where the bad bytes start in the stream.
+        offset: u64,
+        /// How many were skipped.
+        len: u64,
+    },
+    /// The stream ended inside a frame.
+    Truncated {
+        /// Where the unfinished frame starts.
+        offset: u64,
+        /// The bytes it had.
+        len: u64,
+    },
+    /// The underlying reader failed.
+    Io(String),
+}
+
+impl std::fmt::Display for MjpegError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MjpegError::Garbage { offset, len } => write!(f, "{len} bytes at offset {offset} are not a JPEG frame"),
+            MjpegError::Truncated { offset, len } => {
+                write!(f, "the stream ended inside a frame: {len} bytes from offset {offset}, no end-of-image marker")
+            }
+            MjpegError::Io(e) => write!(f, "read error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for MjpegError {}
+
+/// How far a buffer starting with SOI holds a whole JPEG.
+enum Scan {
+    /// The frame is the first `n` bytes.
+    Complete(usize),
+    /// More bytes are needed.
+    Incomplete,
+    /// The marker structure is broken at this index.
+    Broken(usize),
+}
+
+/// Walks the marker segments of the JPEG at the start of `buf` (which begins with FF D8).
+fn scan_jpeg(buf: &[u8]) -> Scan {
+    let mut i = 2;
+    loop {
+        // Markers may be preceded by fill bytes FF.
+        while i + 1 < buf.len() && buf[i] == 0xFF && buf[i + 1] == 0xFF {
+            i += 1;
+        }
+        if i + 1 >= buf.len() {
+            return Scan::Incomplete;
+        }
+        if buf[i] != 0xFF {
+            return Scan::Broken(i);
+        }
+        let marker = buf[i + 1];
+        match marker {
+            0xD9 => return Scan::Complete(i + 2),
+            0xD8 => return Scan::Broken(i),
+            0x01 | 0xD0..=0xD7 => i += 2,
+            _ => {
+                if i + 3 >= buf.len() {
+                    return Scan::Incomplete;
+                }
+                let len = u16::from_be_bytes([buf[i + 2], buf[i + 3]]) as usize;
+                if len < 2 {
+                    return Scan::Broken(i);
+                }
+                i += 2 + len;
+                if marker == 0xDA {
+                    // Entropy-coded data: ends at the first FF not followed by 00 (stuffing)
+                    // or a restart marker.
+                    loop {
+                        if i + 1 >= buf.len() {
+                            return Scan::Incomplete;
+                        }
+                        if buf[i] == 0xFF && buf[i + 1] != 0x00 && !(0xD0..=0xD7).contains(&buf[i + 1]) {
+                            break;
+                        }
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Splits a stream of concatenated JPEG images into frames (see the module docs).
+///
+/// Each item is one JPEG's bytes, or an [`MjpegError`] for garbage or a truncated last frame;
+/// after an error the reader goes on with the next frame. Memory holds at most one frame (or
+/// 1 MiB of garbage) plus one read chunk.
+#[derive(Debug)]
+pub struct MjpegReader<R: Read> {
+    reader: R,
+    buf: Vec<u8>,
+    /// Stream offset of `buf[0]`.
+    offset: u64,
+    eof: bool,
+}
+
+impl<R: Read> MjpegReader<R> {
+    /// Reads from `reader` (a file, stdin, a pipe).
+    pub fn new(reader: R) -> Self {
+        MjpegReader { reader, buf: Vec::new(), offset: 0, eof: false }
+    }
+
+    fn fill(&mut self) -> std::result::Result<bool, MjpegError> {
+        if self.eof {
+            return Ok(false);
+        }
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            match self.reader.read(&mut chunk) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(false);
+                }
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.eof = true;
+                    return Err(MjpegError::Io(e.to_string()));
+                }
+            }
+        }
+    }
+
+    fn consume(&mut self, n: usize) -> Vec<u8> {
+        let rest = self.buf.split_off(n);
+        self.offset += n as u64;
+        std::mem::replace(&mut self.buf, rest)
+    }
+}
+
+fn find_soi(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?.windows(2).position(|w| w == [0xFF, 0xD8]).map(|p| p + from)
+}
+
+impl<R: Read> Iterator for MjpegReader<R> {
+    type Item = std::result::Result<Vec<u8>, MjpegError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            // Bytes before the next start-of-image are garbage.
+            match find_soi(&self.buf, 0) {
+                Some(0) => {}
+                Some(p) => {
+                    let offset = self.offset;
+                    self.consume(p);
+                    return Some(Err(MjpegError::Garbage { offset, len: p as u64 }));
+                }
+                None => {
+                    // No start-of-image yet: read on, and report the garbage as one run when
+                    // the next frame starts (above), at the end, or past 1 MiB so that a stream
+                    // of garbage does not pile up in memory. A trailing FF may start an SOI.
+                    let keep = usize::from(self.buf.last() == Some(&0xFF));
+                    let junk = self.buf.len() - keep;
+                    if junk > 1 << 20 {
+                        let offset = self.offset;
+                        self.consume(junk);
+                        return Some(Err(MjpegError::Garbage { offset, len: junk as u64 }));
+                    }
+                    match self.fill() {
+                        Ok(true) => continue,
+                        Ok(false) if self.buf.is_empty() => return None,
+                        Ok(false) => {
+                            let (offset, len) = (self.offset, self.buf.len() as u64);
+                            self.consume(self.buf.len());
+                            return Some(Err(MjpegError::Garbage { offset, len }));
+                        }
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+            }
+            match scan_jpeg(&self.buf) {
+                Scan::Complete(n) => return Some(Ok(self.consume(n))),
+                Scan::Broken(at) => {
+                    // Skip to the next SOI after this one's start.
+                    let skip = find_soi(&self.buf, at.max(2)).unwrap_or(self.buf.len());
+                    let offset = self.offset;
+                    self.consume(skip);
+                    return Some(Err(MjpegError::Garbage { offset, len: skip as u64 }));
+                }
+                Scan::Incomplete => match self.fill() {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        let (offset, len) = (self.offset, self.buf.len() as u64);
+                        self.consume(self.buf.len());
+                        return Some(Err(MjpegError::Truncated { offset, len }));
+                    }
+                    Err(e) => return Some(Err(e)),
+                },
+            }
+        }
+    }
+}
