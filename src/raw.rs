@@ -4,6 +4,7 @@
 //!   [`raw_to_rgb`], which turns one buffer into an RGB image (the YUV formats through
 //!   yuvutils-rs, BT.601 or BT.709, limited or full range), ready for the same resize and
 //!   normalisation as a decoded image file.
+//! - [`RawReader`]: cuts a byte stream of raw frames into frames of one fixed size.
 //! - [`MjpegReader`]: splits a byte stream of concatenated JPEG images (what
 //!   `ffmpeg -f mjpeg`, `rpicam-vid --codec mjpeg` and UVC cameras produce) into one JPEG per
 //!   frame by walking the JPEG marker structure (ITU-T T.81, annex B), so an embedded EXIF
@@ -200,7 +201,7 @@ pub fn raw_to_rgb(data: &[u8], format: PixelFormat, width: u32, height: u32, yuv
     RgbImage::from_raw(width, height, rgb).ok_or_else(|| Error::Invalid("RGB buffer size".into()))
 }
 
-/// What went wrong in an MJPEG stream, with the byte offset where it was found.
+/// What went wrong in a frame stream (MJPEG or raw), with the byte offset where it was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MjpegError {
     /// Bytes that are not a JPEG frame (from `offset`, `len` bytes were skipped to the next
@@ -402,6 +403,65 @@ impl<R: Read> Iterator for MjpegReader<R> {
                     Err(e) => return Some(Err(e)),
                 },
             }
+        }
+    }
+}
+
+/// Cuts a byte stream into raw frames of `frame_len` bytes (see [`PixelFormat::frame_len`]).
+///
+/// Each item is one frame's bytes; a stream that ends inside a frame gives
+/// [`MjpegError::Truncated`] with the bytes it had, and a zero-length stream gives no items.
+/// One frame buffer is reused for reading; each item is a copy the caller owns.
+///
+/// ```
+/// use ebm_gate::raw::{MjpegError, RawReader};
+/// let stream = [1u8, 2, 3, 4, 5, 6, 7];
+/// let frames: Vec<_> = RawReader::new(&stream[..], 3).collect();
+/// assert_eq!(frames[0], Ok(vec![1, 2, 3]));
+/// assert_eq!(frames[1], Ok(vec![4, 5, 6]));
+/// assert_eq!(frames[2], Err(MjpegError::Truncated { offset: 6, len: 1 }));
+/// ```
+#[derive(Debug)]
+pub struct RawReader<R: Read> {
+    reader: R,
+    frame: Vec<u8>,
+    offset: u64,
+    done: bool,
+}
+
+impl<R: Read> RawReader<R> {
+    /// Frames of `frame_len` bytes from `reader`.
+    pub fn new(reader: R, frame_len: usize) -> Self {
+        RawReader { reader, frame: vec![0; frame_len], offset: 0, done: frame_len == 0 }
+    }
+}
+
+impl<R: Read> Iterator for RawReader<R> {
+    type Item = std::result::Result<Vec<u8>, MjpegError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let mut filled = 0;
+        while filled < self.frame.len() {
+            match self.reader.read(&mut self.frame[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(MjpegError::Io(e.to_string())));
+                }
+            }
+        }
+        let offset = self.offset;
+        self.offset += filled as u64;
+        if filled == self.frame.len() {
+            Some(Ok(self.frame.clone()))
+        } else {
+            self.done = true;
+            (filled > 0).then_some(Err(MjpegError::Truncated { offset, len: filled as u64 }))
         }
     }
 }

@@ -7,7 +7,7 @@ use std::io::Read;
 
 use ebm_gate::bundle::GateFile;
 use ebm_gate::frame::{decode_bytes, decode_file, preprocess_into};
-use ebm_gate::raw::{raw_to_rgb, MjpegError, MjpegReader, PixelFormat, YuvSpec};
+use ebm_gate::raw::{raw_to_rgb, MjpegError, MjpegReader, PixelFormat, RawReader, YuvSpec};
 
 use crate::common::{bundle, root};
 
@@ -173,4 +173,23 @@ fn mjpeg_stream_splits_into_frames_and_reports_garbage_and_truncation() {
     assert_eq!(MjpegReader::new(std::io::empty()).count(), 0, "zero-length input: no frames");
     let junk: Vec<_> = MjpegReader::new(&b"not a jpeg at all"[..]).collect();
     assert!(matches!(junk[..], [Err(MjpegError::Garbage { offset: 0, len: 17 })]), "{junk:?}");
+}
+
+#[test]
+fn raw_stream_cuts_fixed_size_frames_and_reports_a_torn_tail() {
+    let img = frame("00_chelsea_0.png");
+    let len = PixelFormat::Rgb24.frame_len(32, 32).unwrap();
+    let mut stream = Vec::new();
+    for _ in 0..3 {
+        stream.extend_from_slice(img.as_raw());
+    }
+    stream.extend_from_slice(&img.as_raw()[..100]); // a frame cut short
+    let items: Vec<_> = RawReader::new(Trickle(std::io::Cursor::new(stream)), len).collect();
+    assert_eq!(items.len(), 4);
+    for item in &items[..3] {
+        let rgb = raw_to_rgb(item.as_ref().unwrap(), PixelFormat::Rgb24, 32, 32, YuvSpec::default()).unwrap();
+        assert_eq!(rgb, img);
+    }
+    assert_eq!(items[3], Err(MjpegError::Truncated { offset: 3 * len as u64, len: 100 }));
+    assert_eq!(RawReader::new(std::io::empty(), len).count(), 0, "zero-length input: no frames");
 }
