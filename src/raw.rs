@@ -203,7 +203,7 @@ pub fn raw_to_rgb(data: &[u8], format: PixelFormat, width: u32, height: u32, yuv
 
 /// What went wrong in a frame stream (MJPEG or raw), with the byte offset where it was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MjpegError {
+pub enum StreamError {
     /// Bytes that are not a JPEG frame (from `offset`, `len` bytes were skipped to the next
     /// start-of-image marker).
     Garbage {
@@ -223,19 +223,19 @@ pub enum MjpegError {
     Io(String),
 }
 
-impl std::fmt::Display for MjpegError {
+impl std::fmt::Display for StreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            MjpegError::Garbage { offset, len } => write!(f, "{len} bytes at offset {offset} are not a JPEG frame"),
-            MjpegError::Truncated { offset, len } => {
+            StreamError::Garbage { offset, len } => write!(f, "{len} bytes at offset {offset} are not a JPEG frame"),
+            StreamError::Truncated { offset, len } => {
                 write!(f, "the stream ended inside a frame: {len} bytes from offset {offset}, no end-of-image marker")
             }
-            MjpegError::Io(e) => write!(f, "read error: {e}"),
+            StreamError::Io(e) => write!(f, "read error: {e}"),
         }
     }
 }
 
-impl std::error::Error for MjpegError {}
+impl std::error::Error for StreamError {}
 
 /// How far a buffer starting with SOI holds a whole JPEG.
 enum Scan {
@@ -295,7 +295,7 @@ fn scan_jpeg(buf: &[u8]) -> Scan {
 
 /// Splits a stream of concatenated JPEG images into frames (see the module docs).
 ///
-/// Each item is one JPEG's bytes, or an [`MjpegError`] for garbage or a truncated last frame;
+/// Each item is one JPEG's bytes, or an [`StreamError`] for garbage or a truncated last frame;
 /// after an error the reader goes on with the next frame. Memory holds at most one frame (or
 /// 1 MiB of garbage) plus one read chunk.
 #[derive(Debug)]
@@ -313,7 +313,7 @@ impl<R: Read> MjpegReader<R> {
         MjpegReader { reader, buf: Vec::new(), offset: 0, eof: false }
     }
 
-    fn fill(&mut self) -> std::result::Result<bool, MjpegError> {
+    fn fill(&mut self) -> std::result::Result<bool, StreamError> {
         if self.eof {
             return Ok(false);
         }
@@ -331,7 +331,7 @@ impl<R: Read> MjpegReader<R> {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.eof = true;
-                    return Err(MjpegError::Io(e.to_string()));
+                    return Err(StreamError::Io(e.to_string()));
                 }
             }
         }
@@ -349,7 +349,7 @@ fn find_soi(buf: &[u8], from: usize) -> Option<usize> {
 }
 
 impl<R: Read> Iterator for MjpegReader<R> {
-    type Item = std::result::Result<Vec<u8>, MjpegError>;
+    type Item = std::result::Result<Vec<u8>, StreamError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -359,7 +359,7 @@ impl<R: Read> Iterator for MjpegReader<R> {
                 Some(p) => {
                     let offset = self.offset;
                     self.consume(p);
-                    return Some(Err(MjpegError::Garbage { offset, len: p as u64 }));
+                    return Some(Err(StreamError::Garbage { offset, len: p as u64 }));
                 }
                 None => {
                     // No start-of-image yet: read on, and report the garbage as one run when
@@ -370,7 +370,7 @@ impl<R: Read> Iterator for MjpegReader<R> {
                     if junk > 1 << 20 {
                         let offset = self.offset;
                         self.consume(junk);
-                        return Some(Err(MjpegError::Garbage { offset, len: junk as u64 }));
+                        return Some(Err(StreamError::Garbage { offset, len: junk as u64 }));
                     }
                     match self.fill() {
                         Ok(true) => continue,
@@ -378,7 +378,7 @@ impl<R: Read> Iterator for MjpegReader<R> {
                         Ok(false) => {
                             let (offset, len) = (self.offset, self.buf.len() as u64);
                             self.consume(self.buf.len());
-                            return Some(Err(MjpegError::Garbage { offset, len }));
+                            return Some(Err(StreamError::Garbage { offset, len }));
                         }
                         Err(e) => return Some(Err(e)),
                     }
@@ -391,14 +391,14 @@ impl<R: Read> Iterator for MjpegReader<R> {
                     let skip = find_soi(&self.buf, at.max(2)).unwrap_or(self.buf.len());
                     let offset = self.offset;
                     self.consume(skip);
-                    return Some(Err(MjpegError::Garbage { offset, len: skip as u64 }));
+                    return Some(Err(StreamError::Garbage { offset, len: skip as u64 }));
                 }
                 Scan::Incomplete => match self.fill() {
                     Ok(true) => continue,
                     Ok(false) => {
                         let (offset, len) = (self.offset, self.buf.len() as u64);
                         self.consume(self.buf.len());
-                        return Some(Err(MjpegError::Truncated { offset, len }));
+                        return Some(Err(StreamError::Truncated { offset, len }));
                     }
                     Err(e) => return Some(Err(e)),
                 },
@@ -410,16 +410,16 @@ impl<R: Read> Iterator for MjpegReader<R> {
 /// Cuts a byte stream into raw frames of `frame_len` bytes (see [`PixelFormat::frame_len`]).
 ///
 /// Each item is one frame's bytes; a stream that ends inside a frame gives
-/// [`MjpegError::Truncated`] with the bytes it had, and a zero-length stream gives no items.
+/// [`StreamError::Truncated`] with the bytes it had, and a zero-length stream gives no items.
 /// One frame buffer is reused for reading; each item is a copy the caller owns.
 ///
 /// ```
-/// use ebm_gate::raw::{MjpegError, RawReader};
+/// use ebm_gate::raw::{StreamError, RawReader};
 /// let stream = [1u8, 2, 3, 4, 5, 6, 7];
 /// let frames: Vec<_> = RawReader::new(&stream[..], 3).collect();
 /// assert_eq!(frames[0], Ok(vec![1, 2, 3]));
 /// assert_eq!(frames[1], Ok(vec![4, 5, 6]));
-/// assert_eq!(frames[2], Err(MjpegError::Truncated { offset: 6, len: 1 }));
+/// assert_eq!(frames[2], Err(StreamError::Truncated { offset: 6, len: 1 }));
 /// ```
 #[derive(Debug)]
 pub struct RawReader<R: Read> {
@@ -437,7 +437,7 @@ impl<R: Read> RawReader<R> {
 }
 
 impl<R: Read> Iterator for RawReader<R> {
-    type Item = std::result::Result<Vec<u8>, MjpegError>;
+    type Item = std::result::Result<Vec<u8>, StreamError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
@@ -451,7 +451,7 @@ impl<R: Read> Iterator for RawReader<R> {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.done = true;
-                    return Some(Err(MjpegError::Io(e.to_string())));
+                    return Some(Err(StreamError::Io(e.to_string())));
                 }
             }
         }
@@ -461,7 +461,7 @@ impl<R: Read> Iterator for RawReader<R> {
             Some(Ok(self.frame.clone()))
         } else {
             self.done = true;
-            (filled > 0).then_some(Err(MjpegError::Truncated { offset, len: filled as u64 }))
+            (filled > 0).then_some(Err(StreamError::Truncated { offset, len: filled as u64 }))
         }
     }
 }

@@ -7,7 +7,7 @@ use std::io::Read;
 
 use ebm_gate::bundle::GateFile;
 use ebm_gate::frame::{decode_bytes, decode_file, preprocess_into};
-use ebm_gate::raw::{raw_to_rgb, MjpegError, MjpegReader, PixelFormat, RawReader, YuvSpec};
+use ebm_gate::raw::{raw_to_rgb, MjpegReader, PixelFormat, RawReader, StreamError, YuvSpec};
 
 use crate::common::{bundle, root};
 
@@ -162,17 +162,17 @@ fn mjpeg_stream_splits_into_frames_and_reports_garbage_and_truncation() {
     let items: Vec<_> = MjpegReader::new(Trickle(std::io::Cursor::new(stream))).collect();
     assert_eq!(items.len(), 5, "{items:?}");
     assert_eq!(items[0].as_ref().unwrap(), &frames[0]);
-    assert_eq!(items[1], Err(MjpegError::Garbage { offset: frames[0].len() as u64, len: 20 }));
+    assert_eq!(items[1], Err(StreamError::Garbage { offset: frames[0].len() as u64, len: 20 }));
     assert_eq!(items[2].as_ref().unwrap(), &with_app1);
     assert_eq!(items[3].as_ref().unwrap(), &frames[2]);
-    assert!(matches!(items[4], Err(MjpegError::Truncated { len, .. }) if len == (frames[0].len() / 2) as u64));
+    assert!(matches!(items[4], Err(StreamError::Truncated { len, .. }) if len == (frames[0].len() / 2) as u64));
     // The split frames decode to the same pictures as the JPEGs on their own.
     let name = std::path::Path::new("stream");
     assert_eq!(decode_bytes(items[2].as_ref().unwrap(), name).unwrap(), decode_bytes(&frames[1], name).unwrap());
 
     assert_eq!(MjpegReader::new(std::io::empty()).count(), 0, "zero-length input: no frames");
     let junk: Vec<_> = MjpegReader::new(&b"not a jpeg at all"[..]).collect();
-    assert!(matches!(junk[..], [Err(MjpegError::Garbage { offset: 0, len: 17 })]), "{junk:?}");
+    assert!(matches!(junk[..], [Err(StreamError::Garbage { offset: 0, len: 17 })]), "{junk:?}");
 }
 
 #[test]
@@ -190,6 +190,6 @@ fn raw_stream_cuts_fixed_size_frames_and_reports_a_torn_tail() {
         let rgb = raw_to_rgb(item.as_ref().unwrap(), PixelFormat::Rgb24, 32, 32, YuvSpec::default()).unwrap();
         assert_eq!(rgb, img);
     }
-    assert_eq!(items[3], Err(MjpegError::Truncated { offset: 3 * len as u64, len: 100 }));
+    assert_eq!(items[3], Err(StreamError::Truncated { offset: 3 * len as u64, len: 100 }));
     assert_eq!(RawReader::new(std::io::empty(), len).count(), 0, "zero-length input: no frames");
 }
