@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 pub use crate::core::conformal::conformal_quantile;
 use crate::core::conformal::{conformal_rank, p_value};
 use crate::core::energy::free_energy;
-use crate::metrics::{check_rows, log_softmax_into, MetricsError};
+use crate::metrics::{for_each_softmax, MetricsError};
 
 /// Lowest temperature the fit searches.
 pub const T_MIN: f64 = 0.01;
@@ -138,13 +138,8 @@ pub fn check_alpha(n: usize, alpha: f32) -> Result<(), CalibrationError> {
 /// # Errors
 /// [`MetricsError`] for bad shapes, labels or non-finite values.
 pub fn nll(logits: &[f32], k: usize, labels: &[usize], temperature: f64) -> Result<f64, MetricsError> {
-    check_rows(logits, k, labels)?;
-    let mut p = vec![0.0f64; k];
     let mut sum = 0.0;
-    for (i, (row, &y)) in logits.chunks_exact(k).zip(labels).enumerate() {
-        let lse = log_softmax_into(row, temperature, &mut p).ok_or(MetricsError::NonFinite { index: i })?;
-        sum += lse - row[y] as f64 / temperature;
-    }
+    for_each_softmax(logits, k, labels, temperature, |row, y, _, lse| sum += lse - row[y] as f64 / temperature)?;
     Ok(sum / labels.len() as f64)
 }
 
@@ -241,13 +236,8 @@ pub fn sorted_energies(logits: &[f32], k: usize, temperature: f32) -> Result<Vec
 /// # Errors
 /// [`MetricsError`] for bad shapes, labels or non-finite values.
 pub fn lac_scores(logits: &[f32], k: usize, labels: &[usize], temperature: f64) -> Result<Vec<f32>, MetricsError> {
-    check_rows(logits, k, labels)?;
-    let mut p = vec![0.0f64; k];
     let mut s = Vec::with_capacity(labels.len());
-    for (i, (row, &y)) in logits.chunks_exact(k).zip(labels).enumerate() {
-        log_softmax_into(row, temperature, &mut p).ok_or(MetricsError::NonFinite { index: i })?;
-        s.push((1.0 - p[y]) as f32);
-    }
+    for_each_softmax(logits, k, labels, temperature, |_, y, p, _| s.push((1.0 - p[y]) as f32))?;
     s.sort_by(f32::total_cmp);
     Ok(s)
 }
@@ -278,16 +268,13 @@ pub fn prediction_set_summary(
     sorted_scores: &[f32],
     alpha: f32,
 ) -> Result<SetSummary, MetricsError> {
-    check_rows(logits, k, labels)?;
     let q = conformal_quantile(sorted_scores, alpha);
-    let mut p = vec![0.0f64; k];
+    let in_set = |v: f64| crate::core::conformal::in_prediction_set(v as f32, q);
     let (mut covered, mut size) = (0usize, 0usize);
-    for (i, (row, &y)) in logits.chunks_exact(k).zip(labels).enumerate() {
-        log_softmax_into(row, temperature, &mut p).ok_or(MetricsError::NonFinite { index: i })?;
-        let in_set = |v: f64| crate::core::conformal::in_prediction_set(v as f32, q);
+    for_each_softmax(logits, k, labels, temperature, |_, y, p, _| {
         size += p.iter().filter(|&&v| in_set(v)).count();
         covered += usize::from(in_set(p[y]));
-    }
+    })?;
     let n = labels.len();
     Ok(SetSummary { alpha, n, coverage: covered as f64 / n as f64, mean_size: size as f64 / n as f64 })
 }

@@ -198,16 +198,30 @@ pub fn summarise_id(path: &str, reports: &[FrameReport]) -> IdSummary {
     }
 }
 
-/// Labelled ID frames' logits `[N, K]` and labels, when every frame is labelled and scored.
+/// The logits of the scored reports stacked row-major `[N, K]`, and their labels when every
+/// report has one.
+pub(crate) fn stack_logits<'a>(reports: impl IntoIterator<Item = &'a FrameReport>) -> (Vec<f32>, Option<Vec<usize>>) {
+    let (mut logits, mut labels) = (Vec::new(), Some(Vec::new()));
+    for r in reports {
+        logits.extend_from_slice(r.logits.as_deref().unwrap_or(&[]));
+        labels = labels.and_then(|mut l| {
+            r.label.map(|y| {
+                l.push(y);
+                l
+            })
+        });
+    }
+    (logits, labels)
+}
+
+/// Labelled ID frames' logits `[N, K]`, labels and `K`, when every frame is labelled and scored.
 fn labelled_logits(reports: &[FrameReport]) -> Option<(Vec<f32>, Vec<usize>, usize)> {
     let k = reports.first()?.logits.as_ref()?.len();
-    let mut logits = Vec::with_capacity(reports.len() * k);
-    let mut labels = Vec::with_capacity(reports.len());
-    for r in reports {
-        logits.extend_from_slice(r.logits.as_deref()?);
-        labels.push(r.label?);
+    if reports.iter().any(|r| r.logits.is_none()) {
+        return None;
     }
-    Some((logits, labels, k))
+    let (logits, labels) = stack_logits(reports);
+    Some((logits, labels?, k))
 }
 
 /// NLL, ECE, MCE and Brier of the labelled ID set at `T = 1` and at `temperature` (one entry when

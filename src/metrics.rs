@@ -297,15 +297,12 @@ impl CalibrationMetrics {
         labels: &[usize],
         temperature: f64,
     ) -> Result<CalibrationMetrics, MetricsError> {
-        check_rows(logits, k, labels)?;
         let n = labels.len();
-        let mut p = vec![0.0f64; k];
         let (mut nll, mut brier, mut hits) = (0.0f64, 0.0f64, 0usize);
         let mut count = [0usize; ECE_BINS];
         let mut correct = [0usize; ECE_BINS];
         let mut conf_sum = [0.0f64; ECE_BINS];
-        for (i, (row, &y)) in logits.chunks_exact(k).zip(labels).enumerate() {
-            let lse = log_softmax_into(row, temperature, &mut p).ok_or(MetricsError::NonFinite { index: i })?;
+        for_each_softmax(logits, k, labels, temperature, |row, y, p, lse| {
             nll += lse - row[y] as f64 / temperature;
             let (mut pred, mut conf) = (0usize, f64::NEG_INFINITY);
             for (j, v) in p.iter().enumerate() {
@@ -323,7 +320,7 @@ impl CalibrationMetrics {
                 correct[b] += usize::from(pred == y);
             }
             hits += usize::from(pred == y);
-        }
+        })?;
         let bins: Vec<ReliabilityBin> = (0..ECE_BINS)
             .map(|b| {
                 let c = count[b] as f64;
@@ -365,6 +362,24 @@ pub(crate) fn check_rows(logits: &[f32], k: usize, labels: &[usize]) -> Result<(
     }
     if let Some((index, &label)) = labels.iter().enumerate().find(|(_, &l)| l >= k) {
         return Err(MetricsError::LabelOutOfRange { index, label, k });
+    }
+    Ok(())
+}
+
+/// Checks `[N, K]` logits against `[N]` labels, then calls `f(row, label, probabilities, lse)`
+/// for each frame with `softmax(z / T)` and `logsumexp(z / T)` computed in `f64`.
+pub(crate) fn for_each_softmax(
+    logits: &[f32],
+    k: usize,
+    labels: &[usize],
+    temperature: f64,
+    mut f: impl FnMut(&[f32], usize, &[f64], f64),
+) -> Result<(), MetricsError> {
+    check_rows(logits, k, labels)?;
+    let mut p = vec![0.0f64; k];
+    for (i, (row, &y)) in logits.chunks_exact(k).zip(labels).enumerate() {
+        let lse = log_softmax_into(row, temperature, &mut p).ok_or(MetricsError::NonFinite { index: i })?;
+        f(row, y, &p, lse);
     }
     Ok(())
 }

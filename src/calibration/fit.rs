@@ -9,6 +9,7 @@ use super::{
 };
 use crate::bundle::{GateFile, GateSpec, PredictionSets, Provenance, SplitSpec, FORMAT_VERSION};
 use crate::error::{Error, Result};
+use crate::eval::stack_logits;
 use crate::metrics::CalibrationMetrics;
 use crate::pipeline::{EnergyGate, FrameReport};
 use crate::source::FrameItem;
@@ -99,16 +100,6 @@ pub fn calibration_frames(gate_file: &GateFile, folder: &Path, items: &[FrameIte
     Some(held_out_mask(items, folder, split.holdout, split.seed).into_iter().map(|h| !h).collect())
 }
 
-fn gather(reports: &[&FrameReport], k: usize) -> (Vec<f32>, Vec<usize>) {
-    let mut logits = Vec::with_capacity(reports.len() * k);
-    let mut labels = Vec::with_capacity(reports.len());
-    for r in reports {
-        logits.extend_from_slice(r.logits.as_deref().unwrap_or(&[]));
-        labels.push(r.label.unwrap_or(usize::MAX));
-    }
-    (logits, labels)
-}
-
 /// Scores `items` (in-distribution frames from `opts.root`) through `gate`, splits them, and
 /// fits the gate:
 ///
@@ -165,8 +156,10 @@ pub fn calibrate(
     let cal: Vec<&FrameReport> = reports.iter().zip(&held).filter(|(_, h)| !**h).map(|(r, _)| r).collect();
     let hold: Vec<&FrameReport> = reports.iter().zip(&held).filter(|(_, h)| **h).map(|(r, _)| r).collect();
     let labelled = reports.iter().all(|r| r.label.is_some());
-    let (cal_logits, cal_labels) = gather(&cal, k);
-    let (hold_logits, hold_labels) = gather(&hold, k);
+    // Every frame was scored (checked above); labels are used only when all frames have one.
+    let (cal_logits, cal_labels) = stack_logits(cal.iter().copied());
+    let (hold_logits, hold_labels) = stack_logits(hold.iter().copied());
+    let (cal_labels, hold_labels) = (cal_labels.unwrap_or_default(), hold_labels.unwrap_or_default());
     let measured_on_held_out = !hold.is_empty();
     let (eval_logits, eval_labels) =
         if measured_on_held_out { (&hold_logits, &hold_labels) } else { (&cal_logits, &cal_labels) };
