@@ -23,7 +23,8 @@
 //! - feature `runtime`: [`bundle`] (`model.onnx` + `gate.json`), [`frame`] (decode, resize,
 //!   normalise), [`raw`] (raw camera buffers in RGB/BGR/gray/YUV layouts, MJPEG streams),
 //!   [`source`] (files, folders, IDX), `model` (tract, private), [`pipeline`]
-//!   ([`pipeline::EnergyGate`]: frames in, verdicts out), [`eval`].
+//!   ([`pipeline::EnergyGate`]: frames in, verdicts out), [`stream`] (live raw or MJPEG
+//!   streams, debounced), [`eval`].
 //!
 //! ```no_run
 //! # #[cfg(feature = "runtime")] {
@@ -64,6 +65,8 @@ pub mod pipeline;
 pub mod raw;
 #[cfg(feature = "runtime")]
 pub mod source;
+#[cfg(feature = "runtime")]
+pub mod stream;
 
 #[cfg(feature = "runtime")]
 pub use error::{Error, Result};

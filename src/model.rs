@@ -143,6 +143,19 @@ impl Model {
         Ok(())
     }
 
+    /// Builds the optimised plan for batches of `n` frames now rather than at their first use
+    /// (a fixed-batch model has its one plan already). Optimising takes tens of milliseconds;
+    /// a stream does it before its first frame so that no frame waits for it.
+    ///
+    /// # Errors
+    /// As [`Model::load`].
+    pub fn prepare(&mut self, n: usize) -> Result<()> {
+        match self.fixed_batch {
+            Some(_) => Ok(()),
+            None => self.ensure_plan(n.max(1)),
+        }
+    }
+
     /// The model file.
     pub fn path(&self) -> &Path {
         &self.path

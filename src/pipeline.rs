@@ -106,10 +106,11 @@ pub struct FrameReport {
 }
 
 impl FrameReport {
-    fn failed(item: &FrameItem, reason: Reason, error: String) -> FrameReport {
+    /// A frame that could not be scored: rejected with `reason`, the message in `error`.
+    pub(crate) fn failed(name: &str, label: Option<usize>, reason: Reason, error: String) -> FrameReport {
         FrameReport {
-            name: item.name.clone(),
-            label: item.label,
+            name: name.to_string(),
+            label,
             logits: None,
             scores: None,
             p_value: None,
@@ -407,8 +408,10 @@ impl EnergyGate {
                 let k = self.model.num_classes();
                 for (i, (item, err)) in chunk.iter().zip(errors).enumerate() {
                     let report = match (&logits, err) {
-                        (_, Some(e)) => FrameReport::failed(item, Reason::DecodeError, e),
-                        (Err(e), None) => FrameReport::failed(item, Reason::ModelError, e.to_string()),
+                        (_, Some(e)) => FrameReport::failed(&item.name, item.label, Reason::DecodeError, e),
+                        (Err(e), None) => {
+                            FrameReport::failed(&item.name, item.label, Reason::ModelError, e.to_string())
+                        }
                         (Ok(all), None) => self.judge_logits(&item.name, item.label, &all[i * k..(i + 1) * k]),
                     };
                     reports.push(report);

@@ -8,8 +8,8 @@
 //! - [`MjpegReader`]: splits a byte stream of concatenated JPEG images (what
 //!   `ffmpeg -f mjpeg`, `rpicam-vid --codec mjpeg` and UVC cameras produce) into one JPEG per
 //!   frame by walking the JPEG marker structure (ITU-T T.81, annex B), so an embedded EXIF
-//!   thumbnail does not end a frame early. Garbage between frames and a truncated last frame are
-//!   reported as errors and the stream goes on.
+//!   thumbnail does not end a frame early. Garbage between frames, a corrupt frame and a truncated
+//!   last frame are reported as errors and the stream goes on.
 
 use std::io::Read;
 
@@ -212,6 +212,14 @@ pub enum StreamError {
         /// How many were skipped.
         len: u64,
     },
+    /// A frame that starts like a JPEG (start-of-image marker) but whose marker structure is
+    /// broken (from `offset`, `len` bytes were skipped to the next start-of-image marker).
+    Corrupt {
+        /// Where the frame starts in the stream.
+        offset: u64,
+        /// How many bytes were skipped.
+        len: u64,
+    },
     /// The stream ended inside a frame.
     Truncated {
         /// Where the unfinished frame starts.
@@ -227,6 +235,9 @@ impl std::fmt::Display for StreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StreamError::Garbage { offset, len } => write!(f, "{len} bytes at offset {offset} are not a JPEG frame"),
+            StreamError::Corrupt { offset, len } => {
+                write!(f, "corrupt JPEG frame at offset {offset}: broken marker structure, {len} bytes skipped")
+            }
             StreamError::Truncated { offset, len } => {
                 write!(f, "the stream ended inside a frame: {len} bytes from offset {offset}, no end-of-image marker")
             }
@@ -391,7 +402,7 @@ impl<R: Read> Iterator for MjpegReader<R> {
                     let skip = find_soi(&self.buf, at.max(2)).unwrap_or(self.buf.len());
                     let offset = self.offset;
                     self.consume(skip);
-                    return Some(Err(StreamError::Garbage { offset, len: skip as u64 }));
+                    return Some(Err(StreamError::Corrupt { offset, len: skip as u64 }));
                 }
                 Scan::Incomplete => match self.fill() {
                     Ok(true) => continue,

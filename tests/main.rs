@@ -7,3 +7,4 @@ mod cli;
 mod common;
 mod metrics_golden;
 mod raw;
+mod stream;

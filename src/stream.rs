@@ -1,0 +1,635 @@
+//! Live frame streams: raw camera buffers or MJPEG in, a verdict per frame and debounced state
+//! changes out (`ebm-gate stream`).
+//!
+//! ```text
+//! reader thread:  bytes -> frames (RawReader | MjpegReader) -> RGB (raw_to_rgb | JPEG decode)
+//!                 -> resize/crop -> normalise                          --channel-->
+//! calling thread: batch of what is ready -> tract forward -> energy, p-value, verdict
+//!                 -> Debouncer (k-of-n with hysteresis) -> events to the sink
+//! ```
+//!
+//! Decoding runs on its own thread, overlapped with inference. The calling thread takes the
+//! frames that are ready, up to `max_batch`, in batches of a power of two (so at most
+//! `log2(max_batch) + 1` plans are optimised): when decoding keeps ahead, batches fill up and
+//! throughput rises; when frames trickle in from a camera, each is judged as soon as it arrives.
+//!
+//! Every frame gets a verdict: one that cannot be decoded, is corrupt or torn (the input ended
+//! inside it) is rejected with reason `decode_error` and counts as a rejection in the
+//! debouncer (the gate fails closed). Bytes between MJPEG frames that are not a frame, and a
+//! read error, are reported as errors without a frame. Memory is bounded: at most
+//! `2 * max_batch` decoded frames wait in the channel, latencies go into a fixed-size
+//! histogram, and nothing else grows with the length of the stream.
+//!
+//! The same picture gives the same result as [`EnergyGate::score_items`]: a raw frame is
+//! converted to RGB ([`raw_to_rgb`]) or a JPEG decoded ([`decode_bytes`]), then resized and
+//! normalised by the same functions as an image file.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+
+use crate::bundle::{InputSpec, ResizeMode};
+use crate::core::debounce::{DebounceError, Debouncer, State};
+use crate::core::gate::{Reason, Verdict};
+use crate::error::{Error, Result};
+use crate::frame::{decode_bytes, normalise_into, resize_to};
+use crate::pipeline::{EnergyGate, FrameReport};
+use crate::raw::{raw_to_rgb, MjpegReader, PixelFormat, RawReader, StreamError, YuvSpec};
+
+/// Largest debouncing window `--window` can ask for.
+pub const MAX_WINDOW: usize = 256;
+
+/// What the bytes of a stream are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFormat {
+    /// Raw frames of `width x height` pixels in `format`, back to back (`ffmpeg -f rawvideo`).
+    Raw {
+        /// The pixel layout.
+        format: PixelFormat,
+        /// Frame width in pixels.
+        width: u32,
+        /// Frame height in pixels.
+        height: u32,
+        /// YUV matrix and range (ignored for RGB, BGR and gray).
+        yuv: YuvSpec,
+    },
+    /// Concatenated JPEG images (`ffmpeg -f mjpeg`, `rpicam-vid --codec mjpeg`, UVC cameras).
+    Mjpeg,
+}
+
+impl StreamFormat {
+    /// Short name for messages: the pixel format's name, or `mjpeg`.
+    pub fn name(&self) -> String {
+        match self {
+            StreamFormat::Raw { format, width, height, .. } => format!("{} {width}x{height}", format.name()),
+            StreamFormat::Mjpeg => "mjpeg".into(),
+        }
+    }
+}
+
+/// How a stream is read and judged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamOptions {
+    /// The bytes' format.
+    pub format: StreamFormat,
+    /// How a frame is brought to the model's size: [`ResizeMode::ShorterSideThenCenterCrop`]
+    /// (`--crop center`) or [`ResizeMode::Stretch`] (`--crop none`); `None` = the bundle's.
+    pub resize: Option<ResizeMode>,
+    /// Most frames per forward pass (batches are powers of two up to this, and this).
+    pub max_batch: usize,
+    /// Debouncing window `n` (at most [`MAX_WINDOW`]).
+    pub window: usize,
+    /// Rejections in the window that switch the state to out-of-distribution.
+    pub enter: usize,
+    /// Rejections in the window at or below which it switches back.
+    pub exit: usize,
+    /// Keep rejected frames (full size, as converted to RGB) as PNG in this folder.
+    pub save_rejected: Option<PathBuf>,
+    /// Most frames to save.
+    pub max_saved: usize,
+    /// Name of the input in frame names (`NAME#index`) and messages.
+    pub source_name: String,
+}
+
+impl StreamOptions {
+    /// Options for `format` with the defaults of the command line: crop as the bundle says,
+    /// batches of up to 8, 3 of the last 5 frames rejected to switch to out-of-distribution and
+    /// at most 2 to switch back, nothing saved.
+    pub fn new(format: StreamFormat) -> StreamOptions {
+        StreamOptions {
+            format,
+            resize: None,
+            max_batch: 8,
+            window: 5,
+            enter: 3,
+            exit: 2,
+            save_rejected: None,
+            max_saved: 100,
+            source_name: "stdin".into(),
+        }
+    }
+}
+
+/// One judged frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameRecord {
+    /// Position in the stream, from 0 (every frame, including ones that failed).
+    pub index: u64,
+    /// Scores, verdict and reason; `name` is `SOURCE#index`.
+    pub report: FrameReport,
+    /// The debounced state after this frame.
+    pub state: State,
+    /// Rejected frames in the debouncing window after this frame.
+    pub rejected_in_window: usize,
+    /// From the frame's last byte read to its verdict.
+    pub latency: Duration,
+    /// Where the frame was saved, when it was.
+    pub saved: Option<PathBuf>,
+}
+
+/// What the stream reports, in stream order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// A frame was judged.
+    Frame(FrameRecord),
+    /// The debounced state changed at frame `index`.
+    StateChange {
+        /// The frame that changed it.
+        index: u64,
+        /// The state before.
+        from: State,
+        /// The state now.
+        to: State,
+        /// Rejected frames in the window.
+        rejected_in_window: usize,
+    },
+    /// Something that is not a frame went wrong: bytes that are not a frame, a read error,
+    /// a rejected frame that could not be saved.
+    Error {
+        /// The frame it concerns, if any.
+        index: Option<u64>,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// Why the stream stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// The input ended.
+    EndOfInput,
+    /// Reading the input failed; the message says how.
+    ReadError(String),
+    /// A signal asked to stop (its number, as stored in the stop flag).
+    Signal(usize),
+    /// The sink failed: the output was closed (a broken pipe) or could not be written.
+    OutputClosed(std::io::ErrorKind, String),
+}
+
+impl StopReason {
+    /// Stable snake_case name for JSON: `end_of_input`, `read_error`, `signal`, `output_closed`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StopReason::EndOfInput => "end_of_input",
+            StopReason::ReadError(_) => "read_error",
+            StopReason::Signal(_) => "signal",
+            StopReason::OutputClosed(..) => "output_closed",
+        }
+    }
+}
+
+/// Totals of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamSummary {
+    /// Frames judged (scored or failed).
+    pub frames: u64,
+    /// Frames scored by the model.
+    pub scored: u64,
+    /// Frames rejected (out-of-distribution, including those that failed).
+    pub rejected: u64,
+    /// Frames that failed (decode errors, corrupt or torn frames) plus errors without a frame.
+    pub errors: u64,
+    /// Rejected frames saved as PNG.
+    pub saved: u64,
+    /// Changes of the debounced state.
+    pub state_changes: u64,
+    /// The debounced state at the end.
+    pub state: State,
+    /// From the start of the run to the stop.
+    pub elapsed: Duration,
+    /// Latency (last byte read to verdict) percentiles in milliseconds: p50, p99, max; `None`
+    /// without frames. From a histogram with 3 significant digits.
+    pub latency_ms: Option<[f64; 3]>,
+    /// Frames per forward pass, on average.
+    pub mean_batch: f64,
+    /// Why it stopped.
+    pub stop: StopReason,
+}
+
+impl StreamSummary {
+    /// Frames judged per second of the run.
+    pub fn fps(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 {
+            self.frames as f64 / s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// One frame's bytes, or a stream error, in stream order, with the time its last byte arrived.
+type Item = (std::result::Result<Vec<u8>, StreamError>, Instant);
+
+/// A frame ready for the model, or why it is not.
+enum Prepared {
+    Frame { index: u64, input: Vec<f32>, rgb: Option<RgbImage>, received: Instant },
+    Failed { index: u64, message: String, received: Instant },
+    Error(String),
+    ReadError(String),
+}
+
+/// Splits `reader` into frames by `format`.
+fn frames(reader: Box<dyn Read + Send>, format: StreamFormat) -> Result<Box<dyn Iterator<Item = Item> + Send>> {
+    let stamp = |r| (r, Instant::now());
+    Ok(match format {
+        StreamFormat::Raw { format, width, height, .. } => {
+            let len = format.frame_len(width, height)?;
+            Box::new(RawReader::new(reader, len).map(stamp))
+        }
+        StreamFormat::Mjpeg => Box::new(MjpegReader::new(reader).map(stamp)),
+    })
+}
+
+/// Converts one frame's bytes to RGB at its own size.
+fn to_rgb(bytes: &[u8], format: StreamFormat, name: &str) -> Result<RgbImage> {
+    match format {
+        StreamFormat::Raw { format, width, height, yuv } => raw_to_rgb(bytes, format, width, height, yuv),
+        StreamFormat::Mjpeg => decode_bytes(bytes, Path::new(name)),
+    }
+}
+
+/// Converts, resizes and normalises one frame.
+fn prepare(bytes: &[u8], options: &StreamOptions, spec: &InputSpec, index: u64) -> Result<(Vec<f32>, RgbImage)> {
+    let name = format!("{}#{index}", options.source_name);
+    let rgb = to_rgb(bytes, options.format, &name)?;
+    let sized = resize_to(&rgb, spec.width, spec.height, spec.resize)?;
+    let mut input = vec![0.0f32; spec.frame_len()];
+    normalise_into(&sized, spec, &mut input)?;
+    Ok((input, rgb))
+}
+
+fn reader_thread(
+    items: Box<dyn Iterator<Item = Item> + Send>,
+    options: StreamOptions,
+    spec: InputSpec,
+    tx: mpsc::SyncSender<Prepared>,
+) {
+    let keep_rgb = options.save_rejected.is_some();
+    let mut index = 0u64;
+    for (item, received) in items {
+        let msg = match item {
+            Ok(bytes) => {
+                let i = index;
+                index += 1;
+                match prepare(&bytes, &options, &spec, i) {
+                    Ok((input, rgb)) => Prepared::Frame { index: i, input, rgb: keep_rgb.then_some(rgb), received },
+                    Err(e) => Prepared::Failed { index: i, message: e.to_string().trim_end().to_string(), received },
+                }
+            }
+            Err(e @ (StreamError::Corrupt { .. } | StreamError::Truncated { .. })) => {
+                let i = index;
+                index += 1;
+                Prepared::Failed { index: i, message: e.to_string(), received }
+            }
+            Err(e @ StreamError::Garbage { .. }) => Prepared::Error(e.to_string()),
+            Err(StreamError::Io(e)) => Prepared::ReadError(e),
+        };
+        if tx.send(msg).is_err() {
+            return; // the judge stopped
+        }
+    }
+}
+
+/// Latencies in microseconds, 1 us to 1 hour, 3 significant digits (fixed memory).
+struct Latencies(hdrhistogram::Histogram<u64>);
+
+impl Latencies {
+    fn new() -> Result<Latencies> {
+        hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+            .map(Latencies)
+            .map_err(|e| Error::Invalid(format!("latency histogram: {e}")))
+    }
+
+    fn record(&mut self, d: Duration) {
+        let us = (d.as_micros() as u64).clamp(1, 3_600_000_000);
+        // In bounds by the clamp, so this cannot fail.
+        let _ = self.0.record(us);
+    }
+
+    fn percentiles_ms(&self) -> Option<[f64; 3]> {
+        (!self.0.is_empty()).then(|| {
+            let q = |p: f64| self.0.value_at_quantile(p) as f64 / 1000.0;
+            [q(0.5), q(0.99), self.0.max() as f64 / 1000.0]
+        })
+    }
+}
+
+/// Reads frames from `reader` until it ends, `stop` becomes non-zero (a signal handler stores
+/// the signal's number there), or `sink` fails; judges each frame with `gate`, debounces the
+/// verdicts, and gives every frame, state change and error to `sink` in stream order.
+///
+/// `sink` returning an error (a closed stdout, say) stops the run with
+/// [`StopReason::OutputClosed`]; the summary is still returned.
+///
+/// # Errors
+/// Only before the first frame: [`Error::Invalid`] when the gate has no rule (no threshold
+/// or alpha: nothing to debounce), the debouncing settings are invalid, the raw frame size is
+/// invalid, or the save folder cannot be made; [`Error::Model`] when a plan for a batch size
+/// cannot be built.
+pub fn run_stream(
+    gate: &mut EnergyGate,
+    reader: Box<dyn Read + Send>,
+    options: &StreamOptions,
+    stop: &AtomicUsize,
+    mut sink: impl FnMut(&StreamEvent) -> std::io::Result<()>,
+) -> Result<StreamSummary> {
+    if !gate.settings().gates() {
+        return Err(Error::Invalid(
+            "the stream needs a gate: this bundle has no threshold or alpha; run `ebm-gate calibrate`, or give \
+             --threshold or --alpha"
+                .into(),
+        ));
+    }
+    if options.max_batch == 0 {
+        return Err(Error::Invalid("batch must be at least 1".into()));
+    }
+    let mut debouncer: Debouncer<MAX_WINDOW> = Debouncer::new(options.window, options.enter, options.exit)
+        .map_err(|e: DebounceError| Error::Invalid(format!("debouncing: {e}")))?;
+    if let Some(dir) = &options.save_rejected {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let mut spec = gate.input().clone();
+    if let Some(mode) = options.resize {
+        spec.resize = mode;
+    }
+    // Every batch size a round can use, optimised before the first frame.
+    let mut n = 1;
+    while n < options.max_batch {
+        gate.model_mut().prepare(n)?;
+        n *= 2;
+    }
+    gate.model_mut().prepare(options.max_batch)?;
+    let items = frames(reader, options.format)?;
+    let mut latencies = Latencies::new()?;
+    let len = spec.frame_len();
+    let k = gate.class_names().len();
+    let start = Instant::now();
+    let mut summary = StreamSummary {
+        frames: 0,
+        scored: 0,
+        rejected: 0,
+        errors: 0,
+        saved: 0,
+        state_changes: 0,
+        state: State::InDistribution,
+        elapsed: Duration::ZERO,
+        latency_ms: None,
+        mean_batch: 0.0,
+        stop: StopReason::EndOfInput,
+    };
+    let (mut batches, mut batched) = (0u64, 0u64);
+
+    let (tx, rx) = mpsc::sync_channel::<Prepared>(2 * options.max_batch);
+    {
+        let (options, spec) = (options.clone(), spec.clone());
+        // Not scoped: a reader blocked on a stalled pipe must not keep a stopped run waiting.
+        // It ends by itself at the end of its input, or when its next send finds the channel
+        // closed.
+        std::thread::Builder::new()
+            .name("ebm-gate-reader".into())
+            .spawn(move || reader_thread(items, options, spec, tx))
+            .map_err(|e| Error::Invalid(format!("cannot start the reader thread: {e}")))?;
+    }
+
+    let mut pending: Vec<Prepared> = Vec::with_capacity(options.max_batch);
+    let mut input: Vec<f32> = Vec::with_capacity(options.max_batch * len);
+    let mut finished = false;
+    'run: while !finished {
+        // Wait for the first message, checking the stop flag now and then.
+        let signal = stop.load(Ordering::Relaxed);
+        if signal != 0 {
+            summary.stop = StopReason::Signal(signal);
+            break;
+        }
+        if pending.is_empty() {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(m) => pending.push(m),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        // Then take what is ready, up to max_batch.
+        while pending.len() < options.max_batch {
+            match rx.try_recv() {
+                Ok(m) => pending.push(m),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    finished = true;
+                    break;
+                }
+            }
+        }
+        // A power of two of model frames (or max_batch), keeping stream order: the messages up
+        // to the last frame that fits are handled now, the rest wait for the next round.
+        let frames_ready = pending.iter().filter(|m| matches!(m, Prepared::Frame { .. })).count();
+        let n_model =
+            if frames_ready >= options.max_batch { options.max_batch } else { prev_power_of_two(frames_ready) };
+        let mut take = 0;
+        let mut seen = 0;
+        for m in &pending {
+            if matches!(m, Prepared::Frame { .. }) {
+                if seen == n_model {
+                    break;
+                }
+                seen += 1;
+            }
+            take += 1;
+        }
+        let round: Vec<Prepared> = pending.drain(..take).collect();
+        if !pending.is_empty() {
+            finished = false; // what is left is judged next round, before stopping
+        }
+        input.clear();
+        for m in &round {
+            if let Prepared::Frame { input: x, .. } = m {
+                input.extend_from_slice(x);
+            }
+        }
+        let logits = if n_model > 0 {
+            batches += 1;
+            batched += n_model as u64;
+            Some(gate.model_mut().logits(&input, n_model))
+        } else {
+            None
+        };
+        let mut row = 0;
+        for m in round {
+            let (index, mut report, received, rgb) = match m {
+                Prepared::Frame { index, rgb, received, .. } => {
+                    let name = format!("{}#{index}", options.source_name);
+                    let report = match logits.as_ref().map(|l| l.as_ref().map(|all| all.get(row * k..(row + 1) * k))) {
+                        Some(Ok(Some(row_logits))) => gate.judge_logits(&name, None, row_logits),
+                        Some(Err(e)) => FrameReport::failed(&name, None, Reason::ModelError, e.to_string()),
+                        // Cannot happen (every frame of the round is in the batch); fail closed.
+                        _ => FrameReport::failed(&name, None, Reason::ModelError, "no logits for this frame".into()),
+                    };
+                    row += 1;
+                    (index, report, received, rgb)
+                }
+                Prepared::Failed { index, message, received } => {
+                    let name = format!("{}#{index}", options.source_name);
+                    (index, FrameReport::failed(&name, None, Reason::DecodeError, message), received, None)
+                }
+                Prepared::Error(message) => {
+                    summary.errors += 1;
+                    if let Err(e) = sink(&StreamEvent::Error { index: None, message }) {
+                        summary.stop = StopReason::OutputClosed(e.kind(), e.to_string());
+                        break 'run;
+                    }
+                    continue;
+                }
+                Prepared::ReadError(message) => {
+                    summary.errors += 1;
+                    let event = StreamEvent::Error { index: None, message: format!("read error: {message}") };
+                    summary.stop = StopReason::ReadError(message);
+                    if let Err(e) = sink(&event) {
+                        summary.stop = StopReason::OutputClosed(e.kind(), e.to_string());
+                    }
+                    break 'run;
+                }
+            };
+            let verdict = report.verdict.unwrap_or(Verdict::OutOfDistribution);
+            if report.verdict.is_none() {
+                report.verdict = Some(Verdict::OutOfDistribution);
+            }
+            summary.frames += 1;
+            summary.scored += u64::from(report.scores.is_some());
+            summary.errors += u64::from(report.error.is_some() && report.scores.is_none());
+            let step = debouncer.push(verdict);
+            let mut saved = None;
+            let mut save_error = None;
+            if verdict == Verdict::OutOfDistribution {
+                summary.rejected += 1;
+                if let (Some(dir), Some(rgb)) = (&options.save_rejected, rgb) {
+                    if summary.saved < options.max_saved as u64 {
+                        let path = dir.join(format!("frame-{index:09}.png"));
+                        match rgb.save(&path) {
+                            Ok(()) => {
+                                summary.saved += 1;
+                                saved = Some(path);
+                            }
+                            Err(e) => save_error = Some(format!("cannot save {}: {e}", path.display())),
+                        }
+                    }
+                }
+            }
+            let latency = received.elapsed();
+            latencies.record(latency);
+            summary.state = step.state;
+            let mut events = vec![StreamEvent::Frame(FrameRecord {
+                index,
+                report,
+                state: step.state,
+                rejected_in_window: step.rejected_in_window,
+                latency,
+                saved,
+            })];
+            if let Some(message) = save_error {
+                summary.errors += 1;
+                events.push(StreamEvent::Error { index: Some(index), message });
+            }
+            if let Some(from) = step.changed_from {
+                summary.state_changes += 1;
+                events.push(StreamEvent::StateChange {
+                    index,
+                    from,
+                    to: step.state,
+                    rejected_in_window: step.rejected_in_window,
+                });
+            }
+            for event in &events {
+                if let Err(e) = sink(event) {
+                    summary.stop = StopReason::OutputClosed(e.kind(), e.to_string());
+                    break 'run;
+                }
+            }
+        }
+    }
+    summary.elapsed = start.elapsed();
+    summary.latency_ms = latencies.percentiles_ms();
+    summary.mean_batch = if batches > 0 { batched as f64 / batches as f64 } else { 0.0 };
+    Ok(summary)
+}
+
+fn prev_power_of_two(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        1 << (usize::BITS - 1 - n.leading_zeros())
+    }
+}
+
+/// The events as JSON lines (`type`: `frame`, `event`, `error`, `summary`).
+pub mod json {
+    use serde_json::{json, Value};
+
+    use super::{StreamEvent, StreamSummary};
+
+    /// One frame, state change or error as a JSON object; `names` are the class names.
+    pub fn event(event: &StreamEvent, names: &[String]) -> Value {
+        match event {
+            StreamEvent::Frame(f) => {
+                let r = &f.report;
+                let s = r.scores;
+                json!({
+                    "type": "frame",
+                    "frame": f.index,
+                    "class": s.map(|s| names[s.class].clone()),
+                    "probability": s.map(|s| s.probability),
+                    "energy": s.map(|s| s.energy),
+                    "p_value": r.p_value,
+                    "verdict": r.verdict.map(|v| v.as_str()),
+                    "reason": r.reason.map(|r| r.as_str()),
+                    "state": f.state.as_str(),
+                    "rejected_in_window": f.rejected_in_window,
+                    "latency_ms": f.latency.as_secs_f64() * 1e3,
+                    "error": r.error,
+                    "saved": f.saved.as_ref().map(|p| p.display().to_string()),
+                })
+            }
+            StreamEvent::StateChange { index, from, to, rejected_in_window } => json!({
+                "type": "event",
+                "frame": index,
+                "event": "state_change",
+                "from": from.as_str(),
+                "state": to.as_str(),
+                "rejected_in_window": rejected_in_window,
+            }),
+            StreamEvent::Error { index, message } => json!({
+                "type": "error",
+                "frame": index,
+                "error": message,
+            }),
+        }
+    }
+
+    /// The final summary as a JSON object; `signal` names the signal that stopped the run.
+    pub fn summary(s: &StreamSummary, signal: Option<&str>) -> Value {
+        let lat = s.latency_ms;
+        json!({
+            "type": "summary",
+            "frames": s.frames,
+            "scored": s.scored,
+            "rejected": s.rejected,
+            "errors": s.errors,
+            "saved": s.saved,
+            "state_changes": s.state_changes,
+            "state": s.state.as_str(),
+            "seconds": s.elapsed.as_secs_f64(),
+            "fps": s.fps(),
+            "latency_ms": lat.map(|[p50, p99, max]| json!({"p50": p50, "p99": p99, "max": max})),
+            "mean_batch": s.mean_batch,
+            "stopped": s.stop.as_str(),
+            "signal": signal,
+            "detail": match &s.stop {
+                super::StopReason::ReadError(m) | super::StopReason::OutputClosed(_, m) => Some(m.clone()),
+                _ => None,
+            },
+        })
+    }
+}

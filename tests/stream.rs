@@ -1,0 +1,595 @@
+//! `ebm-gate stream`: real pictures scaled to 640x480 and seeded camera faults (sensor noise,
+//! blur, over- and under-exposure, a covered lens, a torn frame) through every input format;
+//! each frame's energy equals the `score` path on the same picture; the debounced state follows
+//! a k-of-n recount of the verdicts; truncated, corrupt and empty input, a closed stdout and
+//! SIGINT/SIGTERM each end the run with a summary and their exit code.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use ebm_gate::raw::{raw_to_rgb, PixelFormat, YuvSpec};
+use image::{Rgb, RgbImage};
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use serde_json::Value;
+
+use crate::common::{bin, bundle, root, shared_data};
+
+const W: u32 = 640;
+const H: u32 = 480;
+
+/// Camera faults, made from a clean frame by seeded code.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fault {
+    /// Gaussian sensor noise, sigma 60 (of 255).
+    Noise,
+    /// Gaussian blur, sigma 12 pixels at 640x480.
+    Blur,
+    /// Exposure x4, clipped.
+    OverExposed,
+    /// Exposure x0.12.
+    UnderExposed,
+    /// A covered lens: almost black (level 6 + noise sigma 2).
+    CoveredLens,
+    /// A torn frame: rows from 55% down are lost (zero bytes in the raw buffer: black in
+    /// RGB/gray, green in YUV; an MJPEG frame cut short and followed by the next frame).
+    Torn,
+}
+
+const FAULTS: [Fault; 6] =
+    [Fault::Noise, Fault::Blur, Fault::OverExposed, Fault::UnderExposed, Fault::CoveredLens, Fault::Torn];
+
+fn gauss(rng: &mut Xoshiro256PlusPlus) -> f32 {
+    // Box-Muller.
+    let (u1, u2): (f32, f32) = (rng.random_range(f32::EPSILON..1.0), rng.random());
+    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+}
+
+fn clip(v: f32) -> u8 {
+    v.round().clamp(0.0, 255.0) as u8
+}
+
+/// The picture a fault makes of `clean` (for `Torn`, the picture before tearing: tearing
+/// happens in the encoded bytes, see [`encode`]).
+pub fn apply(fault: Fault, clean: &RgbImage, seed: u64) -> RgbImage {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut img = clean.clone();
+    match fault {
+        Fault::Noise => img.pixels_mut().for_each(|p| p.0 = p.0.map(|c| clip(c as f32 + 60.0 * gauss(&mut rng)))),
+        Fault::Blur => img = image::imageops::blur(clean, 12.0),
+        Fault::OverExposed => img.pixels_mut().for_each(|p| p.0 = p.0.map(|c| clip(c as f32 * 4.0))),
+        Fault::UnderExposed => img.pixels_mut().for_each(|p| p.0 = p.0.map(|c| clip(c as f32 * 0.12))),
+        Fault::CoveredLens => img.pixels_mut().for_each(|p| {
+            let v = 6.0 + 2.0 * gauss(&mut rng);
+            p.0 = [clip(v), clip(v), clip(v + 1.0)];
+        }),
+        Fault::Torn => {}
+    }
+    img
+}
+
+/// Scales a picture to 640x480 (stretching, as a camera's sensor would frame it).
+fn to_camera(img: &RgbImage) -> RgbImage {
+    image::imageops::resize(img, W, H, image::imageops::FilterType::Triangle)
+}
+
+/// Formats a stream can carry.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fmt {
+    Raw(PixelFormat),
+    Mjpeg,
+}
+
+const FORMATS: [Fmt; 7] = [
+    Fmt::Raw(PixelFormat::Rgb24),
+    Fmt::Raw(PixelFormat::Bgr24),
+    Fmt::Raw(PixelFormat::Gray8),
+    Fmt::Raw(PixelFormat::Yuyv422),
+    Fmt::Raw(PixelFormat::Nv12),
+    Fmt::Raw(PixelFormat::I420),
+    Fmt::Mjpeg,
+];
+
+impl Fmt {
+    fn arg(self) -> &'static str {
+        match self {
+            Fmt::Raw(f) => f.name(),
+            Fmt::Mjpeg => "mjpeg",
+        }
+    }
+}
+
+/// BT.601 limited-range Y, Cb, Cr of an RGB pixel (ITU-R BT.601-7, 8-bit).
+fn ycbcr(p: [u8; 3]) -> [f32; 3] {
+    let [r, g, b] = p.map(|c| c as f32 / 255.0);
+    let y = 0.299 * r + 0.587 * g + 0.114 * b;
+    [16.0 + 219.0 * y, 128.0 + 224.0 * (b - y) / 1.772, 128.0 + 224.0 * (r - y) / 1.402]
+}
+
+/// Chroma (Cb, Cr) averaged over the block of `xs x ys` at (x, y).
+fn chroma(img: &RgbImage, x: u32, y: u32, xs: u32, ys: u32) -> [u8; 2] {
+    let mut acc = [0f32; 2];
+    for dy in 0..ys {
+        for dx in 0..xs {
+            let c = ycbcr(img.get_pixel(x + dx, y + dy).0);
+            acc[0] += c[1];
+            acc[1] += c[2];
+        }
+    }
+    acc.map(|a| clip(a / (xs * ys) as f32))
+}
+
+fn jpeg(img: &RgbImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(img).unwrap();
+    out
+}
+
+/// One frame's bytes in `fmt`.
+fn raw_bytes(img: &RgbImage, fmt: PixelFormat) -> Vec<u8> {
+    let (w, h) = img.dimensions();
+    let luma = |p: &Rgb<u8>| clip(ycbcr(p.0)[0]);
+    match fmt {
+        PixelFormat::Rgb24 => img.as_raw().clone(),
+        PixelFormat::Bgr24 => img.pixels().flat_map(|p| [p.0[2], p.0[1], p.0[0]]).collect(),
+        // Gray cameras give luma; Pillow's "L" weights (full range) here.
+        PixelFormat::Gray8 => img
+            .pixels()
+            .map(|p| ((p.0[0] as u32 * 299 + p.0[1] as u32 * 587 + p.0[2] as u32 * 114 + 500) / 1000) as u8)
+            .collect(),
+        PixelFormat::Yuyv422 => {
+            let mut out = Vec::with_capacity((2 * w * h) as usize);
+            for y in 0..h {
+                for x in (0..w).step_by(2) {
+                    let [u, v] = chroma(img, x, y, 2, 1);
+                    out.extend_from_slice(&[luma(img.get_pixel(x, y)), u, luma(img.get_pixel(x + 1, y)), v]);
+                }
+            }
+            out
+        }
+        PixelFormat::Nv12 | PixelFormat::I420 => {
+            let mut out: Vec<u8> = img.pixels().map(luma).collect();
+            let (mut us, mut vs) = (Vec::new(), Vec::new());
+            for y in (0..h).step_by(2) {
+                for x in (0..w).step_by(2) {
+                    let [u, v] = chroma(img, x, y, 2, 2);
+                    us.push(u);
+                    vs.push(v);
+                }
+            }
+            if fmt == PixelFormat::Nv12 {
+                out.extend(us.iter().zip(&vs).flat_map(|(&u, &v)| [u, v]));
+            } else {
+                out.extend(us);
+                out.extend(vs);
+            }
+            out
+        }
+    }
+}
+
+/// A frame's bytes in `fmt`, torn when `torn` (see [`Fault::Torn`]).
+fn encode(img: &RgbImage, fmt: Fmt, torn: bool) -> Vec<u8> {
+    match fmt {
+        Fmt::Raw(f) => {
+            let mut bytes = raw_bytes(img, f);
+            if torn {
+                // Each plane loses its rows from 55% down: a buffer the camera did not finish.
+                let planes: Vec<(usize, usize)> = match f {
+                    PixelFormat::Nv12 => vec![(0, (W * H) as usize), ((W * H) as usize, bytes.len())],
+                    PixelFormat::I420 => {
+                        let (y, c) = ((W * H) as usize, (W * H / 4) as usize);
+                        vec![(0, y), (y, y + c), (y + c, y + 2 * c)]
+                    }
+                    _ => vec![(0, bytes.len())],
+                };
+                for (a, b) in planes {
+                    let cut = a + (b - a) * 55 / 100;
+                    bytes[cut..b].fill(0);
+                }
+            }
+            bytes
+        }
+        Fmt::Mjpeg => {
+            let bytes = jpeg(img);
+            if torn {
+                bytes[..bytes.len() * 55 / 100].to_vec()
+            } else {
+                bytes
+            }
+        }
+    }
+}
+
+/// The picture the gate should see for a frame: what `score` is given for the same frame.
+fn seen(img: &RgbImage, fmt: Fmt) -> RgbImage {
+    match fmt {
+        Fmt::Raw(f) => raw_to_rgb(&raw_bytes(img, f), f, W, H, YuvSpec::default()).unwrap(),
+        Fmt::Mjpeg => image::load_from_memory(&jpeg(img)).unwrap().to_rgb8(),
+    }
+}
+
+/// Runs `ebm-gate stream` on `input` fed through stdin; returns (exit code, JSON lines, stderr).
+fn stream(args: &[&str], input: Vec<u8>) -> (i32, Vec<Value>, String) {
+    let mut child = spawn(args);
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input); // the process may stop reading early
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines = stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    (out.status.code().unwrap_or(-1), lines, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn spawn(args: &[&str]) -> Child {
+    let b = bundle();
+    let mut full = vec!["stream", b.to_str().unwrap()];
+    full.extend_from_slice(args);
+    Command::new(bin()).args(&full).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+fn of_type<'a>(lines: &'a [Value], t: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|l| l["type"] == t).collect()
+}
+
+fn summary(lines: &[Value]) -> &Value {
+    let last = lines.last().expect("a summary line");
+    assert_eq!(last["type"], "summary", "{last}");
+    last
+}
+
+fn size_args(fmt: Fmt) -> Vec<&'static str> {
+    match fmt {
+        Fmt::Raw(_) => vec!["--size", "640x480"],
+        Fmt::Mjpeg => vec![],
+    }
+}
+
+/// The shipped sample photos, at 640x480.
+fn sample_pictures() -> Vec<RgbImage> {
+    ["chelsea.png", "coffee.png", "astronaut.png", "horse.png"]
+        .iter()
+        .map(|n| to_camera(&image::open(bundle().join("samples").join(n)).unwrap().to_rgb8()))
+        .collect()
+}
+
+/// Energies `score --json` gives the files in `dir`, in file-name order.
+fn score_energies(dir: &Path) -> Vec<f64> {
+    let out = Command::new(bin())
+        .args(["score", bundle().to_str().unwrap(), dir.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["energy"].as_f64().expect("scored")).collect()
+}
+
+#[test]
+fn every_format_gives_the_score_path_energy_for_the_same_picture() {
+    // Four photos and four of their faults (not torn: a torn frame is judged below).
+    let pictures = sample_pictures();
+    let mut frames: Vec<RgbImage> = pictures.clone();
+    for (i, f) in [Fault::Noise, Fault::Blur, Fault::OverExposed, Fault::CoveredLens].into_iter().enumerate() {
+        frames.push(apply(f, &pictures[i], 100 + i as u64));
+    }
+    for fmt in FORMATS {
+        let dir = tempfile::tempdir().unwrap();
+        let mut input = Vec::new();
+        for (i, img) in frames.iter().enumerate() {
+            input.extend(encode(img, fmt, false));
+            match fmt {
+                // The very JPEG that was streamed.
+                Fmt::Mjpeg => std::fs::write(dir.path().join(format!("{i:02}.jpg")), jpeg(img)).unwrap(),
+                _ => seen(img, fmt).save(dir.path().join(format!("{i:02}.png"))).unwrap(),
+            }
+        }
+        let mut args = vec!["--format", fmt.arg()];
+        args.extend(size_args(fmt));
+        let (code, lines, err) = stream(&args, input);
+        assert_eq!(code, 0, "{}: {err}", fmt.arg());
+        let got: Vec<f64> = of_type(&lines, "frame").iter().map(|l| l["energy"].as_f64().unwrap()).collect();
+        let want = score_energies(dir.path());
+        assert_eq!(got.len(), frames.len(), "{}", fmt.arg());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            // The same model input; only the batch it ran in differs.
+            assert!((g - w).abs() < 1e-4, "{} frame {i}: stream {g} vs score {w}", fmt.arg());
+        }
+        assert_eq!(summary(&lines)["frames"], frames.len());
+    }
+}
+
+/// Independent k-of-n recount with hysteresis: the state after each frame.
+fn recount(rejected: &[bool], n: usize, enter: usize, exit: usize) -> Vec<bool> {
+    let mut out_state = false;
+    (0..rejected.len())
+        .map(|i| {
+            let r = rejected[i.saturating_sub(n - 1)..=i].iter().filter(|&&x| x).count();
+            if !out_state && r >= enter {
+                out_state = true;
+            } else if out_state && r <= exit {
+                out_state = false;
+            }
+            out_state
+        })
+        .collect()
+}
+
+/// CIFAR-10 test pictures (the first `per_class` of each class), at 640x480.
+fn cifar_pictures(data: &Path, per_class: usize) -> Vec<RgbImage> {
+    let test = data.join("cifar10/test");
+    let mut classes: Vec<_> = std::fs::read_dir(&test).unwrap().map(|e| e.unwrap().path()).collect();
+    classes.sort();
+    let mut out = Vec::new();
+    for i in 0..per_class {
+        for c in &classes {
+            let mut files: Vec<_> = std::fs::read_dir(c).unwrap().map(|e| e.unwrap().path()).collect();
+            files.sort();
+            out.push(to_camera(&image::open(&files[i]).unwrap().to_rgb8()));
+        }
+    }
+    out
+}
+
+#[test]
+fn cifar_frames_with_camera_faults_flip_the_debounced_state_in_every_format() {
+    let Some(data) = shared_data("cifar_frames_with_camera_faults_flip_the_debounced_state_in_every_format") else {
+        return;
+    };
+    // 12 clean frames, then 6 of one fault, for each fault, then 12 clean frames.
+    let clean = cifar_pictures(&data, 6);
+    let mut seq: Vec<(RgbImage, Option<Fault>)> = Vec::new();
+    let mut next = 0;
+    let mut take_clean = |n: usize, seq: &mut Vec<_>| {
+        for _ in 0..n {
+            seq.push((clean[next % clean.len()].clone(), None));
+            next += 1;
+        }
+    };
+    for (k, fault) in FAULTS.into_iter().enumerate() {
+        take_clean(12, &mut seq);
+        for j in 0..6 {
+            let base = &clean[(7 * k + j) % clean.len()];
+            seq.push((apply(fault, base, (k * 100 + j) as u64), Some(fault)));
+        }
+    }
+    take_clean(12, &mut seq);
+
+    let (n, enter, exit) = (5usize, 3usize, 1usize);
+    let mut failures = Vec::new();
+    for fmt in FORMATS {
+        let input: Vec<u8> = seq.iter().flat_map(|(img, f)| encode(img, fmt, *f == Some(Fault::Torn))).collect();
+        let mut args = vec!["--format", fmt.arg(), "--window", "5", "--enter", "3", "--exit", "1"];
+        args.extend(size_args(fmt));
+        let (code, lines, err) = stream(&args, input);
+        let frames = of_type(&lines, "frame");
+        assert_eq!(frames.len(), seq.len(), "{}: {err}", fmt.arg());
+        let rejected: Vec<bool> = frames.iter().map(|f| f["verdict"] == "out_of_distribution").collect();
+        // The states and events follow the recount of the per-frame verdicts.
+        let want = recount(&rejected, n, enter, exit);
+        for (i, f) in frames.iter().enumerate() {
+            let state = if want[i] { "out_of_distribution" } else { "in_distribution" };
+            assert_eq!(f["state"], state, "{} frame {i}", fmt.arg());
+        }
+        let changes: Vec<u64> = of_type(&lines, "event").iter().map(|e| e["frame"].as_u64().unwrap()).collect();
+        let want_changes: Vec<u64> =
+            (0..seq.len()).filter(|&i| want[i] != (i > 0 && want[i - 1])).map(|i| i as u64).collect();
+        assert_eq!(changes, want_changes, "{}", fmt.arg());
+        assert_eq!(code, if fmt == Fmt::Mjpeg { 1 } else { 0 }, "{}: {err}", fmt.arg());
+
+        let mut report = format!("{:>8}", fmt.arg());
+        for (k, fault) in FAULTS.into_iter().enumerate() {
+            let block = 18 * k + 12..18 * k + 18;
+            let r = block.clone().filter(|&i| rejected[i]).count();
+            report += &format!("  {fault:?} {r}/6");
+            // What the reference model sees at 32x32 (measured, 2026-11): a covered lens is
+            // rejected every time, and a torn MJPEG frame is corrupt, so rejected; the feed
+            // goes out of distribution within those blocks. Sensor noise is averaged away by
+            // the 20x downscale, blur, exposure and a torn raw frame are rejected only in part
+            // (printed below, not asserted). After each block the clean frames bring the state
+            // back, except for gray8, where the colour model rejects more of the gray pictures.
+            let must_reject = fault == Fault::CoveredLens || (fault == Fault::Torn && fmt == Fmt::Mjpeg);
+            if must_reject && (r != 6 || !want[block.end - 1]) {
+                failures.push(format!("{} {fault:?}: {r}/6 rejected, state {}", fmt.arg(), want[block.end - 1]));
+            }
+            if fmt != Fmt::Raw(PixelFormat::Gray8) && want[block.end + 11] {
+                failures.push(format!("{} after {fault:?}: the state did not come back", fmt.arg()));
+            }
+        }
+        let clean_rejected = (0..seq.len()).filter(|&i| seq[i].1.is_none() && rejected[i]).count();
+        eprintln!("{report}  clean {clean_rejected}/{}", seq.iter().filter(|s| s.1.is_none()).count());
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Small rgb24 frames: `n` photos of 64x48 (the model resizes anything).
+fn small_frames(n: usize) -> (Vec<u8>, usize) {
+    let pics = sample_pictures();
+    let small: Vec<RgbImage> =
+        pics.iter().map(|p| image::imageops::resize(p, 64, 48, image::imageops::FilterType::Triangle)).collect();
+    let len = small[0].as_raw().len();
+    ((0..n).flat_map(|i| small[i % small.len()].as_raw().clone()).collect(), len)
+}
+
+#[test]
+fn a_torn_last_frame_is_rejected_and_the_run_exits_1() {
+    let (mut input, len) = small_frames(3);
+    input.extend(vec![7u8; len / 2]);
+    let (code, lines, err) = stream(&["--format", "rgb24", "--size", "64x48"], input);
+    assert_eq!(code, 1, "{err}");
+    let frames = of_type(&lines, "frame");
+    assert_eq!(frames.len(), 4);
+    assert_eq!(frames[3]["verdict"], "out_of_distribution");
+    assert_eq!(frames[3]["reason"], "decode_error");
+    assert!(frames[3]["error"].as_str().unwrap().contains("ended inside a frame"), "{}", frames[3]);
+    let s = summary(&lines);
+    assert_eq!((s["frames"].as_u64(), s["scored"].as_u64(), s["errors"].as_u64()), (Some(4), Some(3), Some(1)));
+    assert_eq!(s["stopped"], "end_of_input");
+}
+
+#[test]
+fn corrupt_mjpeg_frames_and_garbage_are_reported_and_the_stream_goes_on() {
+    let pics = sample_pictures();
+    let mut input = jpeg(&pics[0]);
+    input.extend_from_slice(&[0xFF, 0xD8, 0x12, 0x34, 0x56]); // starts like a JPEG, then nonsense
+    input.extend(jpeg(&pics[1]));
+    input.extend_from_slice(b"stray bytes between frames");
+    input.extend(jpeg(&pics[2]));
+    // A JPEG whose marker structure is intact but whose image data is not a valid picture.
+    let mut broken = jpeg(&pics[3]);
+    let sos = broken.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    broken.truncate(sos);
+    broken.extend_from_slice(&[0xFF, 0xD9]);
+    input.extend(broken);
+    let (code, lines, err) = stream(&["--format", "mjpeg"], input);
+    assert_eq!(code, 1, "{err}");
+    let frames = of_type(&lines, "frame");
+    let reasons: Vec<&str> = frames.iter().map(|f| f["reason"].as_str().unwrap()).collect();
+    assert_eq!(frames.len(), 5, "{lines:?}");
+    assert_eq!(reasons[1], "decode_error");
+    assert!(frames[1]["error"].as_str().unwrap().contains("corrupt JPEG frame"), "{}", frames[1]);
+    assert_eq!(reasons[4], "decode_error");
+    for i in [0, 2, 3] {
+        assert!(frames[i]["energy"].is_number(), "frame {i} was scored: {}", frames[i]);
+    }
+    let errors = of_type(&lines, "error");
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0]["error"].as_str().unwrap().contains("26 bytes"), "{}", errors[0]);
+    assert_eq!(summary(&lines)["errors"], 3);
+}
+
+#[test]
+fn zero_length_input_gives_an_empty_summary_and_exit_0() {
+    for fmt in ["rgb24", "mjpeg"] {
+        let (code, lines, err) = stream(&["--format", fmt, "--size", "64x48"], Vec::new());
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(summary(&lines)["frames"], 0);
+        assert!(err.contains("0 frames"), "{err}");
+    }
+}
+
+#[test]
+fn a_closed_stdout_stops_the_run_with_exit_141() {
+    // Enough frames that the output outgrows the pipe while nobody reads it.
+    let (input, _) = small_frames(3000);
+    let mut child = spawn(&["--format", "rgb24", "--size", "64x48"]);
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.contains("\"frame\""), "{first}");
+    drop(stdout); // the reader goes away, as `| head -1` does
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(err.contains("output closed"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn stop_with(signal: &str, code: i32) {
+    let (input, _) = small_frames(20);
+    let mut child = spawn(&["--format", "rgb24", "--size", "64x48"]);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&input).unwrap(); // and keep stdin open: a live feed that has paused
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = 0;
+    let mut line = String::new();
+    while seen < 20 {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "output ended early");
+        seen += usize::from(line.contains("\"type\":\"frame\""));
+    }
+    let status = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{signal}: {err}");
+    let last: Value = serde_json::from_str(rest.lines().last().expect("a summary line")).unwrap();
+    assert_eq!(last["type"], "summary");
+    assert_eq!(last["stopped"], "signal");
+    assert_eq!(last["signal"], signal);
+    assert_eq!(last["frames"], 20);
+    assert!(err.contains(&format!("stopped by {signal}")), "{err}");
+}
+
+#[test]
+fn sigterm_stops_a_paused_feed_with_a_summary_and_exit_143() {
+    stop_with("SIGTERM", 143);
+}
+
+#[test]
+fn sigint_stops_a_paused_feed_with_a_summary_and_exit_130() {
+    stop_with("SIGINT", 130);
+}
+
+#[test]
+fn rejected_frames_are_saved_up_to_max_saved_and_every_n_thins_frame_lines() {
+    let pics = sample_pictures();
+    let covered: Vec<RgbImage> = (0..5).map(|i| apply(Fault::CoveredLens, &pics[0], i)).collect();
+    let input: Vec<u8> = covered.iter().flat_map(|c| c.as_raw().clone()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("rejected");
+    let (code, lines, err) = stream(
+        &[
+            "--format",
+            "rgb24",
+            "--size",
+            "640x480",
+            "--save-rejected",
+            save.to_str().unwrap(),
+            "--max-saved",
+            "2",
+            "--every",
+            "2",
+        ],
+        input,
+    );
+    assert_eq!(code, 0, "{err}");
+    let frames = of_type(&lines, "frame");
+    assert_eq!(frames.iter().map(|f| f["frame"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 2, 4]);
+    assert_eq!(of_type(&lines, "event").len(), 1, "the state change is printed though frame 2 ... ");
+    let mut saved: Vec<_> = std::fs::read_dir(&save).unwrap().map(|e| e.unwrap().path()).collect();
+    saved.sort();
+    assert_eq!(saved.len(), 2);
+    for (i, p) in saved.iter().enumerate() {
+        assert_eq!(image::open(p).unwrap().to_rgb8(), covered[i], "{}", p.display());
+    }
+    let s = summary(&lines);
+    assert_eq!((s["rejected"].as_u64(), s["saved"].as_u64()), (Some(5), Some(2)));
+}
+
+#[test]
+fn bad_stream_arguments_exit_2_with_a_clear_message() {
+    let cases: [(&[&str], &str); 4] = [
+        (&["--format", "rgb24"], "needs --size"),
+        (&["--format", "nv12", "--size", "641x480"], "641x480"),
+        (&["--format", "rgb48", "--size", "64x48"], "unknown pixel format"),
+        (&["--format", "rgb24", "--size", "64x48", "--window", "3", "--enter", "4"], "exit < enter <= n"),
+    ];
+    for (args, want) in cases {
+        let (code, _, err) = stream(args, Vec::new());
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    // A model without a gate has nothing to debounce.
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("model.onnx");
+    std::fs::copy(root().join("models/cifar10-airnet/model.onnx"), &onnx).unwrap();
+    let out = Command::new(bin())
+        .args(["stream", onnx.to_str().unwrap(), "--format", "mjpeg"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs a gate"), "{err}");
+}
