@@ -67,6 +67,8 @@ pub mod raw;
 pub mod source;
 #[cfg(feature = "runtime")]
 pub mod stream;
+#[cfg(feature = "v4l2")]
+pub mod v4l2;
 
 #[cfg(feature = "runtime")]
 pub use error::{Error, Result};

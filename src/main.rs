@@ -19,7 +19,7 @@ use ebm_gate::eval::{
 use ebm_gate::pipeline::{EnergyGate, FrameReport, Overrides};
 use ebm_gate::raw::{PixelFormat, YuvSpec};
 use ebm_gate::source::collect;
-use ebm_gate::stream::{run_stream, StopReason, StreamFormat, StreamOptions};
+use ebm_gate::stream::{run_stream, StopReason, StreamFormat, StreamOptions, StreamSource};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
@@ -41,9 +41,9 @@ struct GateArgs {
     /// needs calibration energies; with --threshold, both rules apply)
     #[arg(long)]
     alpha: Option<f32>,
-    /// Frames per forward pass
-    #[arg(long, default_value_t = 32)]
-    batch: usize,
+    /// Frames per forward pass [default: 32; stream: at most 4, of the frames ready]
+    #[arg(long)]
+    batch: Option<usize>,
 }
 
 impl GateArgs {
@@ -53,7 +53,7 @@ impl GateArgs {
             temperature: self.temperature,
             alpha: self.alpha,
             set_alpha: None,
-            batch: Some(self.batch),
+            batch: Some(self.batch.unwrap_or(32)),
             accept_new_model: false,
         }
     }
@@ -191,14 +191,14 @@ enum YuvRange {
 struct StreamArgs {
     /// Bundle directory (model.onnx + gate.json) or an .onnx file; needs a gate (calibrated, or --threshold)
     model: PathBuf,
-    /// Where frames come from: - (stdin), a file or a named pipe. A V4L2 device (/dev/videoN) is
-    /// read through ffmpeg or GStreamer into stdin (see firmware-examples/)
+    /// Where frames come from: - (stdin), a file or a named pipe, or a V4L2 camera /dev/videoN
+    /// (builds with the `v4l2` feature; otherwise pipe it in with ffmpeg or GStreamer)
     #[arg(long, default_value = "-")]
     input: PathBuf,
     /// Frame format: rgb24, bgr24, gray8, yuyv422, nv12, i420 (= yuv420p) raw frames of --size, or mjpeg
     #[arg(long, value_parser = parse_format)]
     format: InputFormat,
-    /// Size of raw frames, WIDTHxHEIGHT (not needed for mjpeg)
+    /// Size of raw frames, WIDTHxHEIGHT (not needed for mjpeg; with a V4L2 camera, the size asked for)
     #[arg(long, value_parser = parse_size, value_name = "WxH")]
     size: Option<(u32, u32)>,
     /// How a frame is brought to the model's size (default: as gate.json says; center for the reference bundle)
@@ -836,6 +836,54 @@ fn print_eval(r: &EvalReport, total: usize, elapsed: f64) {
     println!("{total} frames in {elapsed:.1} s ({:.0} frames/s, decode + forward)", total as f64 / elapsed);
 }
 
+fn is_video_device(path: &std::path::Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        path.to_str().is_some_and(|p| p.starts_with("/dev/video"))
+            && std::fs::metadata(path).is_ok_and(|m| m.file_type().is_char_device())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
+}
+
+/// Opens `--input`: stdin, a file or named pipe, or (feature `v4l2`) a V4L2 camera.
+fn open_source(input: &std::path::Path, format: StreamFormat, size: Option<(u32, u32)>) -> Result<StreamSource> {
+    if input.as_os_str() == "-" {
+        return Ok(StreamSource::Bytes(Box::new(std::io::stdin())));
+    }
+    if is_video_device(input) {
+        #[cfg(feature = "v4l2")]
+        {
+            let camera =
+                ebm_gate::v4l2::open(input, format, size).with_context(|| format!("--input {}", input.display()))?;
+            return Ok(StreamSource::Camera(camera));
+        }
+        #[cfg(not(feature = "v4l2"))]
+        {
+            let _ = (format, size);
+            bail!(
+                "--input {}: a V4L2 camera; this build reads cameras only with the `v4l2` feature \
+                 (cargo build --release --features v4l2, needs libclang-dev), or pipe it in: \
+                 `ffmpeg -f v4l2 -input_format mjpeg -i {} -c copy -f mjpeg - | ebm-gate stream MODEL --format mjpeg`",
+                input.display(),
+                input.display()
+            );
+        }
+    }
+    if input.is_dir() {
+        bail!(
+            "--input {}: is a folder; `stream` reads one stream of frames (use `score` for image folders)",
+            input.display()
+        );
+    }
+    let file = std::fs::File::open(input).with_context(|| format!("--input {}: cannot open", input.display()))?;
+    Ok(StreamSource::Bytes(Box::new(file)))
+}
+
 fn signal_name(n: usize) -> &'static str {
     match n as i32 {
         signal_hook::consts::SIGINT => "SIGINT",
@@ -867,33 +915,9 @@ fn stream_cmd(args: &StreamArgs) -> Result<ExitCode> {
     };
     let source_name =
         if args.input.as_os_str() == "-" { "stdin".to_string() } else { args.input.display().to_string() };
-    let reader: Box<dyn std::io::Read + Send> = if args.input.as_os_str() == "-" {
-        Box::new(std::io::stdin())
-    } else {
-        let path = &args.input;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::FileTypeExt;
-            let is_video = path.to_str().is_some_and(|p| p.starts_with("/dev/video"));
-            if is_video && std::fs::metadata(path).is_ok_and(|m| m.file_type().is_char_device()) {
-                bail!(
-                    "--input {}: a V4L2 camera cannot be read as a byte stream; pipe it in, e.g. \
-                     `ffmpeg -f v4l2 -input_format mjpeg -i {} -c copy -f mjpeg - | ebm-gate stream MODEL --format mjpeg` \
-                     (see firmware-examples/)",
-                    path.display(),
-                    path.display()
-                );
-            }
-        }
-        if path.is_dir() {
-            bail!(
-                "--input {}: is a folder; `stream` reads one stream of frames (use `score` for image folders)",
-                path.display()
-            );
-        }
-        Box::new(std::fs::File::open(path).with_context(|| format!("--input {}: cannot open", path.display()))?)
-    };
-    let mut gate = open(&args.model, &args.gate.overrides())?;
+    let source = open_source(&args.input, format, args.size)?;
+    let overrides = Overrides { batch: Some(args.gate.batch.unwrap_or(4)), ..args.gate.overrides() };
+    let mut gate = open(&args.model, &overrides)?;
     let options = StreamOptions {
         format,
         resize: args.crop.map(|c| match c {
@@ -939,7 +963,7 @@ fn stream_cmd(args: &StreamArgs) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let every = args.every;
-    let summary = run_stream(&mut gate, reader, &options, &stop, |event| {
+    let summary = run_stream(&mut gate, source, &options, &stop, |event| {
         use ebm_gate::stream::StreamEvent;
         if let StreamEvent::Frame(f) = event {
             if f.index % every != 0 {

@@ -23,6 +23,27 @@
 //! The same picture gives the same result as [`EnergyGate::score_items`]: a raw frame is
 //! converted to RGB ([`raw_to_rgb`]) or a JPEG decoded ([`decode_bytes`]), then resized and
 //! normalised by the same functions as an image file.
+//!
+//! ```no_run
+//! use std::sync::atomic::AtomicUsize;
+//! use ebm_gate::pipeline::{EnergyGate, Overrides};
+//! use ebm_gate::raw::{PixelFormat, YuvSpec};
+//! use ebm_gate::stream::{run_stream, StreamEvent, StreamFormat, StreamOptions, StreamSource};
+//!
+//! let mut gate = EnergyGate::open("models/cifar10-airnet".as_ref(), &Overrides::default())?;
+//! // 640x480 I420 frames on stdin, e.g. from `rpicam-vid --codec yuv420 -o -`.
+//! let format = StreamFormat::Raw { format: PixelFormat::I420, width: 640, height: 480, yuv: YuvSpec::default() };
+//! let stop = AtomicUsize::new(0); // a signal handler may store a signal number here
+//! let source = StreamSource::Bytes(Box::new(std::io::stdin()));
+//! let summary = run_stream(&mut gate, source, &StreamOptions::new(format), &stop, |event| {
+//!     if let StreamEvent::StateChange { index, to, .. } = event {
+//!         eprintln!("frame {index}: the feed is now {}", to.as_str());
+//!     }
+//!     Ok(())
+//! })?;
+//! println!("{} frames, {} rejected, {:.1} frames/s", summary.frames, summary.rejected, summary.fps());
+//! # Ok::<(), ebm_gate::Error>(())
+//! ```
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -97,13 +118,13 @@ pub struct StreamOptions {
 
 impl StreamOptions {
     /// Options for `format` with the defaults of the command line: crop as the bundle says,
-    /// batches of up to 8, 3 of the last 5 frames rejected to switch to out-of-distribution and
+    /// batches of up to 4, 3 of the last 5 frames rejected to switch to out-of-distribution and
     /// at most 2 to switch back, nothing saved.
     pub fn new(format: StreamFormat) -> StreamOptions {
         StreamOptions {
             format,
             resize: None,
-            max_batch: 8,
+            max_batch: 4,
             window: 5,
             enter: 3,
             exit: 2,
@@ -222,8 +243,27 @@ impl StreamSummary {
     }
 }
 
+/// Where a stream's frames come from.
+pub enum StreamSource {
+    /// A byte stream: stdin, a file, a named pipe (split by [`StreamOptions::format`]).
+    Bytes(Box<dyn Read + Send>),
+    /// A V4L2 camera, opened and set to the format (feature `v4l2`).
+    #[cfg(feature = "v4l2")]
+    Camera(crate::v4l2::Camera),
+}
+
+impl std::fmt::Debug for StreamSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamSource::Bytes(_) => f.write_str("StreamSource::Bytes"),
+            #[cfg(feature = "v4l2")]
+            StreamSource::Camera(c) => f.debug_tuple("StreamSource::Camera").field(c).finish(),
+        }
+    }
+}
+
 /// One frame's bytes, or a stream error, in stream order, with the time its last byte arrived.
-type Item = (std::result::Result<Vec<u8>, StreamError>, Instant);
+pub(crate) type Item = (std::result::Result<Vec<u8>, StreamError>, Instant);
 
 /// A frame ready for the model, or why it is not.
 enum Prepared {
@@ -233,15 +273,19 @@ enum Prepared {
     ReadError(String),
 }
 
-/// Splits `reader` into frames by `format`.
-fn frames(reader: Box<dyn Read + Send>, format: StreamFormat) -> Result<Box<dyn Iterator<Item = Item> + Send>> {
+/// The frames of `source` (built on the reader thread: a camera's buffers stay there).
+fn frames(source: StreamSource, format: StreamFormat) -> Result<Box<dyn Iterator<Item = Item>>> {
     let stamp = |r| (r, Instant::now());
-    Ok(match format {
-        StreamFormat::Raw { format, width, height, .. } => {
-            let len = format.frame_len(width, height)?;
-            Box::new(RawReader::new(reader, len).map(stamp))
-        }
-        StreamFormat::Mjpeg => Box::new(MjpegReader::new(reader).map(stamp)),
+    Ok(match source {
+        StreamSource::Bytes(reader) => match format {
+            StreamFormat::Raw { format, width, height, .. } => {
+                let len = format.frame_len(width, height)?;
+                Box::new(RawReader::new(reader, len).map(stamp))
+            }
+            StreamFormat::Mjpeg => Box::new(MjpegReader::new(reader).map(stamp)),
+        },
+        #[cfg(feature = "v4l2")]
+        StreamSource::Camera(camera) => Box::new(camera.frames()),
     })
 }
 
@@ -263,12 +307,14 @@ fn prepare(bytes: &[u8], options: &StreamOptions, spec: &InputSpec, index: u64) 
     Ok((input, rgb))
 }
 
-fn reader_thread(
-    items: Box<dyn Iterator<Item = Item> + Send>,
-    options: StreamOptions,
-    spec: InputSpec,
-    tx: mpsc::SyncSender<Prepared>,
-) {
+fn reader_thread(source: StreamSource, options: StreamOptions, spec: InputSpec, tx: mpsc::SyncSender<Prepared>) {
+    let items = match frames(source, options.format) {
+        Ok(items) => items,
+        Err(e) => {
+            let _ = tx.send(Prepared::ReadError(e.to_string()));
+            return;
+        }
+    };
     let keep_rgb = options.save_rejected.is_some();
     let mut index = 0u64;
     for (item, received) in items {
@@ -319,7 +365,7 @@ impl Latencies {
     }
 }
 
-/// Reads frames from `reader` until it ends, `stop` becomes non-zero (a signal handler stores
+/// Reads frames from `source` until it ends, `stop` becomes non-zero (a signal handler stores
 /// the signal's number there), or `sink` fails; judges each frame with `gate`, debounces the
 /// verdicts, and gives every frame, state change and error to `sink` in stream order.
 ///
@@ -333,7 +379,7 @@ impl Latencies {
 /// cannot be built.
 pub fn run_stream(
     gate: &mut EnergyGate,
-    reader: Box<dyn Read + Send>,
+    source: StreamSource,
     options: &StreamOptions,
     stop: &AtomicUsize,
     mut sink: impl FnMut(&StreamEvent) -> std::io::Result<()>,
@@ -357,14 +403,24 @@ pub fn run_stream(
     if let Some(mode) = options.resize {
         spec.resize = mode;
     }
-    // Every batch size a round can use, optimised before the first frame.
+    // Every batch size a round can use is optimised and run once on a blank batch before the
+    // first frame: a plan's first run is several times slower than the next ones (buffers are
+    // allocated, memory paged in), and on a live feed that delay would queue up frames.
+    let mut sizes = vec![options.max_batch];
     let mut n = 1;
     while n < options.max_batch {
-        gate.model_mut().prepare(n)?;
+        sizes.push(n);
         n *= 2;
     }
-    gate.model_mut().prepare(options.max_batch)?;
-    let items = frames(reader, options.format)?;
+    let frame_len = gate.input().frame_len();
+    let blank = vec![0.0f32; options.max_batch * frame_len];
+    for &n in &sizes {
+        gate.model_mut().prepare(n)?;
+        gate.model_mut().logits(&blank[..n * frame_len], n)?;
+    }
+    if let StreamFormat::Raw { format, width, height, .. } = options.format {
+        format.frame_len(width, height)?;
+    }
     let mut latencies = Latencies::new()?;
     let len = spec.frame_len();
     let k = gate.class_names().len();
@@ -392,7 +448,7 @@ pub fn run_stream(
         // closed.
         std::thread::Builder::new()
             .name("ebm-gate-reader".into())
-            .spawn(move || reader_thread(items, options, spec, tx))
+            .spawn(move || reader_thread(source, options, spec, tx))
             .map_err(|e| Error::Invalid(format!("cannot start the reader thread: {e}")))?;
     }
 

@@ -34,3 +34,18 @@ pub fn shared_data(test: &str) -> Option<PathBuf> {
 pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ebm-gate"))
 }
+
+/// A command that runs the `ebm-gate` binary: directly, or through the runner in
+/// `EBM_GATE_TEST_RUNNER` (e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu` when the tests of a
+/// cross-built binary run under emulation).
+pub fn ebm_gate() -> std::process::Command {
+    match std::env::var("EBM_GATE_TEST_RUNNER").ok().filter(|r| !r.trim().is_empty()) {
+        Some(runner) => {
+            let mut parts = runner.split_whitespace();
+            let mut cmd = std::process::Command::new(parts.next().expect("non-empty"));
+            cmd.args(parts).arg(bin());
+            cmd
+        }
+        None => std::process::Command::new(bin()),
+    }
+}

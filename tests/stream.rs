@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde_json::Value;
 
-use crate::common::{bin, bundle, root, shared_data};
+use crate::common::{bundle, ebm_gate, root, shared_data};
 
 const W: u32 = 640;
 const H: u32 = 480;
@@ -228,7 +228,7 @@ fn spawn(args: &[&str]) -> Child {
     let b = bundle();
     let mut full = vec!["stream", b.to_str().unwrap()];
     full.extend_from_slice(args);
-    Command::new(bin()).args(&full).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    ebm_gate().args(&full).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
 fn of_type<'a>(lines: &'a [Value], t: &str) -> Vec<&'a Value> {
@@ -258,10 +258,7 @@ fn sample_pictures() -> Vec<RgbImage> {
 
 /// Energies `score --json` gives the files in `dir`, in file-name order.
 fn score_energies(dir: &Path) -> Vec<f64> {
-    let out = Command::new(bin())
-        .args(["score", bundle().to_str().unwrap(), dir.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
+    let out = ebm_gate().args(["score", bundle().to_str().unwrap(), dir.to_str().unwrap(), "--json"]).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["energy"].as_f64().expect("scored")).collect()
 }
@@ -584,11 +581,8 @@ fn bad_stream_arguments_exit_2_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let onnx = dir.path().join("model.onnx");
     std::fs::copy(root().join("models/cifar10-airnet/model.onnx"), &onnx).unwrap();
-    let out = Command::new(bin())
-        .args(["stream", onnx.to_str().unwrap(), "--format", "mjpeg"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out =
+        ebm_gate().args(["stream", onnx.to_str().unwrap(), "--format", "mjpeg"]).stdin(Stdio::null()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("needs a gate"), "{err}");

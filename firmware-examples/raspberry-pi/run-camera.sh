@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The camera feed into the gate: rpicam-vid (Raspberry Pi OS Bookworm; libcamera-vid on
+# Bullseye takes the same flags) writes MJPEG to stdout, ebm-gate reads it from stdin and
+# writes one JSON line per EVERY-th frame, an event line whenever the debounced state changes,
+# and a summary line at the end. Settings come from the environment (see ebm-gate.service):
+#
+#   BUNDLE    the model bundle                        (default /opt/ebm-gate/cifar10-airnet)
+#   EBM_GATE  the ebm-gate binary                     (default /opt/ebm-gate/ebm-gate)
+#   CAMERA    the command that writes frames          (default: rpicam-vid, 640x480 MJPEG, 15 fps)
+#   FORMAT    what CAMERA writes: mjpeg, or a raw format with SIZE (e.g. i420 + 640x480)
+#   SIZE      WxH of raw frames
+#   EVERY     print every N-th frame line             (default 15: one a second at 15 fps)
+#   SAVE_DIR  keep rejected frames here as PNG        (default: none)
+#   EXTRA     more flags for `ebm-gate stream` (e.g. "--window 15 --enter 10 --exit 3")
+#
+# Raw YUV instead of MJPEG (no JPEG decoding on the Pi's CPU; use a width that is a multiple
+# of 64 so rpicam-vid does not pad rows):
+#   CAMERA="rpicam-vid -t 0 -n --codec yuv420 --width 640 --height 480 --framerate 15 -o -" \
+#   FORMAT=i420 SIZE=640x480 ./run-camera.sh
+set -uo pipefail
+
+BUNDLE=${BUNDLE:-/opt/ebm-gate/cifar10-airnet}
+EBM_GATE=${EBM_GATE:-/opt/ebm-gate/ebm-gate}
+CAMERA=${CAMERA:-rpicam-vid -t 0 -n --codec mjpeg --width 640 --height 480 --framerate 15 -o -}
+FORMAT=${FORMAT:-mjpeg}
+EVERY=${EVERY:-15}
+
+args=(stream "$BUNDLE" --format "$FORMAT" --every "$EVERY")
+[[ -n ${SIZE:-} ]] && args+=(--size "$SIZE")
+[[ -n ${SAVE_DIR:-} ]] && args+=(--save-rejected "$SAVE_DIR" --max-saved 500)
+# shellcheck disable=SC2206 # EXTRA and the two commands are word-split on purpose
+extra=(${EXTRA:-})
+
+# shellcheck disable=SC2086
+$CAMERA | $EBM_GATE "${args[@]}" "${extra[@]}"
+# ebm-gate's exit status: 0 end of input, 1 the input had corrupt/torn frames, 2 could not
+# start, 130/143 stopped by SIGINT/SIGTERM, 141 its stdout was closed.
+status=("${PIPESTATUS[@]}")
+exit "${status[1]}"

@@ -1,0 +1,156 @@
+//! V4L2 capture (feature `v4l2`, Linux only): frames straight from `/dev/videoN` through
+//! memory-mapped buffers, by the `v4l` crate.
+//!
+//! The camera is asked for the stream's format and size (`--format`, `--size`); the driver may
+//! pick another size, which is refused with the size it offers. Rows a driver pads
+//! (`bytesperline` wider than the pixels) are packed again for the packed formats (rgb24,
+//! bgr24, gray8, yuyv422); padded planar frames (nv12, i420) are refused. V4L2 fourccs used:
+//! `RGB3`, `BGR3`, `GREY`, `YUYV`, `NV12`, `YU12`, `MJPG`.
+//!
+//! Building needs libclang (the `v4l2-sys-mit` crate runs bindgen on the kernel headers):
+//! Debian/Ubuntu/Raspberry Pi OS `apt install libclang-dev`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use v4l::buffer::Type;
+use v4l::io::mmap::Stream;
+use v4l::io::traits::CaptureStream;
+use v4l::video::Capture;
+use v4l::{Device, FourCC};
+
+use crate::error::{Error, Result};
+use crate::raw::{PixelFormat, StreamError};
+use crate::stream::StreamFormat;
+
+/// Buffers the driver cycles through.
+const BUFFERS: u32 = 4;
+
+fn fourcc(format: StreamFormat) -> FourCC {
+    FourCC::new(match format {
+        StreamFormat::Mjpeg => b"MJPG",
+        StreamFormat::Raw { format, .. } => match format {
+            PixelFormat::Rgb24 => b"RGB3",
+            PixelFormat::Bgr24 => b"BGR3",
+            PixelFormat::Gray8 => b"GREY",
+            PixelFormat::Yuyv422 => b"YUYV",
+            PixelFormat::Nv12 => b"NV12",
+            PixelFormat::I420 => b"YU12",
+        },
+    })
+}
+
+/// An opened camera, set to the stream's format.
+pub struct Camera {
+    device: Device,
+    /// Bytes per row the driver uses, when it pads rows of a packed format.
+    padded_row: Option<(usize, usize)>,
+}
+
+/// Opens `path` and sets its capture format to `format` (for MJPEG, at `size` when given).
+///
+/// # Errors
+/// [`Error::Io`] naming the device when it cannot be opened or set; [`Error::Invalid`] when the
+/// driver does not take the format or the size, or pads the rows of a planar format.
+pub fn open(path: &Path, format: StreamFormat, size: Option<(u32, u32)>) -> Result<Camera> {
+    let device = Device::with_path(path).map_err(|e| Error::io(path, e))?;
+    let mut fmt = device.format().map_err(|e| Error::io(path, e))?;
+    let want = fourcc(format);
+    fmt.fourcc = want;
+    let size = match format {
+        StreamFormat::Raw { width, height, .. } => Some((width, height)),
+        StreamFormat::Mjpeg => size,
+    };
+    if let Some((w, h)) = size {
+        fmt.width = w;
+        fmt.height = h;
+    }
+    let got = device.set_format(&fmt).map_err(|e| Error::io(path, e))?;
+    let name = path.display();
+    if got.fourcc != want {
+        return Err(Error::Invalid(format!(
+            "{name}: the camera does not capture {want} (it offers {}); try another --format",
+            got.fourcc
+        )));
+    }
+    if let Some((w, h)) = size {
+        if (got.width, got.height) != (w, h) {
+            return Err(Error::Invalid(format!(
+                "{name}: the camera gives {}x{} in this format, not {w}x{h}; use --size {}x{}",
+                got.width, got.height, got.width, got.height
+            )));
+        }
+    }
+    let padded_row = match format {
+        StreamFormat::Raw { format: pf, width, .. } => {
+            let bpp = match pf {
+                PixelFormat::Rgb24 | PixelFormat::Bgr24 => 3,
+                PixelFormat::Gray8 => 1,
+                PixelFormat::Yuyv422 => 2,
+                PixelFormat::Nv12 | PixelFormat::I420 => 1,
+            };
+            let row = width as usize * bpp;
+            let stride = got.stride as usize;
+            if stride > row {
+                if matches!(pf, PixelFormat::Nv12 | PixelFormat::I420) {
+                    return Err(Error::Invalid(format!(
+                        "{name}: the driver pads {} rows to {stride} bytes, which this reader does not unpack; \
+                         use yuyv422 or mjpeg",
+                        pf.name()
+                    )));
+                }
+                Some((row, stride))
+            } else {
+                None
+            }
+        }
+        StreamFormat::Mjpeg => None,
+    };
+    Ok(Camera { device, padded_row })
+}
+
+impl std::fmt::Debug for Camera {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Camera").field("fd", &self.device.handle().fd()).field("padded_row", &self.padded_row).finish()
+    }
+}
+
+impl Camera {
+    /// The frames, as the stream reader takes them: each buffer's bytes (rows packed) and the
+    /// time it was dequeued. A capture error ends the iterator after reporting it.
+    pub(crate) fn frames(self) -> impl Iterator<Item = (std::result::Result<Vec<u8>, StreamError>, Instant)> {
+        let mut stream = Stream::with_buffers(&self.device, Type::VideoCapture, BUFFERS)
+            .map_err(|e| StreamError::Io(format!("cannot start capture: {e}")));
+        let padded = self.padded_row;
+        let mut done = false;
+        std::iter::from_fn(move || {
+            if done {
+                return None;
+            }
+            let s = match stream.as_mut() {
+                Ok(s) => s,
+                Err(e) => {
+                    done = true;
+                    return Some((Err(e.clone()), Instant::now()));
+                }
+            };
+            Some(match s.next() {
+                Ok((buf, meta)) => {
+                    let used = (meta.bytesused as usize).min(buf.len());
+                    let data = &buf[..used];
+                    let bytes = match padded {
+                        Some((row, stride)) => {
+                            data.chunks(stride).flat_map(|r| &r[..row.min(r.len())]).copied().collect()
+                        }
+                        None => data.to_vec(),
+                    };
+                    (Ok(bytes), Instant::now())
+                }
+                Err(e) => {
+                    done = true;
+                    (Err(StreamError::Io(e.to_string())), Instant::now())
+                }
+            })
+        })
+    }
+}
