@@ -406,14 +406,19 @@ pub fn run_stream(
     // Every batch size a round can use is optimised and run once on a blank batch before the
     // first frame: a plan's first run is several times slower than the next ones (buffers are
     // allocated, memory paged in), and on a live feed that delay would queue up frames.
-    let mut sizes = vec![options.max_batch];
+    // A model with a fixed batch dimension runs at most that many frames at once.
+    let max_batch = match gate.model_mut().fixed_batch() {
+        Some(fixed) => options.max_batch.min(fixed),
+        None => options.max_batch,
+    };
+    let mut sizes = vec![max_batch];
     let mut n = 1;
-    while n < options.max_batch {
+    while n < max_batch {
         sizes.push(n);
         n *= 2;
     }
     let frame_len = gate.input().frame_len();
-    let blank = vec![0.0f32; options.max_batch * frame_len];
+    let blank = vec![0.0f32; max_batch * frame_len];
     for &n in &sizes {
         gate.model_mut().prepare(n)?;
         gate.model_mut().logits(&blank[..n * frame_len], n)?;
@@ -440,7 +445,7 @@ pub fn run_stream(
     };
     let (mut batches, mut batched) = (0u64, 0u64);
 
-    let (tx, rx) = mpsc::sync_channel::<Prepared>(2 * options.max_batch);
+    let (tx, rx) = mpsc::sync_channel::<Prepared>(2 * max_batch);
     {
         let (options, spec) = (options.clone(), spec.clone());
         // Not scoped: a reader blocked on a stalled pipe must not keep a stopped run waiting.
@@ -452,8 +457,8 @@ pub fn run_stream(
             .map_err(|e| Error::Invalid(format!("cannot start the reader thread: {e}")))?;
     }
 
-    let mut pending: Vec<Prepared> = Vec::with_capacity(options.max_batch);
-    let mut input: Vec<f32> = Vec::with_capacity(options.max_batch * len);
+    let mut pending: Vec<Prepared> = Vec::with_capacity(max_batch);
+    let mut input: Vec<f32> = Vec::with_capacity(max_batch * len);
     let mut finished = false;
     'run: while !finished {
         // Wait for the first message, checking the stop flag now and then.
@@ -470,7 +475,7 @@ pub fn run_stream(
             }
         }
         // Then take what is ready, up to max_batch.
-        while pending.len() < options.max_batch {
+        while pending.len() < max_batch {
             match rx.try_recv() {
                 Ok(m) => pending.push(m),
                 Err(TryRecvError::Empty) => break,
@@ -483,8 +488,7 @@ pub fn run_stream(
         // A power of two of model frames (or max_batch), keeping stream order: the messages up
         // to the last frame that fits are handled now, the rest wait for the next round.
         let frames_ready = pending.iter().filter(|m| matches!(m, Prepared::Frame { .. })).count();
-        let n_model =
-            if frames_ready >= options.max_batch { options.max_batch } else { prev_power_of_two(frames_ready) };
+        let n_model = if frames_ready >= max_batch { max_batch } else { prev_power_of_two(frames_ready) };
         let mut take = 0;
         let mut seen = 0;
         for m in &pending {

@@ -596,3 +596,49 @@ fn bad_stream_arguments_exit_2_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("needs a gate"), "{err}");
 }
+
+#[test]
+fn a_fixed_batch_model_streams_with_padded_batches_and_matches_onnxruntime() {
+    // tests/data/tiny_fixed_batch4.onnx takes exactly [4, 3, 32, 32]; three 32x32 frames arrive,
+    // so its batches are padded. Energies at T = 1 against onnxruntime's logits.
+    let doc = crate::common::read_json("tests/data/tiny_fixed_batch4.json");
+    let mut input = Vec::new();
+    for f in doc["frames"].as_array().unwrap() {
+        input.extend(image::open(root().join(f.as_str().unwrap())).unwrap().to_rgb8().into_raw());
+    }
+    let model = root().join("tests/data/tiny_fixed_batch4.onnx");
+    let mut child = ebm_gate()
+        .args([
+            "stream",
+            model.to_str().unwrap(),
+            "--format",
+            "rgb24",
+            "--size",
+            "32x32",
+            "--threshold",
+            "0",
+            "--batch",
+            "8",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let lines: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let frames = of_type(&lines, "frame");
+    assert_eq!(frames.len(), 3);
+    for (f, z) in frames.iter().zip(doc["ort_logits"].as_array().unwrap()) {
+        let z: Vec<f64> = z.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let want = -(m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln());
+        let got = f["energy"].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-4, "energy {got} vs onnxruntime {want}");
+        assert_eq!(f["verdict"], if got > 0.0 { "out_of_distribution" } else { "in_distribution" });
+    }
+}
