@@ -213,7 +213,7 @@ struct StreamArgs {
     /// Print a frame line for every N-th frame only (state changes and errors are always printed)
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     every: u64,
-    /// Debouncing window: the last N verdicts count
+    /// Debouncing window: the last N verdicts count (1 to 256)
     #[arg(long, default_value_t = 5, value_name = "N")]
     window: usize,
     /// Switch to out_of_distribution when at least K of the window's frames are rejected
@@ -226,7 +226,7 @@ struct StreamArgs {
     #[arg(long, value_name = "DIR")]
     save_rejected: Option<PathBuf>,
     /// Most frames --save-rejected keeps
-    #[arg(long, default_value_t = 100, value_name = "N")]
+    #[arg(long, default_value_t = 100, value_name = "N", requires = "save_rejected")]
     max_saved: usize,
     #[command(flatten)]
     gate: GateArgs,
@@ -943,6 +943,22 @@ fn stream_cmd(args: &StreamArgs) -> Result<ExitCode> {
         signal_hook::flag::register_usize(sig, Arc::clone(&stop), sig as usize)?;
     }
 
+    // Refuse bad settings before announcing the run.
+    if !gate.settings().gates() {
+        bail!(
+            "the stream needs a gate: {} has no threshold or alpha; run `ebm-gate calibrate` on in-distribution \
+             frames, or give --threshold",
+            args.model.display()
+        );
+    }
+    ebm_gate::core::debounce::Debouncer::<{ ebm_gate::stream::MAX_WINDOW }>::new(
+        options.window,
+        options.enter,
+        options.exit,
+    )
+    .map_err(|e| {
+        anyhow::anyhow!("--window {} --enter {} --exit {}: {e}", options.window, options.enter, options.exit)
+    })?;
     let names = gate.class_names().to_vec();
     let st = gate.settings();
     eprintln!(
@@ -980,8 +996,10 @@ fn stream_cmd(args: &StreamArgs) -> Result<ExitCode> {
     if !closed {
         let _ = writeln!(out, "{}", ebm_gate::stream::json::summary(&summary, signal)).and_then(|_| out.flush());
     }
-    let lat =
-        summary.latency_ms.map(|[p50, p99, _]| format!("latency p50 {p50:.2} ms, p99 {p99:.2} ms")).unwrap_or_default();
+    let lat = summary
+        .latency_ms
+        .map(|[p50, p99, _]| format!("latency p50 {p50:.2} ms, p99 {p99:.2} ms"))
+        .unwrap_or_else(|| "no latency".into());
     let why = match &summary.stop {
         StopReason::EndOfInput => "end of input".to_string(),
         StopReason::ReadError(m) => format!("read error: {m}"),

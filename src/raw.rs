@@ -18,6 +18,9 @@ use yuvutils_rs::{YuvBiPlanarImage, YuvConversionMode, YuvPackedImage, YuvPlanar
 
 use crate::error::{Error, Result};
 
+/// Largest raw frame accepted, in bytes (256 MiB: an 8K RGB frame is 100 MB).
+pub const MAX_FRAME_BYTES: usize = 256 << 20;
+
 /// The layout of one raw frame of `width x height` pixels, rows top to bottom, no padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PixelFormat {
@@ -69,7 +72,8 @@ impl PixelFormat {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a zero size, or an odd width (4:2:2, 4:2:0) or height (4:2:0).
+    /// [`Error::Invalid`] for a zero size, an odd width (4:2:2, 4:2:0) or height (4:2:0), or a
+    /// frame larger than [`MAX_FRAME_BYTES`].
     pub fn frame_len(self, width: u32, height: u32) -> Result<usize> {
         let (w, h) = (width as usize, height as usize);
         if w == 0 || h == 0 {
@@ -87,12 +91,20 @@ impl PixelFormat {
                 if matches!(self, PixelFormat::Yuyv422) { "" } else { " and height" }
             )));
         }
-        Ok(match self {
+        let len = match self {
             PixelFormat::Rgb24 | PixelFormat::Bgr24 => 3 * w * h,
             PixelFormat::Gray8 => w * h,
             PixelFormat::Yuyv422 => 2 * w * h,
             PixelFormat::Nv12 | PixelFormat::I420 => w * h + w * h / 2,
-        })
+        };
+        if len > MAX_FRAME_BYTES {
+            return Err(Error::Invalid(format!(
+                "a {} frame of {width}x{height} is {len} bytes, more than the limit of {} MiB",
+                self.name(),
+                MAX_FRAME_BYTES >> 20
+            )));
+        }
+        Ok(len)
     }
 }
 
@@ -239,7 +251,7 @@ impl std::fmt::Display for StreamError {
                 write!(f, "corrupt JPEG frame at offset {offset}: broken marker structure, {len} bytes skipped")
             }
             StreamError::Truncated { offset, len } => {
-                write!(f, "the stream ended inside a frame: {len} bytes from offset {offset}, no end-of-image marker")
+                write!(f, "the stream ended inside a frame: it had {len} bytes from offset {offset}")
             }
             StreamError::Io(e) => write!(f, "read error: {e}"),
         }

@@ -330,7 +330,15 @@ fn reader_thread(source: StreamSource, options: StreamOptions, spec: InputSpec, 
             Err(e @ (StreamError::Corrupt { .. } | StreamError::Truncated { .. })) => {
                 let i = index;
                 index += 1;
-                Prepared::Failed { index: i, message: e.to_string(), received }
+                let mut message = e.to_string();
+                if let (StreamError::Truncated { .. }, StreamFormat::Raw { .. }) = (&e, options.format) {
+                    // Raw frames carry no markers: a wrong size only shows at the end.
+                    message += &format!(
+                        " (a raw frame of {} is shorter; if every stream ends like this, check --size and --format)",
+                        options.format.name()
+                    );
+                }
+                Prepared::Failed { index: i, message, received }
             }
             Err(e @ StreamError::Garbage { .. }) => Prepared::Error(e.to_string()),
             Err(StreamError::Io(e)) => Prepared::ReadError(e),
@@ -386,8 +394,8 @@ pub fn run_stream(
 ) -> Result<StreamSummary> {
     if !gate.settings().gates() {
         return Err(Error::Invalid(
-            "the stream needs a gate: this bundle has no threshold or alpha; run `ebm-gate calibrate`, or give \
-             --threshold or --alpha"
+            "the stream needs a gate: this bundle has no threshold or alpha; run `ebm-gate calibrate` on \
+             in-distribution frames, or give --threshold"
                 .into(),
         ));
     }
@@ -609,6 +617,12 @@ pub fn run_stream(
                 }
             }
         }
+    }
+    // A signal that came while the input was ending (`systemctl stop` signals the camera and
+    // the gate together, and the camera's end reaches the gate first) is still the reason.
+    let signal = stop.load(Ordering::Relaxed);
+    if signal != 0 && summary.stop == StopReason::EndOfInput {
+        summary.stop = StopReason::Signal(signal);
     }
     summary.elapsed = start.elapsed();
     summary.latency_ms = latencies.percentiles_ms();

@@ -428,7 +428,8 @@ fn a_torn_last_frame_is_rejected_and_the_run_exits_1() {
     assert_eq!(frames.len(), 4);
     assert_eq!(frames[3]["verdict"], "out_of_distribution");
     assert_eq!(frames[3]["reason"], "decode_error");
-    assert!(frames[3]["error"].as_str().unwrap().contains("ended inside a frame"), "{}", frames[3]);
+    let error = frames[3]["error"].as_str().unwrap();
+    assert!(error.contains("ended inside a frame") && error.contains("check --size"), "{error}");
     let s = summary(&lines);
     assert_eq!((s["frames"].as_u64(), s["scored"].as_u64(), s["errors"].as_u64()), (Some(4), Some(3), Some(1)));
     assert_eq!(s["stopped"], "end_of_input");
@@ -575,8 +576,10 @@ fn rejected_frames_are_saved_up_to_max_saved_and_every_n_thins_frame_lines() {
 
 #[test]
 fn bad_stream_arguments_exit_2_with_a_clear_message() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--format", "rgb24"], "needs --size"),
+        (&["--format", "rgb24", "--size", "100000x100000"], "more than the limit"),
+        (&["--format", "mjpeg", "--max-saved", "3"], "--save-rejected"),
         (&["--format", "nv12", "--size", "641x480"], "641x480"),
         (&["--format", "rgb48", "--size", "64x48"], "unknown pixel format"),
         (&["--format", "rgb24", "--size", "64x48", "--window", "3", "--enter", "4"], "exit < enter <= n"),
@@ -594,7 +597,7 @@ fn bad_stream_arguments_exit_2_with_a_clear_message() {
         ebm_gate().args(["stream", onnx.to_str().unwrap(), "--format", "mjpeg"]).stdin(Stdio::null()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("needs a gate"), "{err}");
+    assert!(err.contains("needs a gate") && err.contains("--threshold") && !err.contains("--alpha"), "{err}");
 }
 
 #[test]

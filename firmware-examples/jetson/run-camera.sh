@@ -47,4 +47,10 @@ extra=(${EXTRA:-})
 # shellcheck disable=SC2086
 "${gst[@]}" | $EBM_GATE stream "$BUNDLE" "${fmt[@]}" --every "$EVERY" "${extra[@]}"
 status=("${PIPESTATUS[@]}")
+# The gate's status, unless it merely saw its input end because the camera command failed (not
+# installed, no camera, unplugged): then the camera's, so that a service restarts.
+if [[ ${status[1]} -eq 0 && ${status[0]} -ne 0 ]]; then
+  echo "run-camera.sh: the camera command failed (exit ${status[0]})" >&2
+  exit "${status[0]}"
+fi
 exit "${status[1]}"

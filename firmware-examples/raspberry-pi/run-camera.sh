@@ -36,4 +36,10 @@ $CAMERA | $EBM_GATE "${args[@]}" "${extra[@]}"
 # ebm-gate's exit status: 0 end of input, 1 the input had corrupt/torn frames, 2 could not
 # start, 130/143 stopped by SIGINT/SIGTERM, 141 its stdout was closed.
 status=("${PIPESTATUS[@]}")
+# The gate's status, unless it merely saw its input end because the camera command failed (not
+# installed, no camera, unplugged): then the camera's, so that a service restarts.
+if [[ ${status[1]} -eq 0 && ${status[0]} -ne 0 ]]; then
+  echo "run-camera.sh: the camera command failed (exit ${status[0]})" >&2
+  exit "${status[0]}"
+fi
 exit "${status[1]}"
