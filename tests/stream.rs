@@ -210,9 +210,15 @@ fn seen(img: &RgbImage, fmt: Fmt) -> RgbImage {
     }
 }
 
-/// Runs `ebm-gate stream` on `input` fed through stdin; returns (exit code, JSON lines, stderr).
+/// Runs `ebm-gate stream` on the reference bundle with `input` fed through stdin; returns (exit
+/// code, JSON lines, stderr).
 fn stream(args: &[&str], input: Vec<u8>) -> (i32, Vec<Value>, String) {
-    let mut child = spawn(args);
+    stream_model(&bundle(), args, input)
+}
+
+/// As [`stream`], for the bundle or model at `model`.
+fn stream_model(model: &Path, args: &[&str], input: Vec<u8>) -> (i32, Vec<Value>, String) {
+    let mut child = spawn_model(model, args);
     let mut stdin = child.stdin.take().unwrap();
     let feeder = std::thread::spawn(move || {
         let _ = stdin.write_all(&input); // the process may stop reading early
@@ -225,8 +231,11 @@ fn stream(args: &[&str], input: Vec<u8>) -> (i32, Vec<Value>, String) {
 }
 
 fn spawn(args: &[&str]) -> Child {
-    let b = bundle();
-    let mut full = vec!["stream", b.to_str().unwrap()];
+    spawn_model(&bundle(), args)
+}
+
+fn spawn_model(model: &Path, args: &[&str]) -> Child {
+    let mut full = vec!["stream", model.to_str().unwrap()];
     full.extend_from_slice(args);
     ebm_gate().args(&full).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }
@@ -593,10 +602,8 @@ fn bad_stream_arguments_exit_2_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let onnx = dir.path().join("model.onnx");
     std::fs::copy(root().join("models/cifar10-airnet/model.onnx"), &onnx).unwrap();
-    let out =
-        ebm_gate().args(["stream", onnx.to_str().unwrap(), "--format", "mjpeg"]).stdin(Stdio::null()).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = stream_model(&onnx, &["--format", "mjpeg"], Vec::new());
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("needs a gate") && err.contains("--threshold") && !err.contains("--alpha"), "{err}");
 }
 
@@ -610,30 +617,9 @@ fn a_fixed_batch_model_streams_with_padded_batches_and_matches_onnxruntime() {
         input.extend(image::open(root().join(f.as_str().unwrap())).unwrap().to_rgb8().into_raw());
     }
     let model = root().join("tests/data/tiny_fixed_batch4.onnx");
-    let mut child = ebm_gate()
-        .args([
-            "stream",
-            model.to_str().unwrap(),
-            "--format",
-            "rgb24",
-            "--size",
-            "32x32",
-            "--threshold",
-            "0",
-            "--batch",
-            "8",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&input).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
-    let lines: Vec<Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let args = ["--format", "rgb24", "--size", "32x32", "--threshold", "0", "--batch", "8"];
+    let (code, lines, err) = stream_model(&model, &args, input);
+    assert_eq!(code, 0, "{err}");
     let frames = of_type(&lines, "frame");
     assert_eq!(frames.len(), 3);
     for (f, z) in frames.iter().zip(doc["ort_logits"].as_array().unwrap()) {
