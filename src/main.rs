@@ -944,21 +944,7 @@ fn stream_cmd(args: &StreamArgs) -> Result<ExitCode> {
     }
 
     // Refuse bad settings before announcing the run.
-    if !gate.settings().gates() {
-        bail!(
-            "the stream needs a gate: {} has no threshold or alpha; run `ebm-gate calibrate` on in-distribution \
-             frames, or give --threshold",
-            args.model.display()
-        );
-    }
-    ebm_gate::core::debounce::Debouncer::<{ ebm_gate::stream::MAX_WINDOW }>::new(
-        options.window,
-        options.enter,
-        options.exit,
-    )
-    .map_err(|e| {
-        anyhow::anyhow!("--window {} --enter {} --exit {}: {e}", options.window, options.enter, options.exit)
-    })?;
+    options.check(&gate).with_context(|| format!("stream {}", args.model.display()))?;
     let names = gate.class_names().to_vec();
     let st = gate.settings();
     eprintln!(

@@ -57,7 +57,7 @@ use crate::bundle::{InputSpec, ResizeMode};
 use crate::core::debounce::{DebounceError, Debouncer, State};
 use crate::core::gate::{Reason, Verdict};
 use crate::error::{Error, Result};
-use crate::frame::{decode_bytes, normalise_into, resize_to};
+use crate::frame::{decode_bytes, preprocess_into};
 use crate::pipeline::{EnergyGate, FrameReport};
 use crate::raw::{raw_to_rgb, MjpegReader, PixelFormat, RawReader, StreamError, YuvSpec};
 
@@ -132,6 +132,30 @@ impl StreamOptions {
             max_saved: 100,
             source_name: "stdin".into(),
         }
+    }
+}
+
+impl StreamOptions {
+    /// Checks these options against `gate` before a run, and returns the debouncer they ask for.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when the gate has no rule (no threshold or alpha: nothing to
+    /// debounce), `max_batch` is 0, or the debouncing settings are not `exit < enter <= window
+    /// <= MAX_WINDOW`.
+    pub fn check(&self, gate: &EnergyGate) -> Result<Debouncer<MAX_WINDOW>> {
+        if !gate.settings().gates() {
+            return Err(Error::Invalid(
+                "the stream needs a gate: this bundle has no threshold or alpha; run `ebm-gate calibrate` on \
+                 in-distribution frames, or give --threshold"
+                    .into(),
+            ));
+        }
+        if self.max_batch == 0 {
+            return Err(Error::Invalid("batch must be at least 1".into()));
+        }
+        Debouncer::new(self.window, self.enter, self.exit).map_err(|e: DebounceError| {
+            Error::Invalid(format!("--window {} --enter {} --exit {}: {e}", self.window, self.enter, self.exit))
+        })
     }
 }
 
@@ -301,9 +325,8 @@ fn to_rgb(bytes: &[u8], format: StreamFormat, name: &str) -> Result<RgbImage> {
 fn prepare(bytes: &[u8], options: &StreamOptions, spec: &InputSpec, index: u64) -> Result<(Vec<f32>, RgbImage)> {
     let name = format!("{}#{index}", options.source_name);
     let rgb = to_rgb(bytes, options.format, &name)?;
-    let sized = resize_to(&rgb, spec.width, spec.height, spec.resize)?;
     let mut input = vec![0.0f32; spec.frame_len()];
-    normalise_into(&sized, spec, &mut input)?;
+    preprocess_into(&rgb, spec, &mut input)?;
     Ok((input, rgb))
 }
 
@@ -392,18 +415,7 @@ pub fn run_stream(
     stop: &AtomicUsize,
     mut sink: impl FnMut(&StreamEvent) -> std::io::Result<()>,
 ) -> Result<StreamSummary> {
-    if !gate.settings().gates() {
-        return Err(Error::Invalid(
-            "the stream needs a gate: this bundle has no threshold or alpha; run `ebm-gate calibrate` on \
-             in-distribution frames, or give --threshold"
-                .into(),
-        ));
-    }
-    if options.max_batch == 0 {
-        return Err(Error::Invalid("batch must be at least 1".into()));
-    }
-    let mut debouncer: Debouncer<MAX_WINDOW> = Debouncer::new(options.window, options.enter, options.exit)
-        .map_err(|e: DebounceError| Error::Invalid(format!("debouncing: {e}")))?;
+    let mut debouncer = options.check(gate)?;
     if let Some(dir) = &options.save_rejected {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
