@@ -205,6 +205,47 @@ pub struct Provenance {
     pub split: Option<SplitSpec>,
 }
 
+/// Where the energy-gradient graph is and what its inputs and outputs are called (written by
+/// `models/tools/energy_grad.py`). The graph takes frames `[N, C, H, W]` (normalised as for
+/// `model.onnx`), a temperature `[1]` and a class mask `[N, K]`, and gives
+/// `energy [N] = -T * log sum_{k: mask_k = 1} exp(f_k(x) / T)` (all ones: the free energy
+/// `E(x)`; one-hot `y`: the class-conditional `E(x, y) = -f_y(x)`) and `grad [N, C, H, W] = dE/dx`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GradientSpec {
+    /// The graph's file name, relative to the bundle directory.
+    pub graph: String,
+    /// sha256 of the graph file, lowercase hex; checked when the graph is opened.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Input names.
+    pub inputs: GradientInputs,
+    /// Output names.
+    pub outputs: GradientOutputs,
+    /// Anything else the exporter recorded (its check against autograd, ops, tool), kept as is.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Input names of the energy-gradient graph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GradientInputs {
+    /// Frames `[N, C, H, W]`.
+    pub input: String,
+    /// Temperature `[1]`.
+    pub temperature: String,
+    /// Class mask `[N, K]`, 1 for the classes the energy is taken over.
+    pub class_mask: String,
+}
+
+/// Output names of the energy-gradient graph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GradientOutputs {
+    /// Energy `[N]`.
+    pub energy: String,
+    /// `dE/dx`, `[N, C, H, W]`.
+    pub grad: String,
+}
+
 /// The contents of `gate.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GateFile {
@@ -226,6 +267,9 @@ pub struct GateFile {
     /// Provenance of the gate.
     #[serde(default)]
     pub provenance: Option<Provenance>,
+    /// The energy-gradient graph, when the bundle has one (for Langevin refinement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradient: Option<GradientSpec>,
 }
 
 fn one() -> f32 {

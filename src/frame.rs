@@ -136,6 +136,40 @@ pub fn normalise_into(img: &RgbImage, spec: &InputSpec, out: &mut [f32]) -> Resu
     Ok(())
 }
 
+/// The inverse of [`normalise_into`]: an 8-bit RGB image (`spec.width x spec.height`) from a
+/// model input `[C, H, W]`. Each value maps back to the pixel value `p = x * std[c] + mean[c]`,
+/// then to `round(255 * (p - lo) / (hi - lo))` clamped to `[0, 255]`; a gray frame is written
+/// with R = G = B.
+///
+/// # Errors
+/// [`Error::Shape`] when `values` is not `spec.frame_len()` long.
+pub fn denormalise(values: &[f32], spec: &InputSpec) -> Result<RgbImage> {
+    let (w, h) = (spec.width as usize, spec.height as usize);
+    let c = spec.color.channels();
+    if values.len() != c * h * w {
+        return Err(Error::Shape {
+            path: Default::default(),
+            expected: format!("[{c}, {h}, {w}] = {} values", c * h * w),
+            got: format!("{} values", values.len()),
+        });
+    }
+    let [lo, hi] = spec.pixel_range;
+    let plane = h * w;
+    let to_u8 = |x: f32, ch: usize| {
+        let p = x * spec.std[ch] + spec.mean[ch];
+        (255.0 * (p - lo) / (hi - lo)).round().clamp(0.0, 255.0) as u8
+    };
+    let mut raw = vec![0u8; 3 * plane];
+    for i in 0..plane {
+        for k in 0..3 {
+            let ch = if c == 1 { 0 } else { k };
+            raw[3 * i + k] = to_u8(values[ch * plane + i], ch);
+        }
+    }
+    RgbImage::from_raw(spec.width, spec.height, raw)
+        .ok_or_else(|| Error::Invalid(format!("cannot make a {w}x{h} image")))
+}
+
 /// Resizes and normalises a decoded frame into `out` (`[C, H, W]`, length `spec.frame_len()`).
 ///
 /// # Errors

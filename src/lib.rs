@@ -24,7 +24,8 @@
 //!   normalise), [`raw`] (raw camera buffers in RGB/BGR/gray/YUV layouts, MJPEG streams),
 //!   [`source`] (files, folders, IDX), `model` (tract, private), [`pipeline`]
 //!   ([`pipeline::EnergyGate`]: frames in, verdicts out), [`stream`] (live raw or MJPEG
-//!   streams, debounced), [`eval`].
+//!   streams, debounced), [`eval`], [`langevin`] (the energy gradient through tract, SGLD
+//!   refinement, the replay buffer).
 //!
 //! ```no_run
 //! # #[cfg(feature = "runtime")] {
@@ -57,6 +58,8 @@ pub mod error;
 pub mod eval;
 #[cfg(feature = "runtime")]
 pub mod frame;
+#[cfg(feature = "runtime")]
+pub mod langevin;
 #[cfg(feature = "runtime")]
 mod model;
 #[cfg(feature = "runtime")]

@@ -213,3 +213,225 @@ impl Model {
         Ok(view.iter().copied().take(n * self.num_classes).collect())
     }
 }
+
+/// Names of the energy-gradient graph's inputs and outputs (from `gate.json`'s `gradient`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GradNames {
+    /// Frames `[N, C, H, W]`.
+    pub input: String,
+    /// Temperature `[1]`.
+    pub temperature: String,
+    /// Class mask `[N, K]`.
+    pub class_mask: String,
+    /// Energy `[N]`.
+    pub energy: String,
+    /// Gradient `[N, C, H, W]`.
+    pub grad: String,
+}
+
+/// A loaded energy-gradient graph (inputs: frames, temperature, class mask; outputs: energy and
+/// `dE/dx`), with optimised plans cached per batch size.
+pub struct GradModel {
+    path: PathBuf,
+    typed: TypedModel,
+    batch_symbol: Option<Symbol>,
+    fixed_batch: Option<usize>,
+    chw: [usize; 3],
+    num_classes: usize,
+    /// Position of (input, temperature, class_mask) among the graph's inputs.
+    input_pos: [usize; 3],
+    /// Position of (energy, grad) among its outputs.
+    output_pos: [usize; 2],
+    plans: HashMap<usize, TypedSimpleState>,
+}
+
+impl std::fmt::Debug for GradModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GradModel")
+            .field("path", &self.path)
+            .field("input_chw", &self.chw)
+            .field("num_classes", &self.num_classes)
+            .finish()
+    }
+}
+
+impl GradModel {
+    /// Loads the gradient graph at `path`, finding its inputs and outputs by `names`.
+    ///
+    /// # Errors
+    /// [`Error::Model`] when tract cannot read or type it, or a named input/output is missing
+    /// (the message lists the graph's names); [`Error::Shape`] when the frames input is not
+    /// `[N, C, H, W]` with fixed `C, H, W` or the class mask not `[N, K]`.
+    pub fn load(path: &Path, names: &GradNames) -> Result<GradModel> {
+        let merr = |e: TractError| Error::Model { path: path.into(), message: format!("{e:#}") };
+        let inference = tract_onnx::onnx().model_for_path(path).map_err(merr)?;
+        let typed = inference.into_typed().map_err(merr)?.into_decluttered().map_err(merr)?;
+        let in_names: Vec<String> =
+            typed.input_outlets().map_err(merr)?.iter().map(|o| typed.node(o.node).name.clone()).collect();
+        let out_names: Vec<String> = typed
+            .output_outlets()
+            .map_err(merr)?
+            .iter()
+            .map(|o| typed.outlet_label(*o).map(str::to_string).unwrap_or_else(|| typed.node(o.node).name.clone()))
+            .collect();
+        let find = |list: &[String], want: &str, what: &str| {
+            list.iter().position(|n| n == want).ok_or_else(|| Error::Model {
+                path: path.into(),
+                message: format!("the gradient graph has no {what} named {want:?} (it has {list:?})"),
+            })
+        };
+        let input_pos = [
+            find(&in_names, &names.input, "input")?,
+            find(&in_names, &names.temperature, "input")?,
+            find(&in_names, &names.class_mask, "input")?,
+        ];
+        let output_pos = [find(&out_names, &names.energy, "output")?, find(&out_names, &names.grad, "output")?];
+        let shape_err =
+            |expected: &str, got: String| Error::Shape { path: path.into(), expected: expected.into(), got };
+        let x = typed.input_fact(input_pos[0]).map_err(merr)?.clone();
+        let shape: Vec<TDim> = x.shape.iter().cloned().collect();
+        if shape.len() != 4 || x.datum_type != f32::datum_type() {
+            return Err(shape_err("f32 input [N, C, H, W]", format!("{:?} {}", x.datum_type, dims_str(&shape))));
+        }
+        let mut chw = [0usize; 3];
+        for (slot, d) in chw.iter_mut().zip(&shape[1..]) {
+            *slot = d
+                .to_i64()
+                .ok()
+                .filter(|&v| v > 0)
+                .ok_or_else(|| shape_err("input [N, C, H, W] with fixed C, H, W", dims_str(&shape)))?
+                as usize;
+        }
+        let (batch_symbol, fixed_batch) = match &shape[0] {
+            TDim::Sym(s) => (Some(s.clone()), None),
+            d => match d.to_i64() {
+                Ok(v) if v > 0 => (None, Some(v as usize)),
+                _ => return Err(shape_err("input batch N symbolic or a positive integer", dims_str(&shape))),
+            },
+        };
+        let mask = typed.input_fact(input_pos[2]).map_err(merr)?.clone();
+        let mshape: Vec<TDim> = mask.shape.iter().cloned().collect();
+        let num_classes = match mshape.get(1).and_then(|d| d.to_i64().ok()) {
+            Some(k) if mshape.len() == 2 && k > 0 => k as usize,
+            _ => return Err(shape_err("class mask [N, K] with fixed K", dims_str(&mshape))),
+        };
+        Ok(GradModel {
+            path: path.into(),
+            typed,
+            batch_symbol,
+            fixed_batch,
+            chw,
+            num_classes,
+            input_pos,
+            output_pos,
+            plans: HashMap::new(),
+        })
+    }
+
+    /// The graph file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `[C, H, W]` of one frame.
+    pub fn input_chw(&self) -> [usize; 3] {
+        self.chw
+    }
+
+    /// Number of classes `K` of the class mask.
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    /// Builds the optimised plan for batches of `n` frames now rather than at first use.
+    ///
+    /// # Errors
+    /// [`Error::Model`] when tract cannot optimise it; [`Error::Shape`] for a batch other than
+    /// a fixed one.
+    pub fn prepare(&mut self, n: usize) -> Result<()> {
+        if self.plans.contains_key(&n) {
+            return Ok(());
+        }
+        if let Some(fixed) = self.fixed_batch {
+            if n != fixed {
+                return Err(Error::Shape {
+                    path: self.path.clone(),
+                    expected: format!("batch of {fixed} (the gradient graph's batch dimension is fixed)"),
+                    got: format!("batch of {n}"),
+                });
+            }
+        }
+        let merr = |e: TractError| Error::Model { path: self.path.clone(), message: format!("{e:#}") };
+        let concrete = match &self.batch_symbol {
+            Some(sym) => {
+                let mut subs = HashMap::new();
+                subs.insert(sym.clone(), TDim::Val(n as i64));
+                self.typed.set_symbols(&subs).map_err(merr)?
+            }
+            None => self.typed.clone(),
+        };
+        let plan = concrete.into_optimized().map_err(merr)?.into_runnable().map_err(merr)?;
+        let state = plan.spawn().map_err(merr)?;
+        self.plans.insert(n, state);
+        Ok(())
+    }
+
+    /// Energies `[n]` and gradients `[n, C, H, W]` of `n` frames `x` (`[n, C, H, W]`), at
+    /// temperature `temperature`, over the classes where `class_mask` (`[n, K]`) is 1.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for buffers of the wrong length or outputs of the wrong shape;
+    /// [`Error::Model`] when tract fails.
+    pub fn energy_and_grad(
+        &mut self,
+        x: &[f32],
+        n: usize,
+        temperature: f32,
+        class_mask: &[f32],
+        energy: &mut [f32],
+        grad: &mut [f32],
+    ) -> Result<()> {
+        let [c, h, w] = self.chw;
+        let k = self.num_classes;
+        let d = c * h * w;
+        let gpath = self.path.clone();
+        let shape_err = |expected: String, got: String| Error::Shape { path: gpath.clone(), expected, got };
+        if n == 0 || x.len() != n * d || grad.len() != n * d || energy.len() != n || class_mask.len() != n * k {
+            return Err(shape_err(
+                format!("x and grad [{n}, {c}, {h}, {w}], energy [{n}], class_mask [{n}, {k}]"),
+                format!(
+                    "x {} values, grad {}, energy {}, class_mask {}",
+                    x.len(),
+                    grad.len(),
+                    energy.len(),
+                    class_mask.len()
+                ),
+            ));
+        }
+        self.prepare(n)?;
+        let path = self.path.clone();
+        let merr = |e: TractError| Error::Model { path: path.clone(), message: format!("{e:#}") };
+        let mut inputs: [Option<TValue>; 3] = [None, None, None];
+        inputs[self.input_pos[0]] = Some(Tensor::from_shape(&[n, c, h, w], x).map_err(merr)?.into());
+        inputs[self.input_pos[1]] = Some(Tensor::from_shape(&[1], &[temperature]).map_err(merr)?.into());
+        inputs[self.input_pos[2]] = Some(Tensor::from_shape(&[n, k], class_mask).map_err(merr)?.into());
+        let inputs: TVec<TValue> = inputs.into_iter().flatten().collect();
+        let state = self.plans.get_mut(&n).ok_or_else(|| Error::Invalid(format!("no plan for batch {n}")))?;
+        let outputs = state.run(inputs).map_err(merr)?;
+        let e = outputs[self.output_pos[0]].to_plain_array_view::<f32>().map_err(merr)?;
+        let g = outputs[self.output_pos[1]].to_plain_array_view::<f32>().map_err(merr)?;
+        if e.len() != n || g.len() != n * d {
+            return Err(shape_err(
+                format!("outputs energy [{n}] and grad [{n}, {c}, {h}, {w}]"),
+                format!("energy {:?}, grad {:?}", e.shape(), g.shape()),
+            ));
+        }
+        for (dst, src) in energy.iter_mut().zip(e.iter()) {
+            *dst = *src;
+        }
+        for (dst, src) in grad.iter_mut().zip(g.iter()) {
+            *dst = *src;
+        }
+        Ok(())
+    }
+}

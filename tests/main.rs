@@ -5,6 +5,7 @@ mod bundle_errors;
 mod calibration_golden;
 mod cli;
 mod common;
+mod langevin;
 mod metrics_golden;
 mod raw;
 mod stream;

@@ -225,6 +225,7 @@ pub fn calibrate(
         gate: None,
         prediction_sets: None,
         provenance: None,
+        gradient: None,
     });
     gate_file.temperature = temperature;
     gate_file.gate = Some(GateSpec {

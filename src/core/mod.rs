@@ -9,6 +9,8 @@
 //! - [`conformal`] also gives the conformal quantile (the same rule as an energy threshold)
 //!   and membership of a class in a conformal prediction set;
 //! - [`gate`]: the threshold decision and its typed [`gate::Verdict`] and [`gate::Reason`];
+//! - [`langevin`]: the SGLD update step and a short warm-started chain, generic over a
+//!   gradient source and a seeded RNG (`rand_core`);
 //! - [`debounce`]: k-of-n with hysteresis over a stream of verdicts, in a fixed-capacity
 //!   `heapless` ring.
 //!
@@ -23,3 +25,4 @@ pub mod conformal;
 pub mod debounce;
 pub mod energy;
 pub mod gate;
+pub mod langevin;

@@ -1,0 +1,614 @@
+//! Warm-started Langevin refinement on a bundle: the energy gradient through tract, SGLD chains,
+//! and a persistent replay buffer.
+//!
+//! A bundle with an energy-gradient graph (`gate.json`'s `gradient` section, written by
+//! `models/tools/energy_grad.py`) gives, for frames `x` `[N, C, H, W]` in the model's input space,
+//! the energy `E(x) = -T * logsumexp(f(x) / T)` or the class-conditional `E(x, y) = -f(x)[y]`
+//! ([`EnergyTarget`]) and `dE/dx` `[N, C, H, W]`. [`EnergyGradient::refine`] runs the SGLD
+//! chain of [`crate::core::langevin`] on them: `x <- clip(x - (step_size / 2) * dE/dx +
+//! noise_scale * N(0, I))`, clipped to the pixel range (per channel, in input space). With
+//! `noise_scale = sqrt(step_size)` that is unadjusted Langevin; otherwise (JEM's settings, say)
+//! it is a refinement, not sampling ([`LangevinSettings::is_unadjusted_langevin`]).
+//!
+//! [`ReplayBuffer`] is the persistent buffer of JEM / IGEBM (Grathwohl et al. 2019; Du &
+//! Mordatch 2019): chains start from stored samples, a fraction `reinit_prob` restarts from
+//! uniform noise, and the refined samples go back; it is saved to and loaded from a file.
+//!
+//! ```no_run
+//! use ebm_gate::langevin::{EnergyGradient, EnergyTarget, LangevinSettings};
+//! use rand_core::SeedableRng;
+//! let mut g = EnergyGradient::open("models/cifar10-airnet".as_ref(), None).unwrap();
+//! let mut x = ebm_gate::frame::load_frame("models/cifar10-airnet/samples/horse.png".as_ref(), g.input()).unwrap();
+//! let settings = LangevinSettings { step_size: 0.01, noise_scale: 0.0, n_steps: 10 };
+//! let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(0);
+//! let r = g.refine(&mut x, 1, EnergyTarget::Free, &settings, &mut rng).unwrap();
+//! assert!(r.trace[10][0] < r.trace[0][0]); // the energy went down
+//! ```
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::Rng;
+use rand_core::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::{sha256_file, BundlePaths, GateFile, InputSpec};
+pub use crate::core::langevin::{sgld_chain, sgld_step, Bounds, GradientSource, LangevinError, LangevinSettings};
+use crate::error::{Error, Result};
+use crate::model::{GradModel, GradNames};
+
+/// Which energy a chain descends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnergyTarget {
+    /// The free energy `E(x) = -T * logsumexp(f(x) / T)`.
+    Free,
+    /// The class-conditional energy `E(x, y) = -f(x)[y]` of class index `y`.
+    Class(usize),
+}
+
+/// A bundle's energy-gradient graph, its preprocessing and temperature.
+#[derive(Debug)]
+pub struct EnergyGradient {
+    model: GradModel,
+    input: InputSpec,
+    class_names: Vec<String>,
+    temperature: f32,
+    lo: Vec<f32>,
+    hi: Vec<f32>,
+    mask: Vec<f32>,
+}
+
+/// What a chain did: the energy trace and its timing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refinement {
+    /// `trace[s][i]`: energy of frame `i` before update `s` (`s = 0`: the start; `s = n_steps`:
+    /// the result). `n_steps + 1` rows of `n` values.
+    pub trace: Vec<Vec<f32>>,
+    /// Wall time of one step (an SGLD update and the next gradient evaluation), mean over the
+    /// chain, seconds. `None` when `n_steps == 0`.
+    pub seconds_per_step: Option<f64>,
+    /// Wall time of the whole chain, seconds.
+    pub seconds: f64,
+}
+
+fn no_gradient(path: &Path, why: &str) -> Error {
+    Error::Bundle {
+        path: path.into(),
+        message: format!(
+            "{why}: this bundle has no energy-gradient graph, which refine and sample need; export one with \
+             `python models/tools/energy_grad.py --checkpoint CKPT --out BUNDLE_DIR` (it writes energy_grad.onnx \
+             and the `gradient` section of gate.json)"
+        ),
+    }
+}
+
+impl EnergyGradient {
+    /// Opens the gradient graph of the bundle at `path` (a directory, or its `model.onnx`), found
+    /// through `gate.json`'s `gradient` section; `temperature` overrides the bundle's.
+    ///
+    /// # Errors
+    /// [`Error::Bundle`] naming the file when there is no `gate.json`, no `gradient` section,
+    /// the graph is missing, its sha256 differs from the one recorded, or its shapes disagree
+    /// with `gate.json`; [`Error::Model`] when tract cannot load it; [`Error::Invalid`] for a
+    /// temperature that is not finite and > 0.
+    pub fn open(path: &Path, temperature: Option<f32>) -> Result<EnergyGradient> {
+        let paths = BundlePaths::resolve(path)?;
+        let gate_path = paths.gate.ok_or_else(|| no_gradient(&paths.model, "no gate.json beside the model"))?;
+        let gate = GateFile::read(&gate_path)?;
+        let spec =
+            gate.gradient.as_ref().ok_or_else(|| no_gradient(&gate_path, "gate.json has no `gradient` section"))?;
+        let dir = gate_path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let graph = dir.join(&spec.graph);
+        if !graph.is_file() {
+            return Err(Error::Bundle {
+                path: graph,
+                message: format!("the energy-gradient graph named in {} is missing", gate_path.display()),
+            });
+        }
+        if let Some(want) = &spec.sha256 {
+            let got = sha256_file(&graph)?;
+            if &got != want {
+                return Err(Error::Bundle {
+                    path: graph,
+                    message: format!(
+                        "sha256 {got} differs from the {want} recorded in {}: the graph was changed or belongs to \
+                         another model; export it again with models/tools/energy_grad.py",
+                        gate_path.display()
+                    ),
+                });
+            }
+        }
+        let names = GradNames {
+            input: spec.inputs.input.clone(),
+            temperature: spec.inputs.temperature.clone(),
+            class_mask: spec.inputs.class_mask.clone(),
+            energy: spec.outputs.energy.clone(),
+            grad: spec.outputs.grad.clone(),
+        };
+        let model = GradModel::load(&graph, &names)?;
+        let input = gate.input.clone();
+        let want = [input.color.channels(), input.height as usize, input.width as usize];
+        if model.input_chw() != want || model.num_classes() != gate.class_names.len() {
+            return Err(Error::Shape {
+                path: graph,
+                expected: format!("input {want:?} and {} classes, as in gate.json", gate.class_names.len()),
+                got: format!("input {:?} and {} classes", model.input_chw(), model.num_classes()),
+            });
+        }
+        let temperature = temperature.unwrap_or(gate.temperature);
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(Error::Invalid(format!("temperature must be finite and > 0, got {temperature}")));
+        }
+        let c = input.color.channels();
+        let (mut lo, mut hi) = (vec![0.0; c], vec![0.0; c]);
+        Bounds::from_normalisation(input.pixel_range, &input.mean, &input.std, &mut lo, &mut hi);
+        Ok(EnergyGradient { model, input, class_names: gate.class_names, temperature, lo, hi, mask: Vec::new() })
+    }
+
+    /// The bundle's preprocessing (frames for [`EnergyGradient::refine`] are normalised by it).
+    pub fn input(&self) -> &InputSpec {
+        &self.input
+    }
+
+    /// Class names, in logit order.
+    pub fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+
+    /// The temperature of the free energy.
+    pub fn temperature(&self) -> f32 {
+        self.temperature
+    }
+
+    /// The gradient graph's file.
+    pub fn graph_path(&self) -> &Path {
+        self.model.path()
+    }
+
+    /// Input-space clip bounds per channel, `(lo, hi)`: the pixel range under normalisation.
+    pub fn bounds(&self) -> Bounds<'_> {
+        Bounds { lo: &self.lo, hi: &self.hi }
+    }
+
+    /// The index of class `name`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] listing the class names when there is no such class.
+    pub fn class_index(&self, name: &str) -> Result<usize> {
+        self.class_names.iter().position(|c| c == name).ok_or_else(|| {
+            Error::Invalid(format!("no class named {name:?}; the classes are {}", self.class_names.join(", ")))
+        })
+    }
+
+    /// Builds the optimised plan for batches of `n` frames now (a plan is built at its first
+    /// use otherwise, which would count in the first step's time).
+    ///
+    /// # Errors
+    /// As [`EnergyGradient::open`].
+    pub fn prepare(&mut self, n: usize) -> Result<()> {
+        self.model.prepare(n)
+    }
+
+    /// Energies `[n]` and `dE/dx` `[n, C, H, W]` of `n` frames `x` (`[n, C, H, W]`, normalised).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for buffers of the wrong length, [`Error::Invalid`] for a class index out
+    /// of range, [`Error::Model`] when tract fails.
+    pub fn energy_and_grad(
+        &mut self,
+        x: &[f32],
+        n: usize,
+        target: EnergyTarget,
+        energy: &mut [f32],
+        grad: &mut [f32],
+    ) -> Result<()> {
+        let k = self.class_names.len();
+        self.mask.clear();
+        match target {
+            EnergyTarget::Free => self.mask.resize(n * k, 1.0),
+            EnergyTarget::Class(y) if y < k => {
+                self.mask.resize(n * k, 0.0);
+                for i in 0..n {
+                    self.mask[i * k + y] = 1.0;
+                }
+            }
+            EnergyTarget::Class(y) => {
+                return Err(Error::Invalid(format!("class index {y} out of range (the model has {k} classes)")))
+            }
+        }
+        let t = match target {
+            EnergyTarget::Free => self.temperature,
+            EnergyTarget::Class(_) => 1.0,
+        };
+        self.model.energy_and_grad(x, n, t, &self.mask, energy, grad)
+    }
+
+    /// Runs an SGLD chain of `settings.n_steps` updates on `n` frames `x` (`[n, C, H, W]`,
+    /// normalised) in place, descending `target`, clipped to the pixel range. The noise comes
+    /// from `rng`: the same seed gives the same chain.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for bad settings or a non-finite energy or gradient (naming the frame
+    /// and step), and the errors of [`EnergyGradient::energy_and_grad`].
+    pub fn refine<R: RngCore>(
+        &mut self,
+        x: &mut [f32],
+        n: usize,
+        target: EnergyTarget,
+        settings: &LangevinSettings,
+        rng: &mut R,
+    ) -> Result<Refinement> {
+        settings.validate().map_err(|e| Error::Invalid(e.to_string()))?;
+        self.prepare(n)?;
+        let d = self.input.frame_len();
+        let (mut energy, mut grad) = (vec![0.0; n], vec![0.0; n * d]);
+        let (lo, hi) = (self.lo.clone(), self.hi.clone());
+        let bounds = Bounds { lo: &lo, hi: &hi };
+        let mut trace = Vec::with_capacity(settings.n_steps + 1);
+        let mut stamps = Vec::with_capacity(settings.n_steps + 1);
+        let start = Instant::now();
+        let mut source = Source { gradient: self, target };
+        let r = sgld_chain(&mut source, x, n, &mut energy, &mut grad, settings, &bounds, rng, |_, e| {
+            stamps.push(Instant::now());
+            trace.push(e.to_vec());
+        });
+        let seconds = start.elapsed().as_secs_f64();
+        r.map_err(|e| match e {
+            LangevinError::Gradient(inner) => inner,
+            other => Error::Invalid(other.to_string()),
+        })?;
+        let seconds_per_step = match (stamps.first(), stamps.last()) {
+            (Some(a), Some(b)) if settings.n_steps > 0 => Some((*b - *a).as_secs_f64() / settings.n_steps as f64),
+            _ => None,
+        };
+        Ok(Refinement { trace, seconds_per_step, seconds })
+    }
+}
+
+/// [`EnergyGradient`] with a fixed target, as a [`GradientSource`].
+struct Source<'a> {
+    gradient: &'a mut EnergyGradient,
+    target: EnergyTarget,
+}
+
+impl GradientSource for Source<'_> {
+    type Error = Error;
+
+    fn frame_len(&self) -> usize {
+        self.gradient.input.frame_len()
+    }
+
+    fn channels(&self) -> usize {
+        self.gradient.input.color.channels()
+    }
+
+    fn energy_and_grad(&mut self, x: &[f32], n: usize, energy: &mut [f32], grad: &mut [f32]) -> Result<()> {
+        self.gradient.energy_and_grad(x, n, self.target, energy, grad)
+    }
+}
+
+const BUFFER_MAGIC: &[u8; 8] = b"EBMRBUF\x01";
+const BUFFER_FORMAT_VERSION: u32 = 1;
+/// Largest replay buffer file header accepted, bytes.
+const MAX_HEADER: u32 = 1 << 20;
+
+/// The header of a replay buffer file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct BufferHeader {
+    format_version: u32,
+    /// `[C, H, W]` of one sample.
+    shape: [usize; 3],
+    /// Pixel range the samples live in.
+    pixel_range: [f32; 2],
+    capacity: usize,
+    reinit_prob: f32,
+    num_classes: usize,
+    /// sha256 of the model the samples were refined with, when known.
+    #[serde(default)]
+    model_sha256: Option<String>,
+    /// Chains run through the buffer so far.
+    #[serde(default)]
+    draws: u64,
+}
+
+/// A persistent replay buffer of samples (JEM / IGEBM): `capacity` frames `[C, H, W]` in **pixel
+/// space** (values in `pixel_range`, not normalised), so a buffer can be looked at as images and
+/// outlives a change of normalisation.
+///
+/// Entry `i` belongs to class `i % num_classes` for class-conditional draws (JEM's per-class
+/// buffer); unconditional draws take any entry. A new buffer holds uniform noise in the pixel
+/// range (JEM's initialisation).
+///
+/// File format (little-endian): 8 bytes `EBMRBUF\x01`, a `u32` header length, the header as JSON
+/// (`format_version`, `shape` `[C, H, W]`, `pixel_range`, `capacity`, `reinit_prob`,
+/// `num_classes`, `model_sha256`, `draws`), then `capacity * C * H * W` `f32` values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayBuffer {
+    header: BufferHeader,
+    samples: Vec<f32>,
+}
+
+/// Samples drawn from a [`ReplayBuffer`], to refine and put back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Draw {
+    /// The buffer entries drawn (distinct).
+    pub indices: Vec<usize>,
+    /// Their values, `[n, C, H, W]` in pixel space; reinitialised ones are fresh noise.
+    pub pixels: Vec<f32>,
+    /// How many were reinitialised from uniform noise.
+    pub reinitialised: usize,
+}
+
+impl ReplayBuffer {
+    /// A buffer of `capacity` uniform-noise samples of shape `[C, H, W]` in `pixel_range`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a zero capacity or shape, a `reinit_prob` outside `[0, 1]`, an
+    /// empty or reversed pixel range, or zero classes.
+    pub fn new<R: RngCore>(
+        capacity: usize,
+        shape: [usize; 3],
+        pixel_range: [f32; 2],
+        num_classes: usize,
+        reinit_prob: f32,
+        rng: &mut R,
+    ) -> Result<ReplayBuffer> {
+        let header = BufferHeader {
+            format_version: BUFFER_FORMAT_VERSION,
+            shape,
+            pixel_range,
+            capacity,
+            reinit_prob,
+            num_classes,
+            model_sha256: None,
+            draws: 0,
+        };
+        check_header(&header).map_err(Error::Invalid)?;
+        let d = shape.iter().product::<usize>();
+        let [lo, hi] = pixel_range;
+        let samples = (0..capacity * d).map(|_| rng.random_range(lo..=hi)).collect();
+        Ok(ReplayBuffer { header, samples })
+    }
+
+    /// Number of samples.
+    pub fn capacity(&self) -> usize {
+        self.header.capacity
+    }
+
+    /// `[C, H, W]` of one sample.
+    pub fn shape(&self) -> [usize; 3] {
+        self.header.shape
+    }
+
+    /// The pixel range of the samples.
+    pub fn pixel_range(&self) -> [f32; 2] {
+        self.header.pixel_range
+    }
+
+    /// Probability that a drawn sample restarts from uniform noise.
+    pub fn reinit_prob(&self) -> f32 {
+        self.header.reinit_prob
+    }
+
+    /// Classes the entries are divided among.
+    pub fn num_classes(&self) -> usize {
+        self.header.num_classes
+    }
+
+    /// Chains run through the buffer so far (counted by [`ReplayBuffer::put_back`]).
+    pub fn draws(&self) -> u64 {
+        self.header.draws
+    }
+
+    /// sha256 of the model the samples were last refined with.
+    pub fn model_sha256(&self) -> Option<&str> {
+        self.header.model_sha256.as_deref()
+    }
+
+    /// Records the model the samples are refined with.
+    pub fn set_model_sha256(&mut self, sha: &str) {
+        self.header.model_sha256 = Some(sha.to_string());
+    }
+
+    /// All samples, `[capacity, C, H, W]`, pixel space.
+    pub fn samples(&self) -> &[f32] {
+        &self.samples
+    }
+
+    /// Draws `n` distinct entries (of class `class`'s share when given), uniformly; each is
+    /// replaced by uniform noise with probability `reinit_prob`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when `n` is 0 or more than the eligible entries, or the class is out
+    /// of range.
+    pub fn draw<R: RngCore>(&self, n: usize, class: Option<usize>, rng: &mut R) -> Result<Draw> {
+        let k = self.header.num_classes;
+        let cap = self.header.capacity;
+        let eligible: Vec<usize> = match class {
+            Some(y) if y >= k => {
+                return Err(Error::Invalid(format!("class index {y} out of range (the buffer has {k} classes)")))
+            }
+            Some(y) => (y..cap).step_by(k).collect(),
+            None => (0..cap).collect(),
+        };
+        if n == 0 || n > eligible.len() {
+            return Err(Error::Invalid(format!(
+                "cannot draw {n} samples from {} eligible entries (capacity {cap}{}); draw fewer or use a larger buffer",
+                eligible.len(),
+                class.map(|_| format!(", {k} classes")).unwrap_or_default()
+            )));
+        }
+        let picks = rand::seq::index::sample(rng, eligible.len(), n);
+        let d = self.header.shape.iter().product::<usize>();
+        let [lo, hi] = self.header.pixel_range;
+        let mut indices = Vec::with_capacity(n);
+        let mut pixels = Vec::with_capacity(n * d);
+        let mut reinitialised = 0;
+        for p in picks.iter() {
+            let i = eligible[p];
+            indices.push(i);
+            if rng.random::<f32>() < self.header.reinit_prob {
+                reinitialised += 1;
+                pixels.extend((0..d).map(|_| rng.random_range(lo..=hi)));
+            } else {
+                pixels.extend_from_slice(&self.samples[i * d..(i + 1) * d]);
+            }
+        }
+        Ok(Draw { indices, pixels, reinitialised })
+    }
+
+    /// Writes refined samples (`[n, C, H, W]`, pixel space, clamped to the pixel range) back to
+    /// the entries they were drawn from, and counts a draw.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when the lengths disagree or an index is out of range.
+    pub fn put_back(&mut self, indices: &[usize], pixels: &[f32]) -> Result<()> {
+        let d = self.header.shape.iter().product::<usize>();
+        if pixels.len() != indices.len() * d || indices.iter().any(|&i| i >= self.header.capacity) {
+            return Err(Error::Invalid(format!(
+                "put_back: {} indices (capacity {}) with {} values ({d} per sample)",
+                indices.len(),
+                self.header.capacity,
+                pixels.len()
+            )));
+        }
+        let [lo, hi] = self.header.pixel_range;
+        for (j, &i) in indices.iter().enumerate() {
+            for (dst, src) in self.samples[i * d..(i + 1) * d].iter_mut().zip(&pixels[j * d..(j + 1) * d]) {
+                *dst = src.clamp(lo, hi);
+            }
+        }
+        self.header.draws += 1;
+        Ok(())
+    }
+
+    /// Saves the buffer to `path` (written to a temporary file beside it, then renamed, so an
+    /// interrupted save leaves the old buffer whole).
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let header = serde_json::to_vec(&self.header).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut bytes = Vec::with_capacity(12 + header.len() + 4 * self.samples.len());
+        bytes.extend_from_slice(BUFFER_MAGIC);
+        bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&header);
+        for v in &self.samples {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        let tmp = tmp_path(path);
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(path, e)
+        })
+    }
+
+    /// Loads a buffer saved by [`ReplayBuffer::save`].
+    ///
+    /// # Errors
+    /// [`Error::Io`] when unreadable; [`Error::Bundle`] naming the file when it is not a replay
+    /// buffer, is of another format version, has an invalid header, or is truncated or too long.
+    pub fn load(path: &Path) -> Result<ReplayBuffer> {
+        let bad = |message: String| Error::Bundle { path: path.into(), message };
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut head = [0u8; 12];
+        f.read_exact(&mut head).map_err(|_| bad("not a replay buffer (shorter than its 12-byte preamble)".into()))?;
+        if &head[..8] != BUFFER_MAGIC {
+            return Err(bad("not a replay buffer (its first bytes are not EBMRBUF\\x01)".into()));
+        }
+        let hlen = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+        if hlen > MAX_HEADER {
+            return Err(bad(format!("replay buffer header of {hlen} bytes (at most {MAX_HEADER})")));
+        }
+        let mut hbytes = vec![0u8; hlen as usize];
+        f.read_exact(&mut hbytes).map_err(|_| bad("replay buffer truncated inside its header".into()))?;
+        let header: BufferHeader =
+            serde_json::from_slice(&hbytes).map_err(|e| bad(format!("invalid replay buffer header: {e}")))?;
+        if header.format_version != BUFFER_FORMAT_VERSION {
+            return Err(bad(format!(
+                "replay buffer format_version {} is not supported (this ebm-gate reads {BUFFER_FORMAT_VERSION})",
+                header.format_version
+            )));
+        }
+        check_header(&header).map_err(|m| bad(format!("invalid replay buffer header: {m}")))?;
+        let d = header.shape.iter().product::<usize>();
+        let want = (header.capacity as u64) * (d as u64) * 4;
+        let mut data = Vec::new();
+        f.read_to_end(&mut data).map_err(|e| Error::io(path, e))?;
+        if data.len() as u64 != want {
+            return Err(bad(format!(
+                "replay buffer data is {} bytes, its header ({} samples of {:?}) needs {want}",
+                data.len(),
+                header.capacity,
+                header.shape
+            )));
+        }
+        let samples: Vec<f32> = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        if samples.iter().any(|v| !v.is_finite()) {
+            return Err(bad("replay buffer holds non-finite values".into()));
+        }
+        Ok(ReplayBuffer { header, samples })
+    }
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// Largest replay buffer accepted, values (4 GiB of f32).
+const MAX_BUFFER_VALUES: usize = 1 << 30;
+
+fn check_header(h: &BufferHeader) -> std::result::Result<(), String> {
+    let d = h.shape.iter().product::<usize>();
+    if h.capacity == 0 || d == 0 {
+        return Err(format!("capacity {} and shape {:?} must be non-zero", h.capacity, h.shape));
+    }
+    if h.capacity.checked_mul(d).is_none_or(|v| v > MAX_BUFFER_VALUES) {
+        return Err(format!("{} samples of {:?} is more than {MAX_BUFFER_VALUES} values", h.capacity, h.shape));
+    }
+    if !(0.0..=1.0).contains(&h.reinit_prob) {
+        return Err(format!("reinit_prob must be in [0, 1], got {}", h.reinit_prob));
+    }
+    let [lo, hi] = h.pixel_range;
+    if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+        return Err(format!("pixel_range must be finite with lo < hi, got {:?}", h.pixel_range));
+    }
+    if h.num_classes == 0 {
+        return Err("num_classes must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// Converts frames between pixel space and the model's input space.
+///
+/// `to_input`: `x = (p - mean[c]) / std[c]`; `to_pixels` is its inverse. Values are `[n, C, H, W]`.
+pub fn pixels_to_input(pixels: &[f32], spec: &InputSpec) -> Vec<f32> {
+    map_channels(pixels, spec, |p, m, s| (p - m) / s)
+}
+
+/// The inverse of [`pixels_to_input`]: `p = x * std[c] + mean[c]`.
+pub fn input_to_pixels(x: &[f32], spec: &InputSpec) -> Vec<f32> {
+    map_channels(x, spec, |v, m, s| v * s + m)
+}
+
+fn map_channels(values: &[f32], spec: &InputSpec, f: impl Fn(f32, f32, f32) -> f32) -> Vec<f32> {
+    let c = spec.color.channels();
+    let plane = spec.height as usize * spec.width as usize;
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let ch = (i / plane) % c;
+            f(v, spec.mean[ch], spec.std[ch])
+        })
+        .collect()
+}

@@ -1,0 +1,216 @@
+//! Langevin refinement: the energy-gradient graph against finite differences and against the
+//! classifier, SGLD on real frames, determinism, the replay buffer, refusals.
+
+use ebm_gate::core::energy::free_energy;
+use ebm_gate::frame::load_frame;
+use ebm_gate::langevin::{EnergyGradient, EnergyTarget, LangevinSettings, ReplayBuffer};
+use ebm_gate::Model;
+use rand_core::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use crate::common::{bundle, root};
+
+/// Four of the shipped sample photos, preprocessed for the bundle: `[4, 3, 32, 32]`.
+fn sample_frames(g: &EnergyGradient) -> (Vec<String>, Vec<f32>) {
+    frames(g, &["astronaut.png", "chelsea.png", "coffee.png", "horse.png"])
+}
+
+fn frames(g: &EnergyGradient, list: &[&str]) -> (Vec<String>, Vec<f32>) {
+    let mut names = Vec::new();
+    let mut x = Vec::new();
+    for &name in list {
+        let p = bundle().join("samples").join(name);
+        x.extend(load_frame(&p, g.input()).unwrap());
+        names.push(name.to_string());
+    }
+    (names, x)
+}
+
+fn energies(g: &mut EnergyGradient, x: &[f32], n: usize, target: EnergyTarget) -> (Vec<f32>, Vec<f32>) {
+    let mut e = vec![0.0; n];
+    let mut grad = vec![0.0; x.len()];
+    g.energy_and_grad(x, n, target, &mut e, &mut grad).unwrap();
+    (e, grad)
+}
+
+/// The gradient graph's energy is the classifier's: `-T logsumexp(f / T)` of `model.onnx`'s
+/// logits at the bundle's temperature, and `-f_y` for the class-conditional energy.
+#[test]
+fn gradient_graph_energy_is_the_classifier_energy() {
+    let mut g = EnergyGradient::open(&bundle(), None).unwrap();
+    let (_, x) = sample_frames(&g);
+    let n = 4;
+    let mut model = Model::load(&bundle().join("model.onnx"), n).unwrap();
+    let logits = model.logits(&x, n).unwrap();
+    let (e, _) = energies(&mut g, &x, n, EnergyTarget::Free);
+    for i in 0..n {
+        let z = &logits[i * 10..(i + 1) * 10];
+        let want = free_energy(z, g.temperature()).unwrap();
+        assert!((e[i] - want).abs() < 1e-4, "frame {i}: graph {} vs model.onnx {want}", e[i]);
+    }
+    for y in [0usize, 7] {
+        let (e, _) = energies(&mut g, &x, n, EnergyTarget::Class(y));
+        for i in 0..n {
+            let want = -logits[i * 10 + y];
+            assert!((e[i] - want).abs() < 1e-4, "frame {i}, class {y}: graph {} vs -logit {want}", e[i]);
+        }
+    }
+}
+
+/// dE/dx from tract against central finite differences of the graph's own energy, on the sample
+/// photos, for the free energy and a class-conditional one: along the gradient's own direction,
+/// two directions half gradient and half random, and the 5 coordinates with the largest
+/// gradient. The energy is only piecewise smooth (thousands of max-pool windows switch along any
+/// direction), so purely random directions, whose derivative is ~|grad|/sqrt(3072), are lost in
+/// the kinks; these directions have derivatives near |grad|. h is 1e-2 along a unit direction and
+/// 2e-3 along a coordinate; the tolerance is 2% plus f32 rounding of E (2e-5 / h).
+#[test]
+fn gradient_graph_matches_central_finite_differences_on_real_frames() {
+    let mut g = EnergyGradient::open(&bundle(), None).unwrap();
+    // Natural photos only: horse.png is a binary silhouette, whose flat regions make exact ties
+    // in the max-pools, where E is not differentiable (the graph, like PyTorch, takes the first
+    // maximum's subgradient, and a finite difference sees another one-sided derivative).
+    let (names, x) = frames(&g, &["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]);
+    let d = g.input().frame_len();
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+    let mut worst: f32 = 0.0;
+    for target in [EnergyTarget::Free, EnergyTarget::Class(3)] {
+        for (i, name) in names.iter().enumerate() {
+            let frame = &x[i * d..(i + 1) * d];
+            let (_, grad) = energies(&mut g, frame, 1, target);
+            let unit = |v: Vec<f32>| {
+                let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+                v.into_iter().map(|a| a / norm).collect::<Vec<f32>>()
+            };
+            let g_unit = unit(grad.clone());
+            let mut dirs: Vec<(Vec<f32>, f32)> = vec![(g_unit.clone(), 1e-2)];
+            for _ in 0..2 {
+                let r = unit((0..d).map(|_| StandardNormal.sample(&mut rng)).collect());
+                dirs.push((unit(g_unit.iter().zip(&r).map(|(a, b)| a + b).collect()), 1e-2));
+            }
+            let mut order: Vec<usize> = (0..d).collect();
+            order.sort_by(|&a, &b| grad[b].abs().total_cmp(&grad[a].abs()));
+            for &j in &order[..5] {
+                let mut v = vec![0.0; d];
+                v[j] = 1.0;
+                dirs.push((v, 2e-3));
+            }
+            for (v, h) in dirs {
+                let plus: Vec<f32> = frame.iter().zip(&v).map(|(a, b)| a + h * b).collect();
+                let minus: Vec<f32> = frame.iter().zip(&v).map(|(a, b)| a - h * b).collect();
+                let ep = energies(&mut g, &plus, 1, target).0[0] as f64;
+                let em = energies(&mut g, &minus, 1, target).0[0] as f64;
+                let fd = (ep - em) / (2.0 * h as f64);
+                let analytic: f64 = grad.iter().zip(&v).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+                let err = (fd - analytic).abs();
+                let tol = 0.02 * analytic.abs() + 2e-5 / h as f64;
+                assert!(err <= tol, "{name} {target:?}: finite difference {fd:.6} vs <grad, v> {analytic:.6} (h {h})");
+                worst = worst.max((err / analytic.abs().max(1e-6)) as f32);
+            }
+        }
+    }
+    eprintln!("finite differences: worst relative error {worst:.2e}");
+}
+
+/// Zero noise and a small step: gradient descent, so the energy of every frame falls at every
+/// step (the warm start is a real photo; each frame stays in the pixel range).
+#[test]
+fn zero_noise_sgld_descends_the_energy_of_real_frames_monotonically() {
+    let mut g = EnergyGradient::open(&bundle(), None).unwrap();
+    let (names, mut x) = sample_frames(&g);
+    let settings = LangevinSettings { step_size: 0.05, noise_scale: 0.0, n_steps: 15 };
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(0);
+    let r = g.refine(&mut x, 4, EnergyTarget::Free, &settings, &mut rng).unwrap();
+    assert_eq!(r.trace.len(), 16);
+    for (i, name) in names.iter().enumerate() {
+        let t: Vec<f32> = r.trace.iter().map(|row| row[i]).collect();
+        assert!(t.windows(2).all(|w| w[1] < w[0]), "{name}: energy not decreasing: {t:?}");
+        assert!(t[15] < t[0] - 0.01, "{name}: energy barely moved: {t:?}");
+    }
+    let b = g.bounds();
+    let plane = 32 * 32;
+    for (j, v) in x.iter().enumerate() {
+        let c = (j / plane) % 3;
+        assert!(*v >= b.lo[c] && *v <= b.hi[c], "value {v} of channel {c} outside the pixel range");
+    }
+}
+
+/// The same seed gives the same chain bit for bit; another seed another chain.
+#[test]
+fn the_same_seed_gives_the_same_chain() {
+    let mut g = EnergyGradient::open(&bundle(), None).unwrap();
+    let (_, x0) = sample_frames(&g);
+    let settings = LangevinSettings { step_size: 0.1, noise_scale: 0.05, n_steps: 3 };
+    let run = |g: &mut EnergyGradient, seed: u64| {
+        let mut x = x0.clone();
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        let r = g.refine(&mut x, 4, EnergyTarget::Class(7), &settings, &mut rng).unwrap();
+        (x, r.trace)
+    };
+    let (a, ta) = run(&mut g, 42);
+    let (b, tb) = run(&mut g, 42);
+    let (c, _) = run(&mut g, 43);
+    assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+    assert_eq!(ta, tb);
+    assert!(a.iter().zip(&c).filter(|(p, q)| p != q).count() > a.len() / 2);
+}
+
+#[test]
+fn replay_buffer_round_trips_through_its_file_and_refuses_a_damaged_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buffer.bin");
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    let mut buf = ReplayBuffer::new(40, [3, 4, 4], [0.0, 1.0], 10, 0.25, &mut rng).unwrap();
+    assert!(buf.samples().iter().all(|v| (0.0..=1.0).contains(v)));
+    // draw from class 3's share (entries 3, 13, 23, 33), change them, put them back
+    let draw = buf.draw(4, Some(3), &mut rng).unwrap();
+    let mut idx = draw.indices.clone();
+    idx.sort();
+    assert_eq!(idx, vec![3, 13, 23, 33]);
+    let moved: Vec<f32> = draw.pixels.iter().map(|v| v * 0.5).collect();
+    buf.put_back(&draw.indices, &moved).unwrap();
+    buf.set_model_sha256("abc");
+    buf.save(&path).unwrap();
+    let back = ReplayBuffer::load(&path).unwrap();
+    assert_eq!(back, buf);
+    assert_eq!(back.draws(), 1);
+    assert_eq!(back.model_sha256(), Some("abc"));
+    assert!(buf.draw(5, Some(3), &mut rng).is_err(), "only 4 entries belong to class 3");
+
+    let bytes = std::fs::read(&path).unwrap();
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        ("truncated", bytes[..bytes.len() - 4].to_vec(), "needs"),
+        ("not a buffer", b"P6 not a buffer at all".to_vec(), "not a replay buffer"),
+        ("empty", Vec::new(), "not a replay buffer"),
+    ];
+    for (what, data, want) in cases {
+        let p = dir.path().join(format!("{}.bin", what.replace(' ', "_")));
+        std::fs::write(&p, data).unwrap();
+        let err = ReplayBuffer::load(&p).unwrap_err().to_string();
+        assert!(err.contains(p.to_str().unwrap()) && err.contains(want), "{what}: {err}");
+    }
+}
+
+/// A bundle without an energy-gradient graph is refused with the way to make one.
+#[test]
+fn a_model_without_a_gradient_graph_is_refused_clearly() {
+    let bare = root().join("tests/data/tiny_fixed_batch4.onnx");
+    let err = EnergyGradient::open(&bare, None).unwrap_err().to_string();
+    assert!(err.contains("no energy-gradient graph") && err.contains("energy_grad.py"), "{err}");
+    // a bundle whose gate.json has no gradient section
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(bundle().join("model.onnx"), dir.path().join("model.onnx")).unwrap();
+    let mut gate = crate::common::read_json("models/cifar10-airnet/gate.json");
+    gate.as_object_mut().unwrap().remove("gradient");
+    std::fs::write(dir.path().join("gate.json"), gate.to_string()).unwrap();
+    let err = EnergyGradient::open(dir.path(), None).unwrap_err().to_string();
+    assert!(err.contains("no `gradient` section") && err.contains("gate.json"), "{err}");
+    // a graph that does not match its recorded sha256
+    std::fs::write(dir.path().join("energy_grad.onnx"), b"not the graph").unwrap();
+    let mut gate = crate::common::read_json("models/cifar10-airnet/gate.json");
+    gate["gradient"]["graph"] = "energy_grad.onnx".into();
+    std::fs::write(dir.path().join("gate.json"), gate.to_string()).unwrap();
+    let err = EnergyGradient::open(dir.path(), None).unwrap_err().to_string();
+    assert!(err.contains("energy_grad.onnx") && err.contains("sha256"), "{err}");
+}
