@@ -396,6 +396,18 @@ impl ReplayBuffer {
         self.header.num_classes
     }
 
+    /// Sets the probability that a drawn sample restarts from uniform noise (saved with the buffer).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when it is outside `[0, 1]`.
+    pub fn set_reinit_prob(&mut self, p: f32) -> Result<()> {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(Error::Invalid(format!("reinit_prob must be in [0, 1], got {p}")));
+        }
+        self.header.reinit_prob = p;
+        Ok(())
+    }
+
     /// Chains run through the buffer so far (counted by [`ReplayBuffer::put_back`]).
     pub fn draws(&self) -> u64 {
         self.header.draws

@@ -22,6 +22,9 @@ use ebm_gate::source::collect;
 use ebm_gate::stream::{run_stream, StopReason, StreamFormat, StreamOptions, StreamSource};
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod cli;
+use cli::langevin::{refine_cmd, sample_cmd, ChainArgs, SampleArgs};
+
 #[derive(Parser)]
 #[command(name = "ebm-gate", version, about = "Gate camera frames on the free energy of an ONNX classifier", long_about = None)]
 struct Cli {
@@ -116,6 +119,33 @@ enum Command {
     /// Gate a live stream of raw or MJPEG frames: a JSON line per frame, an event line when the
     /// debounced state changes, a summary line at the end
     Stream(StreamArgs),
+    /// Warm-started Langevin (SGLD) refinement of frames on the energy: writes the refined
+    /// frames (PNG), a before/after grid and the energy trace (trace.json)
+    Refine {
+        /// Bundle directory with an energy-gradient graph (gate.json's `gradient`)
+        model: PathBuf,
+        /// Image files, folders (recursively) or IDX files to start the chains from
+        #[arg(required = true)]
+        frames: Vec<PathBuf>,
+        /// Output directory
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Frames per chain batch
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+    /// Draw samples from a persistent replay buffer (JEM), refine them by SGLD, put them back,
+    /// and write them as a PNG grid
+    Sample {
+        /// Bundle directory with an energy-gradient graph (gate.json's `gradient`)
+        model: PathBuf,
+        #[command(flatten)]
+        sample: SampleArgs,
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
     /// ID accuracy and OOD metrics (AUROC, AUPR-In/Out, FPR@95TPR) for energy, MSP, MaxLogit
     Eval {
         /// Bundle directory (model.onnx + gate.json) or an .onnx file
@@ -249,6 +279,8 @@ fn main() -> ExitCode {
             calibrate_cmd(&model, &id, alpha, holdout, seed, out, plots.as_deref(), batch, new_model)
         }
         Command::Stream(args) => stream_cmd(&args),
+        Command::Refine { model, frames, out, batch, chain } => refine_cmd(&model, &frames, &out, batch, &chain),
+        Command::Sample { model, sample, chain } => sample_cmd(&model, &sample, &chain),
         Command::Eval { model, id, ood, json, limit, plots, splits, gate } => eval(
             &model,
             &id,

@@ -214,3 +214,119 @@ fn a_model_without_a_gradient_graph_is_refused_clearly() {
     let err = EnergyGradient::open(dir.path(), None).unwrap_err().to_string();
     assert!(err.contains("energy_grad.onnx") && err.contains("sha256"), "{err}");
 }
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = crate::common::ebm_gate().args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `refine` writes one PNG per frame at the model's size, a before/after grid and trace.json,
+/// whose first energy is `score`'s energy of the frame and whose last is lower.
+#[test]
+fn refine_writes_frames_grid_and_an_energy_trace_starting_at_score_s_energy() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let b = bundle();
+    let chelsea = b.join("samples/chelsea.png");
+    let rocket = b.join("samples/rocket.jpg");
+    let (code, stdout, stderr) = run(&[
+        "refine",
+        b.to_str().unwrap(),
+        chelsea.to_str().unwrap(),
+        rocket.to_str().unwrap(),
+        "--steps",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stderr.contains("ms per step") && stderr.contains("refinement (not exact Langevin sampling)"), "{stderr}");
+    for name in ["chelsea.png", "rocket.png"] {
+        let img = image::open(out.join(name)).unwrap();
+        assert_eq!((img.width(), img.height()), (32, 32), "{name}");
+    }
+    let grid = image::open(out.join("refine_grid.png")).unwrap();
+    assert_eq!((grid.width(), grid.height()), (4 * (128 + 2) + 2, 128 + 4));
+    let trace: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("trace.json")).unwrap()).unwrap();
+    assert_eq!(trace["settings"]["step_size"], 0.2);
+    assert_eq!(trace["settings"]["unadjusted_langevin"], false);
+    let (code, score_out, _) =
+        run(&["score", b.to_str().unwrap(), chelsea.to_str().unwrap(), rocket.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0);
+    for (frame, line) in trace["frames"].as_array().unwrap().iter().zip(score_out.lines()) {
+        let scored: serde_json::Value = serde_json::from_str(line).unwrap();
+        let e = crate::common::f32s(&frame["energy"]);
+        assert_eq!(e.len(), 4);
+        let want = scored["energy"].as_f64().unwrap() as f32;
+        assert!((e[0] - want).abs() < 1e-4, "trace starts at {} but score says {want}", e[0]);
+        assert!(e[3] < e[0], "{e:?}");
+        assert!((frame["after"]["energy"].as_f64().unwrap() as f32 - e[3]).abs() < 1e-3);
+    }
+}
+
+/// `sample` makes a new buffer when the file is missing, writes the grid, saves the buffer with
+/// the refined samples, and goes on from it the next time.
+#[test]
+fn sample_starts_a_fresh_buffer_then_goes_on_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = dir.path().join("buffer.bin");
+    let grid = dir.path().join("grid.png");
+    let b = bundle();
+    let args = |extra: &[&'static str]| {
+        let mut v: Vec<String> = ["sample", b.to_str().unwrap(), "--buffer", buf.to_str().unwrap(), "--out"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.push(grid.to_str().unwrap().into());
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let a = args(&["--capacity", "40", "-n", "4", "--steps", "2", "--class", "ship"]);
+    let (code, stdout, stderr) = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stderr.contains("new, 40 uniform-noise samples"), "{stderr}");
+    assert!(stdout.contains("ms per step for a batch of 4"), "{stdout}");
+    let img = image::open(&grid).unwrap();
+    assert_eq!((img.width(), img.height()), (2 * 130 + 2, 2 * 130 + 2));
+    let first = ReplayBuffer::load(&buf).unwrap();
+    assert_eq!((first.capacity(), first.draws()), (40, 1));
+    let a = args(&["-n", "4", "--steps", "2"]);
+    let (code, stdout, stderr) = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stderr.contains("1 chains run through it"), "{stderr}");
+    assert_eq!(ReplayBuffer::load(&buf).unwrap().draws(), 2);
+    // an existing buffer keeps its capacity
+    let a = args(&["--capacity", "50"]);
+    let (code, _, stderr) = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 2);
+    assert!(stderr.contains("capacity is 40") && stderr.contains("new buffer only"), "{stderr}");
+}
+
+#[test]
+fn refine_and_sample_refuse_bad_input_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bundle();
+    let frame = b.join("samples/chelsea.png");
+    let tiny = root().join("tests/data/tiny_fixed_batch4.onnx");
+    let out = dir.path().join("o");
+    let (o, f) = (out.to_str().unwrap(), frame.to_str().unwrap());
+    let bs = b.to_str().unwrap();
+    let not_image = root().join("Cargo.toml");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["refine", tiny.to_str().unwrap(), f, "--out", o], "no energy-gradient graph"),
+        (vec!["refine", bs, f, "--out", o, "--class", "unicorn"], "airplane, automobile"),
+        (vec!["refine", bs, f, "--out", o, "--step-size", "0"], "step_size must be finite and > 0"),
+        (vec!["refine", bs, not_image.to_str().unwrap(), "--out", o], "Cargo.toml"),
+        (vec!["sample", bs, "--buffer", not_image.to_str().unwrap(), "--out", o], "not a replay buffer"),
+    ];
+    for (args, want) in cases {
+        let (code, stdout, stderr) = run(&args);
+        assert_eq!(code, 2, "{args:?}: {stdout}\n{stderr}");
+        assert!(stderr.contains(want) && !stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -79,9 +79,9 @@ impl LangevinSettings {
     /// [`LangevinError::BadSettings`] when `step_size` is not finite and > 0 or `noise_scale`
     /// not finite and >= 0.
     pub fn validate(&self) -> Result<(), LangevinError> {
-        if !(self.step_size.is_finite() && self.step_size > 0.0)
-            || !(self.noise_scale.is_finite() && self.noise_scale >= 0.0)
-        {
+        let step_ok = self.step_size.is_finite() && self.step_size > 0.0;
+        let noise_ok = self.noise_scale.is_finite() && self.noise_scale >= 0.0;
+        if !(step_ok && noise_ok) {
             return Err(LangevinError::BadSettings { step_size: self.step_size, noise_scale: self.noise_scale });
         }
         Ok(())
@@ -248,7 +248,7 @@ pub fn sgld_step<R: RngCore>(
         return Ok(());
     }
     let c = bounds.lo.len();
-    if x.len() % c != 0 {
+    if !x.len().is_multiple_of(c) {
         return Err(LangevinError::LengthMismatch { expected: x.len() - x.len() % c, got: x.len() });
     }
     let plane = x.len() / c;
@@ -361,14 +361,14 @@ mod tests {
             1
         }
         fn energy_and_grad(&mut self, x: &[f32], n: usize, e: &mut [f32], g: &mut [f32]) -> Result<(), ()> {
-            for f in 0..n {
+            for (f, ef) in e.iter_mut().enumerate().take(n) {
                 let mut acc = 0.0;
                 for i in f * self.d..(f + 1) * self.d {
                     let r = x[i] - self.mu;
                     acc += r * r / (2.0 * self.s2);
                     g[i] = r / self.s2;
                 }
-                e[f] = acc;
+                *ef = acc;
             }
             Ok(())
         }

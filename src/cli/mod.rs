@@ -1,0 +1,3 @@
+//! Subcommands of the binary, one module each where they are long.
+
+pub mod langevin;
