@@ -217,6 +217,10 @@ pub struct GradientSpec {
     /// sha256 of the graph file, lowercase hex; checked when the graph is opened.
     #[serde(default)]
     pub sha256: Option<String>,
+    /// sha256 of the `model.onnx` the graph was derived from; checked when the graph is opened,
+    /// so that a retrained model is not refined with its predecessor's gradient.
+    #[serde(default)]
+    pub model_sha256: Option<String>,
     /// Input names.
     pub inputs: GradientInputs,
     /// Output names.

@@ -76,9 +76,9 @@ fn no_gradient(path: &Path, why: &str) -> Error {
     Error::Bundle {
         path: path.into(),
         message: format!(
-            "{why}: this bundle has no energy-gradient graph, which refine and sample need; export one with \
-             `python models/tools/energy_grad.py --checkpoint CKPT --out BUNDLE_DIR` (it writes energy_grad.onnx \
-             and the `gradient` section of gate.json)"
+            "{why}: this bundle has no energy-gradient graph, which refine and sample need; derive one from the \
+             PyTorch model with models/tools/energy_grad.py (its `export()` takes any classifier; its command \
+             line writes energy_grad.onnx and gate.json's `gradient` section for the reference model)"
         ),
     }
 }
@@ -89,8 +89,8 @@ impl EnergyGradient {
     ///
     /// # Errors
     /// [`Error::Bundle`] naming the file when there is no `gate.json`, no `gradient` section,
-    /// the graph is missing, its sha256 differs from the one recorded, or its shapes disagree
-    /// with `gate.json`; [`Error::Model`] when tract cannot load it; [`Error::Invalid`] for a
+    /// the graph is missing, its sha256 (or that of `model.onnx`) differs from the one recorded,
+    /// or its shapes disagree with `gate.json`; [`Error::Model`] when tract cannot load it; [`Error::Invalid`] for a
     /// temperature that is not finite and > 0.
     pub fn open(path: &Path, temperature: Option<f32>) -> Result<EnergyGradient> {
         let paths = BundlePaths::resolve(path)?;
@@ -115,6 +115,19 @@ impl EnergyGradient {
                         "sha256 {got} differs from the {want} recorded in {}: the graph was changed or belongs to \
                          another model; export it again with models/tools/energy_grad.py",
                         gate_path.display()
+                    ),
+                });
+            }
+        }
+        if let Some(want) = &spec.model_sha256 {
+            let got = sha256_file(&paths.model)?;
+            if &got != want {
+                return Err(Error::Bundle {
+                    path: graph,
+                    message: format!(
+                        "was derived from a model.onnx with sha256 {want}, but {} has sha256 {got}: the model changed \
+                         since; derive the gradient graph again with models/tools/energy_grad.py",
+                        paths.model.display()
                     ),
                 });
             }
@@ -444,7 +457,10 @@ impl ReplayBuffer {
             Some(y) => (y..cap).step_by(k).collect(),
             None => (0..cap).collect(),
         };
-        if n == 0 || n > eligible.len() {
+        if n == 0 {
+            return Err(Error::Invalid("cannot draw 0 samples: draw at least 1".into()));
+        }
+        if n > eligible.len() {
             return Err(Error::Invalid(format!(
                 "cannot draw {n} samples from {} eligible entries (capacity {cap}{}); draw fewer or use a larger buffer",
                 eligible.len(),

@@ -213,6 +213,12 @@ fn a_model_without_a_gradient_graph_is_refused_clearly() {
     std::fs::write(dir.path().join("gate.json"), gate.to_string()).unwrap();
     let err = EnergyGradient::open(dir.path(), None).unwrap_err().to_string();
     assert!(err.contains("energy_grad.onnx") && err.contains("sha256"), "{err}");
+    // the right graph, but gate.json says it was derived from another model.onnx
+    std::fs::copy(bundle().join("energy_grad.onnx"), dir.path().join("energy_grad.onnx")).unwrap();
+    gate["gradient"]["model_sha256"] = "0".repeat(64).into();
+    std::fs::write(dir.path().join("gate.json"), gate.to_string()).unwrap();
+    let err = EnergyGradient::open(dir.path(), None).unwrap_err().to_string();
+    assert!(err.contains("was derived from a model.onnx") && err.contains("model.onnx has sha256"), "{err}");
 }
 
 fn run(args: &[&str]) -> (i32, String, String) {
@@ -298,7 +304,15 @@ fn sample_starts_a_fresh_buffer_then_goes_on_from_it() {
     let a = args(&["-n", "4", "--steps", "2"]);
     let (code, stdout, stderr) = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 0, "{stdout}\n{stderr}");
-    assert!(stderr.contains("1 chains run through it"), "{stderr}");
+    assert!(stderr.contains("refined 1 time before"), "{stderr}");
+    assert_eq!(ReplayBuffer::load(&buf).unwrap().draws(), 2);
+    // a run that cannot write its grid fails before the chain and leaves the buffer as it was
+    let mut a = args(&["-n", "4", "--steps", "2"]);
+    let i = a.iter().position(|s| s.ends_with("grid.png")).unwrap();
+    a[i] = dir.path().join("grid.txt").to_str().unwrap().into();
+    let (code, _, stderr) = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 2);
+    assert!(stderr.contains("ending in .png"), "{stderr}");
     assert_eq!(ReplayBuffer::load(&buf).unwrap().draws(), 2);
     // an existing buffer keeps its capacity
     let a = args(&["--capacity", "50"]);
@@ -317,16 +331,21 @@ fn refine_and_sample_refuse_bad_input_clearly() {
     let (o, f) = (out.to_str().unwrap(), frame.to_str().unwrap());
     let bs = b.to_str().unwrap();
     let not_image = root().join("Cargo.toml");
+    let grid = dir.path().join("grid.png").to_str().unwrap().to_string();
+    let fresh = dir.path().join("fresh.bin").to_str().unwrap().to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["refine", tiny.to_str().unwrap(), f, "--out", o], "no energy-gradient graph"),
         (vec!["refine", bs, f, "--out", o, "--class", "unicorn"], "airplane, automobile"),
         (vec!["refine", bs, f, "--out", o, "--step-size", "0"], "step_size must be finite and > 0"),
         (vec!["refine", bs, not_image.to_str().unwrap(), "--out", o], "Cargo.toml"),
-        (vec!["sample", bs, "--buffer", not_image.to_str().unwrap(), "--out", o], "not a replay buffer"),
+        (vec!["sample", bs, "--buffer", not_image.to_str().unwrap(), "--out", &grid], "not a replay buffer"),
+        (vec!["sample", bs, "--buffer", &fresh, "--out", &grid, "-n", "0"], "at least 1"),
+        (vec!["sample", bs, "--buffer", &fresh, "--out", &grid, "--temperature", "0"], "--temperature must be"),
     ];
     for (args, want) in cases {
         let (code, stdout, stderr) = run(&args);
         assert_eq!(code, 2, "{args:?}: {stdout}\n{stderr}");
         assert!(stderr.contains(want) && !stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+    assert!(!dir.path().join("fresh.bin").exists(), "a refused run must not write a buffer");
 }

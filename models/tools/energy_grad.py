@@ -24,6 +24,10 @@ decompositions, plus two rules that keep the backward pass in standard, fast ONN
   upsampled gradient, 0)`: the same element as PyTorch's (its argmax indices, ties included), with
   no ScatterND (which tract runs as a per-index loop).
 
+`export(model, num_classes, (C, H, W), path)` works on any classifier made of ops these rules and
+the decompositions cover (it raises NotImplementedError for an overlapping max-pool, say); the
+command line does the reference model and updates its bundle.
+
 The traced graph is exported by PyTorch's dynamo exporter (opset 18, symbolic batch `N`) and
 checked on held-out CIFAR-10 training images against `torch.autograd` on the original model
 (max abs error of energy and gradient, through onnxruntime), and written into `gate.json`'s
@@ -234,9 +238,12 @@ def main() -> None:
     report = check(model, path, x, 10, sorted({1.0, t_bundle}))
 
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    model_sha = hashlib.sha256((args.out / "model.onnx").read_bytes()).hexdigest()
+    assert model_sha == gate["provenance"]["model_sha256"], "gate.json was written for another model.onnx"
     gate["gradient"] = {
         "graph": path.name,
         "sha256": sha,
+        "model_sha256": model_sha,
         "inputs": {"input": "input", "temperature": "temperature", "class_mask": "class_mask"},
         "outputs": {"energy": "energy", "grad": "grad"},
         "energy": "-T * logsumexp over masked classes of logits / T (all ones: free energy; one-hot y: -logits[y])",

@@ -42,7 +42,8 @@ pub struct ChainArgs {
     /// Temperature T of the free energy (default: gate.json's)
     #[arg(long)]
     temperature: Option<f32>,
-    /// Seed of the noise (and, for sample, of the draws): the same seed gives the same chain
+    /// Seed of the noise (sample: and of the draws): the same seed, frames and --batch give the
+    /// same chain, bit for bit
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -75,7 +76,10 @@ fn describe(settings: &LangevinSettings, target: EnergyTarget, g: &EnergyGradien
     };
     let energy = match target {
         EnergyTarget::Free => format!("free energy at T = {:.4}", g.temperature()),
-        EnergyTarget::Class(y) => format!("class-conditional energy of {:?}", g.class_names()[y]),
+        EnergyTarget::Class(y) => format!(
+            "class-conditional energy E(x, {0}) = -logit[{0}] (verdicts: the gate, on the free energy)",
+            g.class_names()[y]
+        ),
     };
     format!(
         "{} steps, step_size {}, noise_scale {}: {kind}; {energy}",
@@ -84,6 +88,9 @@ fn describe(settings: &LangevinSettings, target: EnergyTarget, g: &EnergyGradien
 }
 
 fn open_both(model: &Path, args: &ChainArgs) -> Result<(EnergyGradient, EnergyGate)> {
+    if let Some(t) = args.temperature.filter(|t| !(t.is_finite() && *t > 0.0)) {
+        bail!("--temperature must be finite and > 0, got {t}");
+    }
     let g = EnergyGradient::open(model, args.temperature)
         .with_context(|| format!("cannot load the energy-gradient graph of {}", model.display()))?;
     let overrides = Overrides { temperature: args.temperature, batch: Some(1), ..Overrides::default() };
@@ -164,7 +171,7 @@ pub fn refine_cmd(model: &Path, frames: &[PathBuf], out: &Path, batch: usize, ar
     }
     let mut x = vec![0.0; items.len() * d];
     for (item, dst) in items.iter().zip(x.chunks_exact_mut(d)) {
-        let img = item.decode().with_context(|| format!("cannot read frame {}", item.name))?;
+        let img = item.decode().context("cannot read a frame (refine stops at the first unreadable one)")?;
         preprocess_into(&img, &spec, dst).with_context(|| format!("cannot preprocess frame {}", item.name))?;
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -311,16 +318,30 @@ pub struct SampleArgs {
     /// Samples to draw and refine
     #[arg(short = 'n', long = "count", default_value_t = 16)]
     pub count: usize,
-    /// Capacity of a new buffer (JEM: 10,000)
+    /// Capacity of a new buffer [default: 10000, JEM's]; an existing buffer keeps its own
     #[arg(long)]
     pub capacity: Option<usize>,
-    /// Probability that a drawn sample restarts from uniform noise (JEM: 0.05); stored in the buffer
+    /// Probability that a drawn sample restarts from uniform noise [default: 0.05, JEM's, for a
+    /// new buffer]; stored in the buffer, so it holds for later calls too
     #[arg(long)]
     pub reinit_prob: Option<f32>,
 }
 
 /// `ebm-gate sample`.
 pub fn sample_cmd(model: &Path, s: &SampleArgs, args: &ChainArgs) -> Result<ExitCode> {
+    if s.count == 0 {
+        bail!("-n/--count must be at least 1");
+    }
+    // Outputs are checked before the chain runs, so that a run that fails leaves the buffer as it was.
+    if !s.out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+        bail!("--out {}: the grid is written as PNG; give a FILE ending in .png", s.out.display());
+    }
+    if s.out.is_dir() {
+        bail!("--out {} is a directory; give a FILE ending in .png", s.out.display());
+    }
+    if let Some(dir) = s.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     let (mut g, mut gate) = open_both(model, args)?;
     // JEM's step (2) is for models trained with SGLD, whose input gradients are large; on the
     // reference classifier it moved fresh noise by 0.15 in energy in 20 steps, 20 moves it.
@@ -350,10 +371,17 @@ pub fn sample_cmd(model: &Path, s: &SampleArgs, args: &ChainArgs) -> Result<Exit
             );
         }
         eprintln!(
-            "replay buffer {}: {} samples, {} chains run through it so far",
+            "replay buffer {}: {} samples, reinit_prob {}{}, refined {} time{} before",
             s.buffer.display(),
             b.capacity(),
-            b.draws()
+            s.reinit_prob.unwrap_or(b.reinit_prob()),
+            if s.reinit_prob.is_some_and(|p| p != b.reinit_prob()) {
+                format!(" (was {}; stored from now on)", b.reinit_prob())
+            } else {
+                String::new()
+            },
+            b.draws(),
+            if b.draws() == 1 { "" } else { "s" }
         );
         b
     } else {
@@ -383,7 +411,6 @@ pub fn sample_cmd(model: &Path, s: &SampleArgs, args: &ChainArgs) -> Result<Exit
     let r = g.refine(&mut x, n, target, &settings, &mut rng).context("refinement failed")?;
     buffer.put_back(&draw.indices, &input_to_pixels(&x, &spec))?;
     buffer.set_model_sha256(gate.model_sha256());
-    buffer.save(&s.buffer)?;
     let names: Vec<String> = draw.indices.iter().map(|i| format!("buffer[{i}]")).collect();
     let after = judge(&mut gate, &x, n, &names)?;
     let classes = gate.class_names().to_vec();
@@ -391,10 +418,9 @@ pub fn sample_cmd(model: &Path, s: &SampleArgs, args: &ChainArgs) -> Result<Exit
         .map(|i| denormalise(&x[i * spec.frame_len()..(i + 1) * spec.frame_len()], &spec))
         .collect::<Result<_, _>>()?;
     let cols = (n as f64).sqrt().ceil() as usize;
-    if let Some(dir) = s.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
     save_png(&grid(&pictures, cols, 4), &s.out)?;
+    // last, after the grid: a run that fails before here leaves the buffer as it was
+    buffer.save(&s.buffer).context("cannot save the replay buffer")?;
     let first = &r.trace[0];
     let last = &r.trace[r.trace.len() - 1];
     let mean = |v: &[f32]| v.iter().map(|&e| e as f64).sum::<f64>() / v.len() as f64;
@@ -408,8 +434,12 @@ pub fn sample_cmd(model: &Path, s: &SampleArgs, args: &ChainArgs) -> Result<Exit
     let mut predicted: Vec<(usize, &String)> = counts.iter().copied().zip(&classes).filter(|(c, _)| *c > 0).collect();
     predicted.sort_by_key(|p| std::cmp::Reverse(p.0));
     println!(
-        "{n} samples: mean energy {:.4} -> {:.4} (the chain's target); classifier: free energy mean {:.4}, {accepted} of {n} \
-         pass the gate; predicted {}",
+        "{n} samples: mean {} {:.4} -> {:.4}; classifier: mean free energy {:.4}, {accepted} of {n} pass the gate; \
+         predicted {}",
+        match target {
+            EnergyTarget::Free => "free energy".to_string(),
+            EnergyTarget::Class(y) => format!("E(x, {})", classes[y]),
+        },
         mean(first),
         mean(last),
         mean(&after.iter().filter_map(|a| a.scores.map(|s| s.energy)).collect::<Vec<_>>()),
