@@ -25,7 +25,7 @@
 //!   [`source`] (files, folders, IDX), `model` (tract, private), [`pipeline`]
 //!   ([`pipeline::EnergyGate`]: frames in, verdicts out), [`stream`] (live raw or MJPEG
 //!   streams, debounced), [`eval`], [`langevin`] (the energy gradient through tract, SGLD
-//!   refinement, the replay buffer).
+//!   refinement, the replay buffer), [`bench`](mod@bench) (per-stage latency on this machine).
 //!
 //! ```no_run
 //! # #[cfg(feature = "runtime")] {
@@ -50,6 +50,8 @@ pub mod metrics;
 #[cfg(feature = "plots")]
 pub mod plots;
 
+#[cfg(feature = "runtime")]
+pub mod bench;
 #[cfg(feature = "runtime")]
 pub mod bundle;
 #[cfg(feature = "runtime")]

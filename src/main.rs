@@ -23,6 +23,7 @@ use ebm_gate::stream::{run_stream, StopReason, StreamFormat, StreamOptions, Stre
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod cli;
+use cli::bench::bench_cmd;
 use cli::langevin::{refine_cmd, sample_cmd, ChainArgs, SampleArgs};
 
 #[derive(Parser)]
@@ -145,6 +146,33 @@ enum Command {
         sample: SampleArgs,
         #[command(flatten)]
         chain: ChainArgs,
+    },
+    /// Latency of each stage on this machine (decode, preprocess, forward, gate, SGLD step):
+    /// cold start, p50/p90/p99, frames/s, peak RSS, CPU and SIMD features
+    Bench {
+        /// Bundle directory (model.onnx [+ gate.json]) or an .onnx file
+        model: PathBuf,
+        /// Frames per forward pass
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Threads for the model; this build runs tract on one thread
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Image files or folders to time (default: the bundle's samples/); cycled through
+        #[arg(long, value_name = "PATH")]
+        frames: Vec<PathBuf>,
+        /// Measured batches per stage
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+        runs: u64,
+        /// Batches run first and not measured
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Skip the SGLD step (timed when the bundle has an energy-gradient graph)
+        #[arg(long)]
+        no_gradient: bool,
+        /// Write the report as JSON to FILE
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
     },
     /// ID accuracy and OOD metrics (AUROC, AUPR-In/Out, FPR@95TPR) for energy, MSP, MaxLogit
     Eval {
@@ -279,6 +307,9 @@ fn main() -> ExitCode {
             calibrate_cmd(&model, &id, alpha, holdout, seed, out, plots.as_deref(), batch, new_model)
         }
         Command::Stream(args) => stream_cmd(&args),
+        Command::Bench { model, batch, threads, frames, runs, warmup, no_gradient, json } => {
+            bench_cmd(&model, batch, threads, frames, runs as usize, warmup, !no_gradient, json.as_deref())
+        }
         Command::Refine { model, frames, out, batch, chain } => refine_cmd(&model, &frames, &out, batch, &chain),
         Command::Sample { model, sample, chain } => sample_cmd(&model, &sample, &chain),
         Command::Eval { model, id, ood, json, limit, plots, splits, gate } => eval(

@@ -1,6 +1,7 @@
 //! Integration tests: one binary of modules.
 
 mod agreement;
+mod bench;
 mod bundle_errors;
 mod calibration_golden;
 mod cli;

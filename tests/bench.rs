@@ -1,0 +1,65 @@
+//! `ebm-gate bench`: the report's shape and its refusals.
+
+use crate::common::{bundle, ebm_gate, root};
+
+#[test]
+fn bench_reports_every_stage_with_ordered_percentiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = ebm_gate()
+        .args(["bench", bundle().to_str().unwrap(), "--batch", "2", "--runs", "3", "--warmup", "1", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("cold start") && stdout.contains("frames/s") && stdout.contains("peak RSS"), "{stdout}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let stages = r["stages"].as_array().unwrap();
+    let names: Vec<&str> = stages.iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert_eq!(names, ["decode", "preprocess", "forward", "gate", "sgld_step"]);
+    for s in stages {
+        let n = s["n"].as_u64().unwrap();
+        // frame stages time each of the 2 frames of the 3 measured batches
+        assert_eq!(n, if s["unit"] == "frame" { 6 } else { 3 }, "{s}");
+        let (p50, p90, p99, min) = (
+            s["p50_ms"].as_f64().unwrap(),
+            s["p90_ms"].as_f64().unwrap(),
+            s["p99_ms"].as_f64().unwrap(),
+            s["min_ms"].as_f64().unwrap(),
+        );
+        assert!(min > 0.0 && min <= p50 && p50 <= p90 && p90 <= p99, "{s}");
+        let per = if s["unit"] == "batch" { p50 / 2.0 } else { p50 };
+        assert!((s["per_frame_p50_ms"].as_f64().unwrap() - per).abs() < 1e-9, "{s}");
+    }
+    assert_eq!(r["batch"], 2);
+    assert_eq!(r["frames"], 7, "the bundle's 7 sample frames");
+    assert!(r["cold_start_ms"].as_f64().unwrap() > 0.0);
+    assert!(r["machine"]["cores"].as_u64().unwrap() >= 1);
+    if cfg!(target_os = "linux") {
+        assert!(r["peak_rss_mb"].as_f64().unwrap() > 1.0);
+    }
+}
+
+#[test]
+fn bench_without_a_gradient_graph_times_the_rest_and_refuses_bad_flags() {
+    let tiny = root().join("tests/data/tiny_fixed_batch4.onnx");
+    let frames = root().join("tests/data/frames");
+    let out = ebm_gate()
+        .args(["bench", tiny.to_str().unwrap(), "--frames", frames.to_str().unwrap(), "--runs", "2", "--warmup", "0"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("batch 4") && !stdout.contains("sgld_step"), "a fixed batch of 4, no gradient: {stdout}");
+    for (args, want) in [
+        (vec!["--threads", "2"], "one thread"),
+        (vec!["--batch", "0"], "at least 1"),
+        (vec!["--frames", "/nonexistent/dir"], "/nonexistent/dir"),
+    ] {
+        let out = ebm_gate().arg("bench").arg(bundle()).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+}
