@@ -94,13 +94,18 @@ class AirNet(nn.Module):
 
 class FlipTTA(nn.Module):
     """Horizontal-flip test-time augmentation inside the graph: the logits are the mean of the
-    wrapped net's logits on `x` and on `x` mirrored left-right (one batched pass of `2N`
-    frames). Input `[N, C, H, W]`, output `[N, K]`."""
+    wrapped net's logits on `x` and on `x` mirrored left-right. Input `[N, C, H, W]`, output
+    `[N, K]`.
+
+    The two passes are separate in the graph (not one pass over a concatenated `2N` batch):
+    the same numbers, but at `N = 1` every convolution then runs on one frame, which tract
+    computes with its lazy im2col (an eager im2col of a batch of 2 took a third of its time):
+    12.7-14.0 ms -> 8.6-8.9 ms a frame on the 2-core AMD EPYC, with onnxruntime's logits
+    unchanged (max difference 0.0)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.net(torch.cat([x, x.flip(3)], 0))
-        return z.reshape(2, x.shape[0], z.shape[1]).mean(0)
+        return (self.net(x) + self.net(x.flip(3))) * 0.5
