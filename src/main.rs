@@ -162,8 +162,8 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         frames: Vec<PathBuf>,
         /// Measured batches per stage
-        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
-        runs: u64,
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
         /// Batches run first and not measured
         #[arg(long, default_value_t = 3)]
         warmup: usize,
@@ -308,7 +308,7 @@ fn main() -> ExitCode {
         }
         Command::Stream(args) => stream_cmd(&args),
         Command::Bench { model, batch, threads, frames, runs, warmup, no_gradient, json } => {
-            bench_cmd(&model, batch, threads, frames, runs as usize, warmup, !no_gradient, json.as_deref())
+            bench_cmd(&model, batch, threads, frames, runs, warmup, !no_gradient, json.as_deref())
         }
         Command::Refine { model, frames, out, batch, chain } => refine_cmd(&model, &frames, &out, batch, &chain),
         Command::Sample { model, sample, chain } => sample_cmd(&model, &sample, &chain),

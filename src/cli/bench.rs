@@ -24,6 +24,9 @@ pub fn bench_cmd(
     if batch == 0 {
         bail!("--batch must be at least 1");
     }
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
     let frames = if frames.is_empty() {
         let dir = if model.is_dir() { model.join("samples") } else { model.with_file_name("samples") };
         if !dir.is_dir() {
@@ -36,6 +39,12 @@ pub fn bench_cmd(
     let opts = BenchOptions { batch, runs, warmup, frames, gradient };
     let report = run_bench(model, &opts, |stage| eprintln!("timing {stage} ..."))
         .with_context(|| format!("cannot benchmark {}", model.display()))?;
+    if report.batch != batch {
+        eprintln!(
+            "note: the model's batch dimension is fixed at {}; timed at batch {} (--batch {batch} does not apply)",
+            report.batch, report.batch
+        );
+    }
     print_report(&report, &opts);
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
@@ -57,12 +66,23 @@ fn print_report(r: &BenchReport, opts: &BenchOptions) {
         m.tract,
         if m.optimised_build { "release" } else { "debug" }
     );
+    let timed = opts.runs * r.batch;
     println!(
-        "model: {}, batch {}, {} thread, {} frames cycled, {} runs after {} warm-up",
-        r.model, r.batch, r.threads, r.frames, opts.runs, opts.warmup
+        "model: {}, batch {}, {} thread, {}, {} run{} after {} warm-up",
+        r.model,
+        r.batch,
+        r.threads,
+        if timed < r.frames {
+            format!("{timed} of {} frames timed (give more --runs for all)", r.frames)
+        } else {
+            format!("{} frames cycled", r.frames)
+        },
+        opts.runs,
+        if opts.runs == 1 { "" } else { "s" },
+        opts.warmup
     );
     println!(
-        "cold start: {:.1} ms (open the bundle, optimise the plan){}",
+        "cold start: {:.1} ms (load the model, optimise the plan){}",
         r.cold_start_ms,
         r.gradient_cold_start_ms.map(|g| format!("; gradient graph {g:.1} ms")).unwrap_or_default()
     );
