@@ -41,6 +41,52 @@ fn dims_str(shape: &[TDim]) -> String {
     format!("[{}]", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
 }
 
+/// The frames input `pos` of `typed`: `[C, H, W]` and its batch dimension (a symbol, or a fixed
+/// size).
+///
+/// # Errors
+/// [`Error::Shape`] naming `path` unless it is f32 `[N, C, H, W]` with fixed positive `C, H, W`
+/// and a symbolic or positive `N`.
+fn frames_input(typed: &TypedModel, pos: usize, path: &Path) -> Result<([usize; 3], Option<Symbol>, Option<usize>)> {
+    let input = typed.input_fact(pos).map_err(|e| Error::Model { path: path.into(), message: format!("{e:#}") })?;
+    let shape: Vec<TDim> = input.shape.iter().cloned().collect();
+    let shape_err = |expected: &str, got: String| Error::Shape { path: path.into(), expected: expected.into(), got };
+    if shape.len() != 4 || input.datum_type != f32::datum_type() {
+        return Err(shape_err("f32 input [N, C, H, W]", format!("{:?} {}", input.datum_type, dims_str(&shape))));
+    }
+    let mut chw = [0usize; 3];
+    for (slot, d) in chw.iter_mut().zip(&shape[1..]) {
+        *slot = d
+            .to_i64()
+            .ok()
+            .filter(|&v| v > 0)
+            .ok_or_else(|| shape_err("input [N, C, H, W] with fixed C, H, W", dims_str(&shape)))?
+            as usize;
+    }
+    let (batch_symbol, fixed_batch) = match &shape[0] {
+        TDim::Sym(s) => (Some(s.clone()), None),
+        d => match d.to_i64() {
+            Ok(v) if v > 0 => (None, Some(v as usize)),
+            _ => return Err(shape_err("input batch N symbolic or a positive integer", dims_str(&shape))),
+        },
+    };
+    Ok((chw, batch_symbol, fixed_batch))
+}
+
+/// The optimised, runnable plan of `typed` with its batch symbol (if any) set to `n`.
+fn optimised_plan(typed: &TypedModel, batch_symbol: Option<&Symbol>, n: usize, path: &Path) -> Result<Plan> {
+    let merr = |e: TractError| Error::Model { path: path.into(), message: format!("{e:#}") };
+    let concrete = match batch_symbol {
+        Some(sym) => {
+            let mut subs = HashMap::new();
+            subs.insert(sym.clone(), TDim::Val(n as i64));
+            typed.set_symbols(&subs).map_err(merr)?
+        }
+        None => typed.clone(),
+    };
+    concrete.into_optimized().map_err(merr)?.into_runnable().map_err(merr)
+}
+
 impl Model {
     /// Loads `path` and builds the optimised plan for `batch` frames.
     ///
@@ -55,47 +101,12 @@ impl Model {
         let merr = |e: TractError| Error::Model { path: path.into(), message: format!("{e:#}") };
         let inference = tract_onnx::onnx().model_for_path(path).map_err(merr)?;
         let typed = inference.into_typed().map_err(merr)?.into_decluttered().map_err(merr)?;
-        let input = typed.input_fact(0).map_err(merr)?.clone();
-        let shape: Vec<TDim> = input.shape.iter().cloned().collect();
-        let shape_err =
-            |expected: &str, got: String| Error::Shape { path: path.into(), expected: expected.into(), got };
-        if shape.len() != 4 || input.datum_type != f32::datum_type() {
-            return Err(shape_err("f32 input [N, C, H, W]", format!("{:?} {}", input.datum_type, dims_str(&shape))));
-        }
-        let mut chw = [0usize; 3];
-        for (slot, d) in chw.iter_mut().zip(&shape[1..]) {
-            *slot = d
-                .to_i64()
-                .ok()
-                .filter(|&v| v > 0)
-                .ok_or_else(|| shape_err("input [N, C, H, W] with fixed C, H, W", dims_str(&shape)))?
-                as usize;
-        }
-        let (batch_symbol, fixed_batch) = match &shape[0] {
-            TDim::Sym(s) => (Some(s.clone()), None),
-            d => match d.to_i64() {
-                Ok(v) if v > 0 => (None, Some(v as usize)),
-                _ => return Err(shape_err("input batch N symbolic or a positive integer", dims_str(&shape))),
-            },
-        };
+        let (chw, batch_symbol, fixed_batch) = frames_input(&typed, 0, path)?;
         let mut model =
             Model { path: path.into(), typed, batch_symbol, fixed_batch, chw, num_classes: 0, plans: HashMap::new() };
         let first = model.fixed_batch.unwrap_or(batch.max(1));
         model.ensure_plan(first)?;
         Ok(model)
-    }
-
-    fn plan_for(&self, n: usize) -> Result<Plan> {
-        let merr = |e: TractError| Error::Model { path: self.path.clone(), message: format!("{e:#}") };
-        let concrete = match &self.batch_symbol {
-            Some(sym) => {
-                let mut subs = HashMap::new();
-                subs.insert(sym.clone(), TDim::Val(n as i64));
-                self.typed.set_symbols(&subs).map_err(merr)?
-            }
-            None => self.typed.clone(),
-        };
-        concrete.into_optimized().map_err(merr)?.into_runnable().map_err(merr)
     }
 
     fn ensure_plan(&mut self, n: usize) -> Result<()> {
@@ -111,7 +122,7 @@ impl Model {
                 });
             }
         }
-        let plan = self.plan_for(n)?;
+        let plan = optimised_plan(&self.typed, self.batch_symbol.as_ref(), n, &self.path)?;
         let out = plan
             .model()
             .output_fact(0)
@@ -286,34 +297,18 @@ impl GradModel {
             find(&in_names, &names.class_mask, "input")?,
         ];
         let output_pos = [find(&out_names, &names.energy, "output")?, find(&out_names, &names.grad, "output")?];
-        let shape_err =
-            |expected: &str, got: String| Error::Shape { path: path.into(), expected: expected.into(), got };
-        let x = typed.input_fact(input_pos[0]).map_err(merr)?.clone();
-        let shape: Vec<TDim> = x.shape.iter().cloned().collect();
-        if shape.len() != 4 || x.datum_type != f32::datum_type() {
-            return Err(shape_err("f32 input [N, C, H, W]", format!("{:?} {}", x.datum_type, dims_str(&shape))));
-        }
-        let mut chw = [0usize; 3];
-        for (slot, d) in chw.iter_mut().zip(&shape[1..]) {
-            *slot = d
-                .to_i64()
-                .ok()
-                .filter(|&v| v > 0)
-                .ok_or_else(|| shape_err("input [N, C, H, W] with fixed C, H, W", dims_str(&shape)))?
-                as usize;
-        }
-        let (batch_symbol, fixed_batch) = match &shape[0] {
-            TDim::Sym(s) => (Some(s.clone()), None),
-            d => match d.to_i64() {
-                Ok(v) if v > 0 => (None, Some(v as usize)),
-                _ => return Err(shape_err("input batch N symbolic or a positive integer", dims_str(&shape))),
-            },
-        };
+        let (chw, batch_symbol, fixed_batch) = frames_input(&typed, input_pos[0], path)?;
         let mask = typed.input_fact(input_pos[2]).map_err(merr)?.clone();
         let mshape: Vec<TDim> = mask.shape.iter().cloned().collect();
         let num_classes = match mshape.get(1).and_then(|d| d.to_i64().ok()) {
             Some(k) if mshape.len() == 2 && k > 0 => k as usize,
-            _ => return Err(shape_err("class mask [N, K] with fixed K", dims_str(&mshape))),
+            _ => {
+                return Err(Error::Shape {
+                    path: path.into(),
+                    expected: "class mask [N, K] with fixed K".into(),
+                    got: dims_str(&mshape),
+                })
+            }
         };
         Ok(GradModel {
             path: path.into(),
@@ -361,17 +356,8 @@ impl GradModel {
                 });
             }
         }
-        let merr = |e: TractError| Error::Model { path: self.path.clone(), message: format!("{e:#}") };
-        let concrete = match &self.batch_symbol {
-            Some(sym) => {
-                let mut subs = HashMap::new();
-                subs.insert(sym.clone(), TDim::Val(n as i64));
-                self.typed.set_symbols(&subs).map_err(merr)?
-            }
-            None => self.typed.clone(),
-        };
-        let plan = concrete.into_optimized().map_err(merr)?.into_runnable().map_err(merr)?;
-        let state = plan.spawn().map_err(merr)?;
+        let plan = optimised_plan(&self.typed, self.batch_symbol.as_ref(), n, &self.path)?;
+        let state = plan.spawn().map_err(|e| Error::Model { path: self.path.clone(), message: format!("{e:#}") })?;
         self.plans.insert(n, state);
         Ok(())
     }
