@@ -18,12 +18,9 @@ type Plan = Arc<TypedRunnableModel>;
 /// A loaded ONNX classifier with optimised plans cached per batch size.
 pub struct Model {
     path: PathBuf,
-    typed: TypedModel,
-    batch_symbol: Option<Symbol>,
-    fixed_batch: Option<usize>,
+    plans: Plans,
     chw: [usize; 3],
     num_classes: usize,
-    plans: HashMap<usize, TypedSimpleState>,
 }
 
 impl std::fmt::Debug for Model {
@@ -32,7 +29,7 @@ impl std::fmt::Debug for Model {
             .field("path", &self.path)
             .field("input_chw", &self.chw)
             .field("num_classes", &self.num_classes)
-            .field("fixed_batch", &self.fixed_batch)
+            .field("fixed_batch", &self.plans.fixed_batch)
             .finish()
     }
 }
@@ -87,6 +84,80 @@ fn optimised_plan(typed: &TypedModel, batch_symbol: Option<&Symbol>, n: usize, p
     concrete.into_optimized().map_err(merr)?.into_runnable().map_err(merr)
 }
 
+/// A typed graph whose frames input is `[N, C, H, W]`, with its optimised plans (running
+/// states) built once per batch size: the classifier's and the gradient graph's.
+struct Plans {
+    path: PathBuf,
+    /// "model" or "gradient graph", for messages.
+    what: &'static str,
+    typed: TypedModel,
+    batch_symbol: Option<Symbol>,
+    fixed_batch: Option<usize>,
+    states: HashMap<usize, TypedSimpleState>,
+}
+
+impl Plans {
+    /// Reads the frames input `pos` of `typed` (see [`frames_input`]); returns its `[C, H, W]`.
+    fn new(path: &Path, what: &'static str, typed: TypedModel, pos: usize) -> Result<(Plans, [usize; 3])> {
+        let (chw, batch_symbol, fixed_batch) = frames_input(&typed, pos, path)?;
+        let plans = Plans { path: path.into(), what, typed, batch_symbol, fixed_batch, states: HashMap::new() };
+        Ok((plans, chw))
+    }
+
+    /// The running state for batches of `n`, built at first use after `check` accepts the plan
+    /// (a plan it refuses is not kept).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for a batch other than a fixed one; [`Error::Model`] when tract cannot
+    /// optimise it; `check`'s error.
+    fn state(&mut self, n: usize, check: impl FnOnce(&Plan) -> Result<()>) -> Result<&mut TypedSimpleState> {
+        if !self.states.contains_key(&n) {
+            if let Some(fixed) = self.fixed_batch {
+                if n != fixed {
+                    return Err(Error::Shape {
+                        path: self.path.clone(),
+                        expected: format!("batch of {fixed} (the {}'s batch dimension is fixed)", self.what),
+                        got: format!("batch of {n}"),
+                    });
+                }
+            }
+            let plan = optimised_plan(&self.typed, self.batch_symbol.as_ref(), n, &self.path)?;
+            check(&plan)?;
+            let state =
+                plan.spawn().map_err(|e| Error::Model { path: self.path.clone(), message: format!("{e:#}") })?;
+            self.states.insert(n, state);
+        }
+        self.states.get_mut(&n).ok_or_else(|| Error::Invalid(format!("no plan for batch {n}")))
+    }
+}
+
+/// Checks a classifier plan's first output is f32 logits `[n, K]` and records `K` (which must
+/// not change with the batch size).
+fn check_logits(plan: &Plan, n: usize, path: &Path, num_classes: &mut usize) -> Result<()> {
+    let out = plan.model().output_fact(0).map_err(|e| Error::Model { path: path.into(), message: format!("{e:#}") })?;
+    let oshape: Vec<TDim> = out.shape.iter().cloned().collect();
+    let k =
+        match (oshape.len(), oshape.first().and_then(|d| d.to_i64().ok()), oshape.get(1).and_then(|d| d.to_i64().ok()))
+        {
+            (2, Some(b), Some(k)) if b == n as i64 && k > 0 && out.datum_type == f32::datum_type() => k as usize,
+            _ => {
+                return Err(Error::Shape {
+                    path: path.into(),
+                    expected: format!("f32 logits [{n}, K]"),
+                    got: format!("{:?} {}", out.datum_type, dims_str(&oshape)),
+                })
+            }
+        };
+    if *num_classes != 0 && *num_classes != k {
+        return Err(Error::Model {
+            path: path.into(),
+            message: format!("output K changed with batch size: {} vs {k}", *num_classes),
+        });
+    }
+    *num_classes = k;
+    Ok(())
+}
+
 impl Model {
     /// Loads `path` and builds the optimised plan for `batch` frames.
     ///
@@ -101,57 +172,17 @@ impl Model {
         let merr = |e: TractError| Error::Model { path: path.into(), message: format!("{e:#}") };
         let inference = tract_onnx::onnx().model_for_path(path).map_err(merr)?;
         let typed = inference.into_typed().map_err(merr)?.into_decluttered().map_err(merr)?;
-        let (chw, batch_symbol, fixed_batch) = frames_input(&typed, 0, path)?;
-        let mut model =
-            Model { path: path.into(), typed, batch_symbol, fixed_batch, chw, num_classes: 0, plans: HashMap::new() };
-        let first = model.fixed_batch.unwrap_or(batch.max(1));
+        let (plans, chw) = Plans::new(path, "model", typed, 0)?;
+        let mut model = Model { path: path.into(), plans, chw, num_classes: 0 };
+        let first = model.plans.fixed_batch.unwrap_or(batch.max(1));
         model.ensure_plan(first)?;
         Ok(model)
     }
 
     fn ensure_plan(&mut self, n: usize) -> Result<()> {
-        if self.plans.contains_key(&n) {
-            return Ok(());
-        }
-        if let Some(fixed) = self.fixed_batch {
-            if n != fixed {
-                return Err(Error::Shape {
-                    path: self.path.clone(),
-                    expected: format!("batch of {fixed} (the model's batch dimension is fixed)"),
-                    got: format!("batch of {n}"),
-                });
-            }
-        }
-        let plan = optimised_plan(&self.typed, self.batch_symbol.as_ref(), n, &self.path)?;
-        let out = plan
-            .model()
-            .output_fact(0)
-            .map_err(|e| Error::Model { path: self.path.clone(), message: format!("{e:#}") })?;
-        let oshape: Vec<TDim> = out.shape.iter().cloned().collect();
-        let k = match (
-            oshape.len(),
-            oshape.first().and_then(|d| d.to_i64().ok()),
-            oshape.get(1).and_then(|d| d.to_i64().ok()),
-        ) {
-            (2, Some(b), Some(k)) if b == n as i64 && k > 0 && out.datum_type == f32::datum_type() => k as usize,
-            _ => {
-                return Err(Error::Shape {
-                    path: self.path.clone(),
-                    expected: format!("f32 logits [{n}, K]"),
-                    got: format!("{:?} {}", out.datum_type, dims_str(&oshape)),
-                })
-            }
-        };
-        if self.num_classes != 0 && self.num_classes != k {
-            return Err(Error::Model {
-                path: self.path.clone(),
-                message: format!("output K changed with batch size: {} vs {k}", self.num_classes),
-            });
-        }
-        self.num_classes = k;
-        let state = plan.spawn().map_err(|e| Error::Model { path: self.path.clone(), message: format!("{e:#}") })?;
-        self.plans.insert(n, state);
-        Ok(())
+        let path = &self.path;
+        let num_classes = &mut self.num_classes;
+        self.plans.state(n, |plan| check_logits(plan, n, path, num_classes)).map(|_| ())
     }
 
     /// Builds the optimised plan for batches of `n` frames now rather than at their first use
@@ -161,7 +192,7 @@ impl Model {
     /// # Errors
     /// As [`Model::load`].
     pub fn prepare(&mut self, n: usize) -> Result<()> {
-        match self.fixed_batch {
+        match self.plans.fixed_batch {
             Some(_) => Ok(()),
             None => self.ensure_plan(n.max(1)),
         }
@@ -184,7 +215,7 @@ impl Model {
 
     /// The batch size the model is fixed to, if its batch dimension is not symbolic.
     pub fn fixed_batch(&self) -> Option<usize> {
-        self.fixed_batch
+        self.plans.fixed_batch
     }
 
     /// Runs a forward pass on `n` frames: `input` is `[n, C, H, W]` row-major (length
@@ -203,14 +234,14 @@ impl Model {
             });
         }
         // A model with a fixed batch runs a short batch padded with zeros.
-        let run_n = match self.fixed_batch {
+        let run_n = match self.plans.fixed_batch {
             Some(fixed) if n < fixed => fixed,
             _ => n,
         };
-        self.ensure_plan(run_n)?;
         let path = self.path.clone();
         let merr = |e: TractError| Error::Model { path: path.clone(), message: format!("{e:#}") };
-        let state = self.plans.get_mut(&run_n).ok_or_else(|| Error::Invalid(format!("no plan for batch {run_n}")))?;
+        let num_classes = &mut self.num_classes;
+        let state = self.plans.state(run_n, |plan| check_logits(plan, run_n, &path, num_classes))?;
         let tensor = if run_n == n {
             Tensor::from_shape(&[n, c, h, w], input)
         } else {
@@ -244,16 +275,13 @@ pub struct GradNames {
 /// `dE/dx`), with optimised plans cached per batch size.
 pub struct GradModel {
     path: PathBuf,
-    typed: TypedModel,
-    batch_symbol: Option<Symbol>,
-    fixed_batch: Option<usize>,
+    plans: Plans,
     chw: [usize; 3],
     num_classes: usize,
     /// Position of (input, temperature, class_mask) among the graph's inputs.
     input_pos: [usize; 3],
     /// Position of (energy, grad) among its outputs.
     output_pos: [usize; 2],
-    plans: HashMap<usize, TypedSimpleState>,
 }
 
 impl std::fmt::Debug for GradModel {
@@ -297,7 +325,6 @@ impl GradModel {
             find(&in_names, &names.class_mask, "input")?,
         ];
         let output_pos = [find(&out_names, &names.energy, "output")?, find(&out_names, &names.grad, "output")?];
-        let (chw, batch_symbol, fixed_batch) = frames_input(&typed, input_pos[0], path)?;
         let mask = typed.input_fact(input_pos[2]).map_err(merr)?.clone();
         let mshape: Vec<TDim> = mask.shape.iter().cloned().collect();
         let num_classes = match mshape.get(1).and_then(|d| d.to_i64().ok()) {
@@ -310,17 +337,8 @@ impl GradModel {
                 })
             }
         };
-        Ok(GradModel {
-            path: path.into(),
-            typed,
-            batch_symbol,
-            fixed_batch,
-            chw,
-            num_classes,
-            input_pos,
-            output_pos,
-            plans: HashMap::new(),
-        })
+        let (plans, chw) = Plans::new(path, "gradient graph", typed, input_pos[0])?;
+        Ok(GradModel { path: path.into(), plans, chw, num_classes, input_pos, output_pos })
     }
 
     /// The graph file.
@@ -344,22 +362,7 @@ impl GradModel {
     /// [`Error::Model`] when tract cannot optimise it; [`Error::Shape`] for a batch other than
     /// a fixed one.
     pub fn prepare(&mut self, n: usize) -> Result<()> {
-        if self.plans.contains_key(&n) {
-            return Ok(());
-        }
-        if let Some(fixed) = self.fixed_batch {
-            if n != fixed {
-                return Err(Error::Shape {
-                    path: self.path.clone(),
-                    expected: format!("batch of {fixed} (the gradient graph's batch dimension is fixed)"),
-                    got: format!("batch of {n}"),
-                });
-            }
-        }
-        let plan = optimised_plan(&self.typed, self.batch_symbol.as_ref(), n, &self.path)?;
-        let state = plan.spawn().map_err(|e| Error::Model { path: self.path.clone(), message: format!("{e:#}") })?;
-        self.plans.insert(n, state);
-        Ok(())
+        self.plans.state(n, |_| Ok(())).map(|_| ())
     }
 
     /// Energies `[n]` and gradients `[n, C, H, W]` of `n` frames `x` (`[n, C, H, W]`), at
@@ -394,7 +397,6 @@ impl GradModel {
                 ),
             ));
         }
-        self.prepare(n)?;
         let path = self.path.clone();
         let merr = |e: TractError| Error::Model { path: path.clone(), message: format!("{e:#}") };
         let mut inputs: [Option<TValue>; 3] = [None, None, None];
@@ -402,8 +404,7 @@ impl GradModel {
         inputs[self.input_pos[1]] = Some(Tensor::from_shape(&[1], &[temperature]).map_err(merr)?.into());
         inputs[self.input_pos[2]] = Some(Tensor::from_shape(&[n, k], class_mask).map_err(merr)?.into());
         let inputs: TVec<TValue> = inputs.into_iter().flatten().collect();
-        let state = self.plans.get_mut(&n).ok_or_else(|| Error::Invalid(format!("no plan for batch {n}")))?;
-        let outputs = state.run(inputs).map_err(merr)?;
+        let outputs = self.plans.state(n, |_| Ok(()))?.run(inputs).map_err(merr)?;
         let e = outputs[self.output_pos[0]].to_plain_array_view::<f32>().map_err(merr)?;
         let g = outputs[self.output_pos[1]].to_plain_array_view::<f32>().map_err(merr)?;
         if e.len() != n || g.len() != n * d {
