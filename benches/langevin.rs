@@ -41,7 +41,7 @@ fn bench(c: &mut Criterion) {
                 }
             });
         });
-        let mut model = Model::load(&bundle.join("model.onnx"), n).expect("model");
+        let mut model = Model::load(&bundle.join("model.onnx"), n, None).expect("model");
         group.bench_with_input(BenchmarkId::new("forward", n), &n, |b, &n| {
             b.iter(|| model.logits(&x0, n).expect("forward"));
         });

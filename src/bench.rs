@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::frame::{decode_bytes, preprocess_into};
 use crate::langevin::{sgld_step, EnergyGradient, EnergyTarget, LangevinSettings};
+use crate::model::OpTime;
 use crate::pipeline::{EnergyGate, Overrides};
 use crate::source::{collect, Origin};
 
@@ -28,6 +29,9 @@ use crate::source::{collect, Origin};
 pub struct BenchOptions {
     /// Frames per forward pass (and per SGLD step).
     pub batch: usize,
+    /// Most frames per tract run (`None`: the model's automatic choice, see
+    /// [`crate::Model::forward_batch`]).
+    pub forward_batch: Option<usize>,
     /// Measured batches per stage.
     pub runs: usize,
     /// Batches run first and not measured.
@@ -36,6 +40,9 @@ pub struct BenchOptions {
     pub frames: Vec<PathBuf>,
     /// Time the SGLD step when the bundle has a gradient graph.
     pub gradient: bool,
+    /// Also time each node of the optimised plan ([`crate::Model::op_profile`]) over
+    /// one tract run.
+    pub ops: bool,
 }
 
 /// Latency statistics of one stage, milliseconds.
@@ -87,6 +94,9 @@ pub struct BenchReport {
     pub model: String,
     /// Frames per forward pass.
     pub batch: usize,
+    /// Most frames per tract run in that pass (a pass of `batch` frames is `batch /
+    /// forward_batch` runs).
+    pub forward_batch: usize,
     /// Threads used by the model (tract runs single-threaded in this build).
     pub threads: usize,
     /// Distinct frames cycled through.
@@ -100,6 +110,10 @@ pub struct BenchReport {
     /// Frames per second through decode + preprocess + forward + gate, from the per-frame
     /// medians (one thread, no overlap).
     pub frames_per_second: f64,
+    /// Each node of the optimised plan with its median time over `runs` tract runs of
+    /// `min(batch, forward_batch)` frames, in plan order (with `ops`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ops: Option<Vec<OpTime>>,
     /// Peak resident set size of the process, MB (Linux `VmHWM`), when known.
     pub peak_rss_mb: Option<f64>,
     /// The machine.
@@ -196,7 +210,7 @@ pub fn run_bench(model: &Path, opts: &BenchOptions, mut progress: impl FnMut(&st
         return Err(Error::Invalid(format!("batch and runs must be at least 1, got {} and {}", opts.batch, opts.runs)));
     }
     let t = Instant::now();
-    let overrides = Overrides { batch: Some(opts.batch), ..Overrides::default() };
+    let overrides = Overrides { batch: Some(opts.batch), forward_batch: opts.forward_batch, ..Overrides::default() };
     let mut gate = EnergyGate::open(model, &overrides)?;
     let cold_start_ms = elapsed_ms(t);
     let items = collect(&opts.frames, None)?;
@@ -260,11 +274,19 @@ pub fn run_bench(model: &Path, opts: &BenchOptions, mut progress: impl FnMut(&st
         stats("gate", "frame", 1, t_gate),
     ];
     let frames_per_second = 1e3 / stages.iter().map(|s| s.per_frame_p50_ms).sum::<f64>();
+    let forward_batch = gate.model_mut().forward_batch().min(n);
+    let ops = if opts.ops {
+        progress("each node of the plan");
+        Some(gate.model_mut().op_profile(&x[..forward_batch * d], forward_batch, opts.runs)?)
+    } else {
+        None
+    };
     let mut gradient_cold_start_ms = None;
     if opts.gradient {
         let t = Instant::now();
         match EnergyGradient::open(model, None) {
             Ok(mut g) => {
+                g.set_forward_batch(opts.forward_batch)?;
                 g.prepare(n)?;
                 gradient_cold_start_ms = Some(elapsed_ms(t));
                 progress("sgld_step");
@@ -295,12 +317,14 @@ pub fn run_bench(model: &Path, opts: &BenchOptions, mut progress: impl FnMut(&st
     Ok(BenchReport {
         model: model.display().to_string(),
         batch: n,
+        forward_batch,
         threads: 1,
         frames: encoded.len(),
         cold_start_ms,
         gradient_cold_start_ms,
         stages,
         frames_per_second,
+        ops,
         peak_rss_mb: peak_rss_mb(),
         machine: machine_info(),
     })

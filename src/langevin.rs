@@ -203,6 +203,21 @@ impl EnergyGradient {
         self.model.prepare(n)
     }
 
+    /// Most frames one tract run of the gradient graph takes (a batch of chains is run in
+    /// pieces of this size); by default 1 for a convolutional network, see
+    /// [`crate::Model::forward_batch`].
+    pub fn forward_batch(&self) -> usize {
+        self.model.forward_batch()
+    }
+
+    /// Sets the most frames per tract run (`None`: the automatic choice).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for `Some(0)`.
+    pub fn set_forward_batch(&mut self, max: Option<usize>) -> Result<()> {
+        self.model.set_forward_batch(max)
+    }
+
     /// Energies `[n]` and `dE/dx` `[n, C, H, W]` of `n` frames `x` (`[n, C, H, W]`, normalised).
     ///
     /// # Errors

@@ -78,4 +78,4 @@ pub mod v4l2;
 #[cfg(feature = "runtime")]
 pub use error::{Error, Result};
 #[cfg(feature = "runtime")]
-pub use model::Model;
+pub use model::{Model, OpTime};

@@ -48,6 +48,11 @@ struct GateArgs {
     /// Frames per forward pass [default: 32; stream: at most 4, of the frames ready]
     #[arg(long)]
     batch: Option<usize>,
+    /// Most frames per tract run: a forward pass is run in pieces of at most this many
+    /// [default: 1 for a network with spatial convolutions, where tract is fastest frame by
+    /// frame; else the whole pass]
+    #[arg(long, value_name = "N")]
+    forward_batch: Option<usize>,
 }
 
 impl GateArgs {
@@ -58,6 +63,7 @@ impl GateArgs {
             alpha: self.alpha,
             set_alpha: None,
             batch: Some(self.batch.unwrap_or(32)),
+            forward_batch: self.forward_batch,
             accept_new_model: false,
         }
     }
@@ -155,6 +161,10 @@ enum Command {
         /// Frames per forward pass
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// Most frames per tract run [default: 1 for a network with spatial convolutions,
+        /// else the whole batch]
+        #[arg(long, value_name = "N")]
+        forward_batch: Option<usize>,
         /// Threads for the model; this build runs tract on one thread
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -170,6 +180,10 @@ enum Command {
         /// Skip the SGLD step (timed when the bundle has an energy-gradient graph)
         #[arg(long)]
         no_gradient: bool,
+        /// Also time each node of the optimised plan over one tract run: the slowest nodes and
+        /// the share of each operator
+        #[arg(long)]
+        ops: bool,
         /// Write the report as JSON to FILE
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -307,8 +321,8 @@ fn main() -> ExitCode {
             calibrate_cmd(&model, &id, alpha, holdout, seed, out, plots.as_deref(), batch, new_model)
         }
         Command::Stream(args) => stream_cmd(&args),
-        Command::Bench { model, batch, threads, frames, runs, warmup, no_gradient, json } => {
-            bench_cmd(&model, batch, threads, frames, runs, warmup, !no_gradient, json.as_deref())
+        Command::Bench { model, batch, forward_batch, threads, frames, runs, warmup, no_gradient, ops, json } => {
+            bench_cmd(&model, batch, forward_batch, threads, frames, runs, warmup, !no_gradient, ops, json.as_deref())
         }
         Command::Refine { model, frames, out, batch, chain } => refine_cmd(&model, &frames, &out, batch, &chain),
         Command::Sample { model, sample, chain } => sample_cmd(&model, &sample, &chain),
@@ -335,6 +349,9 @@ fn main() -> ExitCode {
 fn open(model: &std::path::Path, overrides: &Overrides) -> Result<EnergyGate> {
     if overrides.batch == Some(0) {
         bail!("--batch must be at least 1");
+    }
+    if overrides.forward_batch == Some(0) {
+        bail!("--forward-batch must be at least 1");
     }
     let gate = EnergyGate::open(model, overrides).with_context(|| format!("cannot load model {}", model.display()))?;
     let st = gate.settings();
@@ -723,7 +740,12 @@ fn eval(
         prediction_sets: lac.map(|l| set_rows(&id_reports, temperature, &l, &CHECK_ALPHAS)).unwrap_or_default(),
     };
     print_eval(&report, total, elapsed);
-    println!("load + optimise: {load_ms:.0} ms; batch {}", gate.batch());
+    let fb = gate.model_mut().forward_batch();
+    println!(
+        "load + optimise: {load_ms:.0} ms; batch {}{}",
+        gate.batch(),
+        if fb < gate.batch() { format!(" (tract runs of {fb})") } else { String::new() }
+    );
     if let Some(dir) = plots {
         write_eval_plots(dir, &report, &id_reports, &ood_reports, &st)?;
     }

@@ -37,8 +37,11 @@ pub struct Overrides {
     pub alpha: Option<f32>,
     /// Level of the conformal prediction sets of classes; `None` = no sets.
     pub set_alpha: Option<f32>,
-    /// Frames per forward pass (default 32).
+    /// Frames decoded and scored together (default 32).
     pub batch: Option<usize>,
+    /// Most frames per tract run (`None`: the model's automatic choice, see
+    /// [`crate::Model::forward_batch`]).
+    pub forward_batch: Option<usize>,
     /// Accept a `gate.json` written for another model (sha256 mismatch): keep its preprocessing
     /// and class names, set its gate and prediction sets aside. For recalibrating a retrained
     /// model; off by default, when such a bundle is refused.
@@ -174,7 +177,7 @@ impl EnergyGate {
         if batch == 0 {
             return Err(Error::Invalid("batch must be at least 1".into()));
         }
-        let model = Model::load(&paths.model, batch)?;
+        let model = Model::load(&paths.model, batch, overrides.forward_batch)?;
         let batch = model.fixed_batch().unwrap_or(batch);
         let [c, h, w] = model.input_chw();
         let k = model.num_classes();

@@ -10,8 +10,9 @@
 //!
 //! Decoding runs on its own thread, overlapped with inference. The calling thread takes the
 //! frames that are ready, up to `max_batch`, in batches of a power of two (so at most
-//! `log2(max_batch) + 1` plans are optimised): when decoding keeps ahead, batches fill up and
-//! throughput rises; when frames trickle in from a camera, each is judged as soon as it arrives.
+//! `log2(max_batch) + 1` plans are optimised; a model that tract runs frame by frame, see
+//! [`crate::Model::forward_batch`], needs one): when decoding keeps ahead, batches fill up;
+//! when frames trickle in from a camera, each is judged as soon as it arrives.
 //!
 //! Every frame gets a verdict: one that cannot be decoded, is corrupt or torn (the input ended
 //! inside it) is rejected with reason `decode_error` and counts as a rejection in the

@@ -16,8 +16,14 @@ fn golden() -> serde_json::Value {
 
 /// The bundle at `T = 1`, the temperature the goldens' energies were computed at.
 fn open(batch: usize) -> EnergyGate {
-    EnergyGate::open(&bundle(), &Overrides { batch: Some(batch), temperature: Some(1.0), ..Default::default() })
-        .expect("bundle loads")
+    open_runs(batch, None)
+}
+
+/// As [`open`], with at most `forward_batch` frames per tract run (`None`: the default, frame by
+/// frame for this convolutional model).
+fn open_runs(batch: usize, forward_batch: Option<usize>) -> EnergyGate {
+    let overrides = Overrides { batch: Some(batch), forward_batch, temperature: Some(1.0), ..Default::default() };
+    EnergyGate::open(&bundle(), &overrides).expect("bundle loads")
 }
 
 fn score(gate: &mut EnergyGate, paths: &[PathBuf]) -> Vec<FrameReport> {
@@ -43,16 +49,25 @@ fn committed_frames_match_pytorch_and_onnxruntime_to_1e4() {
     let frames = g["frames"].as_array().unwrap();
     assert!((16..=32).contains(&frames.len()));
     let paths: Vec<PathBuf> = frames.iter().map(|f| root().join(f["path"].as_str().unwrap())).collect();
-    let reports = score(&mut open(8), &paths);
-    for (f, r) in frames.iter().zip(&reports) {
-        let logits = r.logits.as_ref().unwrap_or_else(|| panic!("{} not scored: {:?}", r.name, r.error));
-        let dt = max_abs_diff(logits, &f32s(&f["torch_logits"]));
-        let dort = max_abs_diff(logits, &f32s(&f["ort_logits"]));
-        assert!(dt < 1e-4 && dort < 1e-4, "{}: |ebm-gate - torch| {dt}, |ebm-gate - ort| {dort}", r.name);
-        let s = r.scores.unwrap();
-        let e = f["energy"].as_f64().unwrap();
-        assert!((s.energy as f64 - e).abs() < 1e-4, "{}: energy {} vs {e}", r.name, s.energy);
-        assert_eq!(s.class as u64, f["class_index"].as_u64().unwrap(), "{}", r.name);
+    // Frame by frame (the default here) and as tract runs of 8.
+    for forward_batch in [None, Some(8)] {
+        let mut gate = open_runs(8, forward_batch);
+        assert_eq!(gate.model_mut().forward_batch(), forward_batch.unwrap_or(1));
+        let reports = score(&mut gate, &paths);
+        for (f, r) in frames.iter().zip(&reports) {
+            let logits = r.logits.as_ref().unwrap_or_else(|| panic!("{} not scored: {:?}", r.name, r.error));
+            let dt = max_abs_diff(logits, &f32s(&f["torch_logits"]));
+            let dort = max_abs_diff(logits, &f32s(&f["ort_logits"]));
+            assert!(
+                dt < 1e-4 && dort < 1e-4,
+                "{} ({forward_batch:?}): |ebm-gate - torch| {dt}, |ebm-gate - ort| {dort}",
+                r.name
+            );
+            let s = r.scores.unwrap();
+            let e = f["energy"].as_f64().unwrap();
+            assert!((s.energy as f64 - e).abs() < 1e-4, "{}: energy {} vs {e}", r.name, s.energy);
+            assert_eq!(s.class as u64, f["class_index"].as_u64().unwrap(), "{}", r.name);
+        }
     }
 }
 
@@ -62,7 +77,7 @@ fn batch_size_does_not_change_logits() {
     let paths: Vec<PathBuf> =
         g["frames"].as_array().unwrap().iter().map(|f| root().join(f["path"].as_str().unwrap())).collect();
     let one = score(&mut open(1), &paths);
-    let seven = score(&mut open(7), &paths);
+    let seven = score(&mut open_runs(7, Some(7)), &paths);
     for (a, b) in one.iter().zip(&seven) {
         let d = max_abs_diff(a.logits.as_ref().unwrap(), b.logits.as_ref().unwrap());
         assert!(d < 1e-4, "{}: batch 1 vs 7 differ by {d}", a.name);

@@ -33,6 +33,7 @@ fn bench_reports_every_stage_with_ordered_percentiles() {
         assert!((s["per_frame_p50_ms"].as_f64().unwrap() - per).abs() < 1e-9, "{s}");
     }
     assert_eq!(r["batch"], 2);
+    assert_eq!(r["forward_batch"], 1, "a convolutional network runs frame by frame");
     assert_eq!(r["frames"], 7, "the bundle's 7 sample frames");
     assert!(r["cold_start_ms"].as_f64().unwrap() > 0.0);
     assert!(r["machine"]["cores"].as_u64().unwrap() >= 1);
@@ -55,6 +56,7 @@ fn bench_without_a_gradient_graph_times_the_rest_and_refuses_bad_flags() {
     for (args, want) in [
         (vec!["--threads", "2"], "one thread"),
         (vec!["--batch", "0"], "at least 1"),
+        (vec!["--forward-batch", "0"], "--forward-batch must be at least 1"),
         (vec!["--frames", "/nonexistent/dir"], "/nonexistent/dir"),
     ] {
         let out = ebm_gate().arg("bench").arg(bundle()).args(&args).output().unwrap();
@@ -62,4 +64,28 @@ fn bench_without_a_gradient_graph_times_the_rest_and_refuses_bad_flags() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(want), "{args:?}: {stderr}");
     }
+}
+
+/// `--ops`: every node of tract's plan with its time; the reference AirNet (models/tools/nets.py,
+/// flip TTA as two passes) has 7 convolutions and a linear head a pass, so 16 matrix products,
+/// and 3 max-pools a pass.
+#[test]
+fn bench_ops_lists_the_plan_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = ebm_gate()
+        .args(["bench", bundle().to_str().unwrap(), "--runs", "2", "--warmup", "0", "--no-gradient", "--ops", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("plan nodes, one tract run of 1 frame") && stdout.contains("by operator"), "{stdout}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let ops = r["ops"].as_array().unwrap();
+    let count = |op: &str| ops.iter().filter(|o| o["op"] == op).count();
+    assert_eq!(count("OptMatMul"), 16, "{ops:?}");
+    assert_eq!(count("OptMaxPool"), 6, "{ops:?}");
+    assert!(ops.iter().all(|o| o["median_ms"].as_f64().unwrap() >= 0.0));
+    assert!(ops.iter().any(|o| o["name"].as_str().unwrap().contains("Conv")));
 }

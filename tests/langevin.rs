@@ -37,25 +37,37 @@ fn energies(g: &mut EnergyGradient, x: &[f32], n: usize, target: EnergyTarget) -
 /// The gradient graph's energy is the classifier's: `-T logsumexp(f / T)` of `model.onnx`'s
 /// logits at the bundle's temperature, and `-f_y` for the class-conditional energy.
 #[test]
+///
+/// Both ways a batch can run: frame by frame (the default for this convolutional model) and
+/// as one tract run of 4 frames, for the gradient graph and the classifier alike.
 fn gradient_graph_energy_is_the_classifier_energy() {
-    let mut g = EnergyGradient::open(&bundle(), None).unwrap();
-    let (_, x) = sample_frames(&g);
     let n = 4;
-    let mut model = Model::load(&bundle().join("model.onnx"), n).unwrap();
-    let logits = model.logits(&x, n).unwrap();
-    let (e, _) = energies(&mut g, &x, n, EnergyTarget::Free);
-    for i in 0..n {
-        let z = &logits[i * 10..(i + 1) * 10];
-        let want = free_energy(z, g.temperature()).unwrap();
-        assert!((e[i] - want).abs() < 1e-4, "frame {i}: graph {} vs model.onnx {want}", e[i]);
-    }
-    for y in [0usize, 7] {
-        let (e, _) = energies(&mut g, &x, n, EnergyTarget::Class(y));
+    let mut grads = Vec::new();
+    for forward_batch in [None, Some(n)] {
+        let mut g = EnergyGradient::open(&bundle(), None).unwrap();
+        g.set_forward_batch(forward_batch).unwrap();
+        assert_eq!(g.forward_batch(), forward_batch.unwrap_or(1), "runs of the gradient graph");
+        let (_, x) = sample_frames(&g);
+        let mut model = Model::load(&bundle().join("model.onnx"), n, forward_batch).unwrap();
+        assert_eq!(model.forward_batch(), forward_batch.unwrap_or(1), "runs of model.onnx");
+        let logits = model.logits(&x[..n * 3 * 32 * 32], n).unwrap();
+        let (e, grad) = energies(&mut g, &x, n, EnergyTarget::Free);
         for i in 0..n {
-            let want = -logits[i * 10 + y];
-            assert!((e[i] - want).abs() < 1e-4, "frame {i}, class {y}: graph {} vs -logit {want}", e[i]);
+            let z = &logits[i * 10..(i + 1) * 10];
+            let want = free_energy(z, g.temperature()).unwrap();
+            assert!((e[i] - want).abs() < 1e-4, "{forward_batch:?}, frame {i}: graph {} vs model.onnx {want}", e[i]);
+        }
+        grads.push(grad);
+        for y in [0usize, 7] {
+            let (e, _) = energies(&mut g, &x, n, EnergyTarget::Class(y));
+            for i in 0..n {
+                let want = -logits[i * 10 + y];
+                assert!((e[i] - want).abs() < 1e-4, "frame {i}, class {y}: graph {} vs -logit {want}", e[i]);
+            }
         }
     }
+    let worst = grads[0].iter().zip(&grads[1]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-5, "gradients frame by frame vs one run of {n} differ by {worst}");
 }
 
 /// dE/dx from tract against central finite differences of the graph's own energy, on the sample

@@ -11,11 +11,13 @@ use ebm_gate::bench::{run_bench, BenchOptions, BenchReport};
 pub fn bench_cmd(
     model: &Path,
     batch: usize,
+    forward_batch: Option<usize>,
     threads: usize,
     frames: Vec<PathBuf>,
     runs: usize,
     warmup: usize,
     gradient: bool,
+    ops: bool,
     json: Option<&Path>,
 ) -> Result<ExitCode> {
     if threads != 1 {
@@ -23,6 +25,9 @@ pub fn bench_cmd(
     }
     if batch == 0 {
         bail!("--batch must be at least 1");
+    }
+    if forward_batch == Some(0) {
+        bail!("--forward-batch must be at least 1");
     }
     if runs == 0 {
         bail!("--runs must be at least 1");
@@ -36,7 +41,7 @@ pub fn bench_cmd(
     } else {
         frames
     };
-    let opts = BenchOptions { batch, runs, warmup, frames, gradient };
+    let opts = BenchOptions { batch, forward_batch, runs, warmup, frames, gradient, ops };
     let report = run_bench(model, &opts, |stage| eprintln!("timing {stage} ..."))
         .with_context(|| format!("cannot benchmark {}", model.display()))?;
     if report.batch != batch {
@@ -68,9 +73,14 @@ fn print_report(r: &BenchReport, opts: &BenchOptions) {
     );
     let timed = opts.runs * r.batch;
     println!(
-        "model: {}, batch {}, {} thread, {}, {} run{} after {} warm-up",
+        "model: {}, batch {} ({}), {} thread, {}, {} run{} after {} warm-up",
         r.model,
         r.batch,
+        if r.forward_batch >= r.batch {
+            "one tract run".to_string()
+        } else {
+            format!("tract runs of {}", r.forward_batch)
+        },
         r.threads,
         if timed < r.frames {
             format!("{timed} of {} frames timed (give more --runs for all)", r.frames)
@@ -100,8 +110,45 @@ fn print_report(r: &BenchReport, opts: &BenchOptions) {
         "throughput: {:.1} frames/s (decode + preprocess + forward + gate, per-frame medians, one thread, no overlap)",
         r.frames_per_second
     );
+    if let Some(ops) = &r.ops {
+        print_ops(ops, r.forward_batch);
+    }
     println!("peak RSS: {}", r.peak_rss_mb.map(|v| format!("{v:.1} MB")).unwrap_or_else(|| "unknown".into()));
     if !m.optimised_build {
         eprintln!("note: this is a debug build; `cargo run --release -- bench ...` gives the figures that matter");
     }
+}
+
+/// The plan's nodes by time: the slowest 15, then the rest grouped by operator.
+fn print_ops(ops: &[ebm_gate::OpTime], frames: usize) {
+    let total: f64 = ops.iter().map(|o| o.median_ms).sum();
+    println!(
+        "plan nodes, one tract run of {frames} frame{} (medians; sum {total:.3} ms):",
+        if frames == 1 { "" } else { "s" }
+    );
+    let mut by_time: Vec<&ebm_gate::OpTime> = ops.iter().collect();
+    by_time.sort_by(|a, b| b.median_ms.total_cmp(&a.median_ms));
+    println!("  {:>9} {:>6}  {:<18} node", "ms", "share", "op");
+    for o in by_time.iter().take(15) {
+        println!("  {:>9.3} {:>5.1}%  {:<18} {}", o.median_ms, 100.0 * o.median_ms / total, o.op, o.name);
+    }
+    let mut per_op: Vec<(String, f64, usize)> = Vec::new();
+    for o in ops {
+        match per_op.iter_mut().find(|(name, _, _)| *name == o.op) {
+            Some(entry) => {
+                entry.1 += o.median_ms;
+                entry.2 += 1;
+            }
+            None => per_op.push((o.op.clone(), o.median_ms, 1)),
+        }
+    }
+    per_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!(
+        "  by operator: {}",
+        per_op
+            .iter()
+            .map(|(op, ms, k)| format!("{op} {:.1}% ({k})", 100.0 * ms / total))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 }
