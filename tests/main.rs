@@ -6,6 +6,7 @@ mod bundle_errors;
 mod calibration_golden;
 mod cli;
 mod common;
+mod digits;
 mod langevin;
 mod metrics_golden;
 mod raw;
