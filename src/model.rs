@@ -101,15 +101,8 @@ fn optimised_plan(typed: &TypedModel, batch_symbol: Option<&Symbol>, n: usize, p
 
 /// The most frames one tract run should take for `typed`, when nobody says otherwise: 1 for a
 /// graph with a spatial convolution (kernel larger than 1x1, not depthwise), unlimited
-/// otherwise.
-///
-/// Why: tract 0.23 computes such a convolution with its lazy im2col only when the batch is 1
-/// (`tract-core` `should_use_lazy`: its offset tables are built for a single batch); at a
-/// larger batch it materialises the im2col matrix first. On the reference CIFAR-10 model
-/// (2-core AMD EPYC, AVX2, one thread, one sitting) a run of 32 frames took 9.7 ms a frame and
-/// a run of 4 14.6 ms a frame, against 6.8 ms a frame for runs of 1; its energy-gradient graph
-/// likewise (45 ms a frame at 16, 36 ms at 1). Graphs without such convolutions (MLPs, 1x1 and
-/// depthwise convolutions) keep their batches: a larger matrix product is what batching is for.
+/// otherwise. Why, and what it measured: [`Model::forward_batch`]. (The energy-gradient graph
+/// too: 45 ms a frame in one run of 16, 36 ms in runs of 1.)
 fn auto_forward_batch_of(typed: &TypedModel) -> usize {
     let spatial_conv = typed.nodes().iter().any(|node| {
         if let Some(conv) = node.op_as::<tract_onnx::tract_core::ops::cnn::Conv>() {

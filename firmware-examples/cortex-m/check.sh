@@ -30,7 +30,7 @@ grep -q "MODEL_SHA256: &str = \"$want\"" "$here/src/model_data.rs" || {
 "$bin" stream "$root/models/digits-mlp" --format gray8 --size 8x8 --input "$here/frames.gray8" \
   >"$work/host.jsonl" 2>"$work/host.err" || { cat "$work/host.err" >&2; exit 1; }
 
-elf=$here/target/thumbv7em-none-eabihf/release/ebm-gate-cortex-m
+elf=${CARGO_TARGET_DIR:-$here/target}/thumbv7em-none-eabihf/release/ebm-gate-cortex-m
 python3 - "$work/firmware.txt" "$work/host.jsonl" "$elf" <<'EOF'
 import json, subprocess, sys
 
@@ -65,7 +65,10 @@ per_tick = int(cal[1]) / int(cal[-2])
 fwd = sorted(int(f[16]) for f in frames)
 gate = sorted(int(f[17]) for f in frames)
 done = next(l for l in fw_lines if l.startswith("done:"))
-size = subprocess.run(["size", sys.argv[3]], capture_output=True, text=True).stdout.splitlines()[-1].split()
+run = subprocess.run(["size", sys.argv[3]], capture_output=True, text=True)
+if run.returncode != 0:
+    sys.exit(f"size {sys.argv[3]} failed: {run.stderr.strip()}")
+size = run.stdout.splitlines()[-1].split()
 print(f"firmware vs host: {len(frames)} frames, classes, p-values, verdicts, reasons and states equal; "
       f"energies within {worst:.2e}; state changes {fw_ev}")
 print(f"per frame under QEMU -icount (instructions = ticks x {per_tick:g}): forward {fwd[len(fwd)//2] * per_tick:.0f}, "
