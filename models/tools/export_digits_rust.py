@@ -35,6 +35,8 @@ import onnxruntime as ort
 from onnx import numpy_helper
 from PIL import Image, ImageDraw, ImageFont
 
+from export_cifar10 import energies
+
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 7
 
@@ -170,9 +172,7 @@ pub static FRAME_NAMES: [&str; {len(fr)}] = [{", ".join(json.dumps(n) for n in n
     x = ((fr.astype(np.float32) / 255.0 - np.float32(inp["mean"][0])) / np.float32(inp["std"][0]))[:, None]
     z = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     t = float(gate["temperature"])
-    zt = z.astype(np.float64) / t
-    m = zt.max(1, keepdims=True)
-    energy = -t * (m[:, 0] + np.log(np.exp(zt - m).sum(1)))
+    energy = energies(z, t)
     golden = {"generator": "models/tools/export_digits_rust.py", "model_sha256": sha,
               "frames": str((args.out / "frames.gray8").relative_to(ROOT)), "names": names,
               "temperature": t, "onnxruntime": ort.__version__,

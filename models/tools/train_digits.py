@@ -41,6 +41,7 @@ from PIL import Image
 from torch import nn
 
 import cifar10_data as paths
+from export_cifar10 import energies
 
 SEED = 0
 
@@ -94,12 +95,6 @@ def write_pngs(frames: np.ndarray, labels: np.ndarray | None, root: Path, indice
         d = root / str(labels[i]) if labels is not None else root
         d.mkdir(exist_ok=True)
         Image.fromarray(f, "L").save(d / name)
-
-
-def energies(logits: np.ndarray, t: float = 1.0) -> np.ndarray:
-    z = logits.astype(np.float64) / t
-    m = z.max(1, keepdims=True)
-    return -t * (m[:, 0] + np.log(np.exp(z - m).sum(1)))
 
 
 def main() -> None:
