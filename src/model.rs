@@ -162,6 +162,18 @@ impl Plans {
         self.fixed_batch.or(self.forward_batch).unwrap_or(self.auto_forward_batch)
     }
 
+    /// Sets the most frames per tract run (`None`: the automatic choice).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for `Some(0)`.
+    fn set_forward_batch(&mut self, max: Option<usize>) -> Result<()> {
+        if max == Some(0) {
+            return Err(Error::Invalid("forward batch must be at least 1".into()));
+        }
+        self.forward_batch = max;
+        Ok(())
+    }
+
     /// The tract runs a batch of `n` frames is split into: `(first frame, frames)` each.
     fn runs(&self, n: usize) -> impl Iterator<Item = (usize, usize)> {
         let step = self.forward_batch().max(1);
@@ -285,11 +297,7 @@ impl Model {
     /// # Errors
     /// [`Error::Invalid`] for `Some(0)`.
     pub fn set_forward_batch(&mut self, max: Option<usize>) -> Result<()> {
-        if max == Some(0) {
-            return Err(Error::Invalid("forward batch must be at least 1".into()));
-        }
-        self.plans.forward_batch = max;
-        Ok(())
+        self.plans.set_forward_batch(max)
     }
 
     /// The model file.
@@ -532,11 +540,7 @@ impl GradModel {
     /// # Errors
     /// [`Error::Invalid`] for `Some(0)`.
     pub fn set_forward_batch(&mut self, max: Option<usize>) -> Result<()> {
-        if max == Some(0) {
-            return Err(Error::Invalid("forward batch must be at least 1".into()));
-        }
-        self.plans.forward_batch = max;
-        Ok(())
+        self.plans.set_forward_batch(max)
     }
 
     /// Energies `[n]` and gradients `[n, C, H, W]` of `n` frames `x` (`[n, C, H, W]`), at
