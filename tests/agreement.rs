@@ -99,7 +99,7 @@ fn resized_samples_match_pillow_bilinear() {
     }
 }
 
-/// Largest logit difference allowed for resized samples (measured 0.041 on these 7 samples).
+/// Largest logit difference allowed for resized samples (measured 0.031 on these 7 samples).
 const SAMPLE_TOLERANCE: f32 = 0.05;
 
 #[test]
@@ -121,8 +121,10 @@ fn cifar10_test_jpegs_match_pytorch() {
     assert!(same_class + 1 >= rows.len(), "{same_class}/{} classes agree", rows.len());
 }
 
-/// Largest logit difference allowed between JPEG decoders (measured 0.096 on these 65 images).
-const JPEG_TOLERANCE: f32 = 0.15;
+/// Largest logit difference allowed between JPEG decoders (measured 0.147 on these 65 images
+/// with the reference model of 2026-11-30, whose stride-2 first convolution and single pass make
+/// it more sensitive to single pixels than the earlier model's 0.096).
+const JPEG_TOLERANCE: f32 = 0.2;
 
 #[test]
 fn eval_metrics_on_frames_match_scikit_learn() {

@@ -275,7 +275,7 @@ fn refine_writes_frames_grid_and_an_energy_trace_starting_at_score_s_energy() {
     assert_eq!(trace["settings"]["unadjusted_langevin"], false);
     let (code, score_out, _) =
         run(&["score", b.to_str().unwrap(), chelsea.to_str().unwrap(), rocket.to_str().unwrap(), "--json"]);
-    assert_eq!(code, 0);
+    assert!(code == 0 || code == 1, "score could not run: exit {code}");
     for (frame, line) in trace["frames"].as_array().unwrap().iter().zip(score_out.lines()) {
         let scored: serde_json::Value = serde_json::from_str(line).unwrap();
         let e = crate::common::f32s(&frame["energy"]);
