@@ -144,12 +144,13 @@ def main() -> None:
         seen = 0
         for s in range(steps_per_epoch):
             idx = perm[s * args.batch_size:(s + 1) * args.batch_size]
+            idx_d = idx.to(device)
             sh = shifts[idx].to(device)
             cols = sh[:, 1:2] + ar.view(1, 32)
             cols = torch.where(flips[idx].to(device).view(-1, 1), cols.flip(1), cols)
             rows = sh[:, 0:1] + ar.view(1, 32)
-            xb = x_pad[idx.to(device).view(-1, 1, 1, 1), chan, rows.view(-1, 1, 32, 1), cols.view(-1, 1, 1, 32)]
-            yb = y_train_dev[idx.to(device)]
+            xb = x_pad[idx_d.view(-1, 1, 1, 1), chan, rows.view(-1, 1, 32, 1), cols.view(-1, 1, 1, 32)]
+            yb = y_train_dev[idx_d]
             xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
                 logits = model(xb)
