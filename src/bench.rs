@@ -97,7 +97,7 @@ pub struct BenchReport {
     /// Most frames per tract run in that pass (a pass of `batch` frames is `batch /
     /// forward_batch` runs).
     pub forward_batch: usize,
-    /// Threads used by the model (tract runs single-threaded in this build).
+    /// Threads of tract's matrix products ([`crate::set_threads`]; 1 unless set).
     pub threads: usize,
     /// Distinct frames cycled through.
     pub frames: usize,
@@ -318,7 +318,7 @@ pub fn run_bench(model: &Path, opts: &BenchOptions, mut progress: impl FnMut(&st
         model: model.display().to_string(),
         batch: n,
         forward_batch,
-        threads: 1,
+        threads: crate::threads(),
         frames: encoded.len(),
         cold_start_ms,
         gradient_cold_start_ms,

@@ -165,7 +165,7 @@ enum Command {
         /// else the whole batch]
         #[arg(long, value_name = "N")]
         forward_batch: Option<usize>,
-        /// Threads for the model; this build runs tract on one thread
+        /// Threads for tract's matrix products (more than 1 needs a build with --features multithread)
         #[arg(long, default_value_t = 1)]
         threads: usize,
         /// Image files or folders to time (default: the bundle's samples/); cycled through

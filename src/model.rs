@@ -19,6 +19,40 @@ use crate::error::{Error, Result};
 
 type Plan = Arc<TypedRunnableModel>;
 
+/// Threads tract's matrix products use, set by [`set_threads`] (1 until then).
+static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+/// Runs tract's matrix products on `n` threads from now on, for every model of this process
+/// (tract-linalg's default executor: a rayon pool of `n` threads, or the calling thread alone
+/// for `n = 1`). Other operators stay on the calling thread.
+///
+/// # Errors
+/// [`Error::Invalid`] for `n = 0`, and for `n > 1` in a build without the `multithread`
+/// feature (`cargo build --release --features multithread`).
+pub fn set_threads(n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(Error::Invalid("threads must be at least 1".into()));
+    }
+    #[cfg(feature = "multithread")]
+    {
+        use tract_linalg::multithread::{set_default_executor, Executor};
+        set_default_executor(if n == 1 { Executor::SingleThread } else { Executor::multithread(n) });
+    }
+    #[cfg(not(feature = "multithread"))]
+    if n > 1 {
+        return Err(Error::Invalid(format!(
+            "{n} threads: this build runs tract on one thread; build with `--features multithread` for more"
+        )));
+    }
+    THREADS.store(n, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// The threads set by [`set_threads`] (1 by default).
+pub fn threads() -> usize {
+    THREADS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// One node of an optimised plan and its median time per run ([`Model::op_profile`]).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct OpTime {

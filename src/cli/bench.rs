@@ -20,9 +20,7 @@ pub fn bench_cmd(
     ops: bool,
     json: Option<&Path>,
 ) -> Result<ExitCode> {
-    if threads != 1 {
-        bail!("--threads {threads}: this build of ebm-gate runs tract on one thread; give --threads 1");
-    }
+    ebm_gate::set_threads(threads).with_context(|| format!("--threads {threads}"))?;
     if batch == 0 {
         bail!("--batch must be at least 1");
     }
