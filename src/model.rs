@@ -19,6 +19,9 @@ use crate::error::{Error, Result};
 
 type Plan = Arc<TypedRunnableModel>;
 
+/// The most threads [`set_threads`] takes (rayon panics when it cannot start a pool).
+pub const MAX_THREADS: usize = 256;
+
 /// Threads tract's matrix products use, set by [`set_threads`] (1 until then).
 static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
 
@@ -27,11 +30,11 @@ static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize:
 /// for `n = 1`). Other operators stay on the calling thread.
 ///
 /// # Errors
-/// [`Error::Invalid`] for `n = 0`, and for `n > 1` in a build without the `multithread`
-/// feature (`cargo build --release --features multithread`).
+/// [`Error::Invalid`] for `n = 0` or more than [`MAX_THREADS`], and for `n > 1` in a build
+/// without the `multithread` feature (`cargo build --release --features multithread`).
 pub fn set_threads(n: usize) -> Result<()> {
-    if n == 0 {
-        return Err(Error::Invalid("threads must be at least 1".into()));
+    if n == 0 || n > MAX_THREADS {
+        return Err(Error::Invalid(format!("threads must be 1 to {MAX_THREADS}, got {n}")));
     }
     #[cfg(feature = "multithread")]
     {

@@ -17,7 +17,7 @@ fn two_threads_give_the_onnxruntime_logits() {
             .unwrap();
     let frames = golden["frames"].as_array().unwrap();
     let paths: Vec<PathBuf> = frames.iter().map(|f| root.join(f["path"].as_str().unwrap())).collect();
-    assert!(ebm_gate::set_threads(0).is_err());
+    assert!(ebm_gate::set_threads(0).is_err() && ebm_gate::set_threads(ebm_gate::MAX_THREADS + 1).is_err());
     ebm_gate::set_threads(2).unwrap();
     assert_eq!(ebm_gate::threads(), 2);
     for forward_batch in [None, Some(8)] {

@@ -71,7 +71,7 @@ fn print_report(r: &BenchReport, opts: &BenchOptions) {
     );
     let timed = opts.runs * r.batch;
     println!(
-        "model: {}, batch {} ({}), {} thread, {}, {} run{} after {} warm-up",
+        "model: {}, batch {} ({}), {} thread{}, {}, {} run{} after {} warm-up",
         r.model,
         r.batch,
         if r.forward_batch >= r.batch {
@@ -80,6 +80,7 @@ fn print_report(r: &BenchReport, opts: &BenchOptions) {
             format!("tract runs of {}", r.forward_batch)
         },
         r.threads,
+        if r.threads == 1 { "" } else { "s" },
         if timed < r.frames {
             format!("{timed} of {} frames timed (give more --runs for all)", r.frames)
         } else {
