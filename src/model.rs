@@ -598,19 +598,18 @@ impl GradModel {
         let [c, h, w] = self.chw;
         let k = self.num_classes;
         let d = c * h * w;
-        let gpath = self.path.clone();
-        let shape_err = |expected: String, got: String| Error::Shape { path: gpath.clone(), expected, got };
         if n == 0 || x.len() != n * d || grad.len() != n * d || energy.len() != n || class_mask.len() != n * k {
-            return Err(shape_err(
-                format!("x and grad [{n}, {c}, {h}, {w}], energy [{n}], class_mask [{n}, {k}]"),
-                format!(
+            return Err(Error::Shape {
+                path: self.path.clone(),
+                expected: format!("x and grad [{n}, {c}, {h}, {w}], energy [{n}], class_mask [{n}, {k}]"),
+                got: format!(
                     "x {} values, grad {}, energy {}, class_mask {}",
                     x.len(),
                     grad.len(),
                     energy.len(),
                     class_mask.len()
                 ),
-            ));
+            });
         }
         let runs: Vec<(usize, usize)> = self.plans.runs(n).collect();
         for (s, len) in runs {
@@ -639,8 +638,6 @@ impl GradModel {
         let [c, h, w] = self.chw;
         let k = self.num_classes;
         let d = c * h * w;
-        let gpath = self.path.clone();
-        let shape_err = |expected: String, got: String| Error::Shape { path: gpath.clone(), expected, got };
         let path = self.path.clone();
         let merr = |e: TractError| Error::Model { path: path.clone(), message: format!("{e:#}") };
         let mut inputs: [Option<TValue>; 3] = [None, None, None];
@@ -652,10 +649,11 @@ impl GradModel {
         let e = outputs[self.output_pos[0]].to_plain_array_view::<f32>().map_err(merr)?;
         let g = outputs[self.output_pos[1]].to_plain_array_view::<f32>().map_err(merr)?;
         if e.len() != n || g.len() != n * d {
-            return Err(shape_err(
-                format!("outputs energy [{n}] and grad [{n}, {c}, {h}, {w}]"),
-                format!("energy {:?}, grad {:?}", e.shape(), g.shape()),
-            ));
+            return Err(Error::Shape {
+                path: self.path.clone(),
+                expected: format!("outputs energy [{n}] and grad [{n}, {c}, {h}, {w}]"),
+                got: format!("energy {:?}, grad {:?}", e.shape(), g.shape()),
+            });
         }
         for (dst, src) in energy.iter_mut().zip(e.iter()) {
             *dst = *src;

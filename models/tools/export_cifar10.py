@@ -67,7 +67,8 @@ def main() -> None:
     torch.set_flush_denormal(True)
 
     model, meta = load_model(args.checkpoint, args.tta)
-    widths = tuple(model.net.widths if hasattr(model, "net") else model.widths)
+    net = model.net if isinstance(model, FlipTTA) else model
+    widths = net.widths
 
     args.out.mkdir(parents=True, exist_ok=True)
     onnx_path = args.out / "model.onnx"
@@ -131,7 +132,6 @@ def main() -> None:
     (args.out / "gate.json").write_text(json.dumps(gate, indent=2) + "\n")
 
     params = sum(p.numel() for p in model.parameters())
-    net = model.net if isinstance(model, FlipTTA) else model
     passes = 2 if isinstance(model, FlipTTA) else 1
     report = {
         "architecture": f"AirNet widths {list(widths)}, stride-2 first convolution in blocks "
