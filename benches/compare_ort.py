@@ -223,7 +223,7 @@ def main() -> None:
     peak, how = peak_gflops_per_core()
     machine = eg["machine"]
     print(f"# ebm-gate {machine['ebm_gate']} (tract {machine['tract']}) vs onnxruntime {ort.__version__}, "
-          f"{args.threads} thread, {datetime.date.today()}")
+          f"{args.threads} thread{'' if args.threads == 1 else 's'}, {datetime.date.today()}")
     print(f"# {machine['cpu']}, SIMD {' '.join(machine['simd'])}; {platform.python_implementation()} "
           f"{platform.python_version()}, numpy {np.__version__}, Pillow {Image.__version__}")
     print(f"# model {onnx_path}: {macs / 1e6:.1f} M multiply-accumulates per frame; "

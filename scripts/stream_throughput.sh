@@ -3,6 +3,8 @@
 # model: the figures of the README's "Gating a camera feed".
 #
 #   scripts/stream_throughput.sh            # FFMPEG=/path/to/ffmpeg if it is not on PATH
+#   THREADS=2 scripts/stream_throughput.sh  # the model on 2 threads (`stream --threads 2`)
+#   BIN=path/to/ebm-gate ...                 # another build than target/release/ebm-gate
 #
 # Needs ffmpeg (to make the feeds), ../shared/data/cifar10/test, python3, GNU time
 # (/usr/bin/time), and builds the release binary if it is missing. Run it on a quiet machine.
@@ -17,9 +19,10 @@ cd "$(dirname "$0")/.."
 FFMPEG=${FFMPEG:-ffmpeg}
 N=${N:-2000}
 LIVE=${LIVE:-900}
+THREADS=${THREADS:-1}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-bin=target/release/ebm-gate
+bin=${BIN:-target/release/ebm-gate}
 [[ -x $bin ]] || cargo build --release
 data=../shared/data/cifar10/test
 [[ -d $data ]] || { echo "needs $data" >&2; exit 2; }
@@ -35,7 +38,7 @@ ff -vf scale=640:480 -f rawvideo -pix_fmt rgb24 -y "$work/feed.rgb"
 ff -vf scale=640:480 -c:v mjpeg -q:v 3 -f mjpeg -y "$work/feed.mjpeg"
 ff -f rawvideo -pix_fmt rgb24 -y "$work/feed32.rgb"
 
-echo "$(date -u +%F), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores, $N frames"
+echo "$(date -u +%F), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores, $N frames, --threads $THREADS"
 summary() { tail -n 1 | sed 's/.*saved; //'; }
 for feed in "rgb24 640x480:--format rgb24 --size 640x480:feed.rgb" "mjpeg 640x480:--format mjpeg:feed.mjpeg" \
             "rgb24 32x32 (no resize):--format rgb24 --size 32x32:feed32.rgb"; do
@@ -43,11 +46,11 @@ for feed in "rgb24 640x480:--format rgb24 --size 640x480:feed.rgb" "mjpeg 640x48
   for batch in 1 4 32; do
     # shellcheck disable=SC2086
     out=$({ /usr/bin/time -f 'peak RSS %M KB' "$bin" stream models/cifar10-airnet $flags --input "$work/$file" \
-            --every 1000000000 --batch "$batch" >/dev/null; } 2>&1)
+            --every 1000000000 --batch "$batch" --threads "$THREADS" >/dev/null; } 2>&1)
     echo "file, $name, batch $batch: $(grep '^stream: .* frames (' <<<"$out" | summary) $(grep 'peak RSS' <<<"$out")"
   done
 done
 echo "live 30 fps, rgb24 640x480: $(python3 scripts/pace_frames.py "$work/feed.rgb" 30 "$LIVE" --raw 921600 |
-  "$bin" stream models/cifar10-airnet --format rgb24 --size 640x480 --every 1000000000 2>&1 >/dev/null | summary)"
+  "$bin" stream models/cifar10-airnet --format rgb24 --size 640x480 --every 1000000000 --threads "$THREADS" 2>&1 >/dev/null | summary)"
 echo "live 30 fps, mjpeg 640x480: $(python3 scripts/pace_frames.py "$work/feed.mjpeg" 30 "$LIVE" --mjpeg |
-  "$bin" stream models/cifar10-airnet --format mjpeg --every 1000000000 2>&1 >/dev/null | summary)"
+  "$bin" stream models/cifar10-airnet --format mjpeg --every 1000000000 --threads "$THREADS" 2>&1 >/dev/null | summary)"

@@ -6,7 +6,8 @@
 //! (energy, softmax scores, p-value and verdict from one frame's logits) and, when the bundle
 //! has an energy-gradient graph, `sgld_step` (energy + `dE/dx` of a batch through tract, then one
 //! SGLD update). Each is timed alone with a monotonic clock over `runs` batches after
-//! `warmup` batches, one thread, frames read into memory first (disk I/O is not counted), and
+//! `warmup` batches, the model on the threads of [`crate::set_threads`] (1 by default) and the
+//! other stages on the calling thread, frames read into memory first (disk I/O is not counted), and
 //! reported as p50 / p90 / p99 / mean / min (nearest-rank percentiles). `cold_start` is the time
 //! to open the bundle (read and hash the files, load and optimise the plan for the batch size).
 //! Timing is wall-clock on a machine that may be doing other work: run it on a quiet machine, and
@@ -97,7 +98,7 @@ pub struct BenchReport {
     /// Most frames per tract run in that pass (a pass of `batch` frames is `batch /
     /// forward_batch` runs).
     pub forward_batch: usize,
-    /// Threads of tract's matrix products ([`crate::set_threads`]; 1 unless set).
+    /// Threads the model ran on ([`crate::set_threads`]; 1 unless set).
     pub threads: usize,
     /// Distinct frames cycled through.
     pub frames: usize,
@@ -108,7 +109,7 @@ pub struct BenchReport {
     /// Per-stage latency.
     pub stages: Vec<StageStats>,
     /// Frames per second through decode + preprocess + forward + gate, from the per-frame
-    /// medians (one thread, no overlap).
+    /// medians (the stages one after another, not overlapped).
     pub frames_per_second: f64,
     /// Each node of the optimised plan with its median time over `runs` tract runs of
     /// `min(batch, forward_batch)` frames, in plan order (with `ops`).

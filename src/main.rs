@@ -53,6 +53,11 @@ struct GateArgs {
     /// frame; else the whole pass]
     #[arg(long, value_name = "N")]
     forward_batch: Option<usize>,
+    /// Threads to run the model on: a batch's frames run on up to N threads at once, each with
+    /// its own plan state (a build with `--features multithread` also splits one frame's matrix
+    /// products over N threads)
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    threads: usize,
 }
 
 impl GateArgs {
@@ -118,6 +123,11 @@ enum Command {
         /// Frames per forward pass
         #[arg(long, default_value_t = 32)]
         batch: usize,
+        /// Threads to run the model on: a batch's frames run on up to N threads at once, each with
+        /// its own plan state (a build with `--features multithread` also splits one frame's matrix
+        /// products over N threads)
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        threads: usize,
         /// The model changed since gate.json was written (sha256 mismatch): keep gate.json's
         /// preprocessing and class names, refit everything else
         #[arg(long)]
@@ -165,8 +175,10 @@ enum Command {
         /// else the whole batch]
         #[arg(long, value_name = "N")]
         forward_batch: Option<usize>,
-        /// Threads for tract's matrix products (more than 1 needs a build with --features multithread)
-        #[arg(long, default_value_t = 1)]
+        /// Threads to run the model on: a batch's frames run on up to N threads at once, each with
+        /// its own plan state (a build with `--features multithread` also splits one frame's matrix
+        /// products over N threads)
+        #[arg(long, default_value_t = 1, value_name = "N")]
         threads: usize,
         /// Image files or folders to time (default: the bundle's samples/); cycled through
         #[arg(long, value_name = "PATH")]
@@ -313,16 +325,26 @@ fn parse_named(s: &str) -> Result<(String, PathBuf), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let threads = match &cli.command {
+        Command::Score { gate, .. } | Command::Eval { gate, .. } => gate.threads,
+        Command::Stream(args) => args.gate.threads,
+        Command::Calibrate { threads, .. } | Command::Bench { threads, .. } => *threads,
+        Command::Refine { chain, .. } | Command::Sample { chain, .. } => chain.threads,
+    };
+    if let Err(e) = ebm_gate::set_threads(threads) {
+        eprintln!("error: --threads {threads}: {e}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Score { model, inputs, json, logits, set_alpha, gate } => {
             score(&model, &inputs, json, logits, set_alpha, &gate)
         }
-        Command::Calibrate { model, id, alpha, holdout, seed, out, plots, batch, new_model } => {
+        Command::Calibrate { model, id, alpha, holdout, seed, out, plots, batch, new_model, threads: _ } => {
             calibrate_cmd(&model, &id, alpha, holdout, seed, out, plots.as_deref(), batch, new_model)
         }
         Command::Stream(args) => stream_cmd(&args),
-        Command::Bench { model, batch, forward_batch, threads, frames, runs, warmup, no_gradient, ops, json } => {
-            bench_cmd(&model, batch, forward_batch, threads, frames, runs, warmup, !no_gradient, ops, json.as_deref())
+        Command::Bench { model, batch, forward_batch, threads: _, frames, runs, warmup, no_gradient, ops, json } => {
+            bench_cmd(&model, batch, forward_batch, frames, runs, warmup, !no_gradient, ops, json.as_deref())
         }
         Command::Refine { model, frames, out, batch, chain } => refine_cmd(&model, &frames, &out, batch, &chain),
         Command::Sample { model, sample, chain } => sample_cmd(&model, &sample, &chain),

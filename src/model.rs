@@ -19,19 +19,27 @@ use crate::error::{Error, Result};
 
 type Plan = Arc<TypedRunnableModel>;
 
+/// One frame-level thread's running states, each with its plan's batch ([`Plans::spread`]).
+type WorkerStates = Vec<(usize, TypedSimpleState)>;
+
 /// The most threads [`set_threads`] takes (rayon panics when it cannot start a pool).
 pub const MAX_THREADS: usize = 256;
 
-/// Threads tract's matrix products use, set by [`set_threads`] (1 until then).
+/// Threads ebm-gate runs a model on, set by [`set_threads`] (1 until then).
 static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
 
-/// Runs tract's matrix products on `n` threads from now on, for every model of this process
-/// (tract-linalg's default executor: a rayon pool of `n` threads, or the calling thread alone
-/// for `n = 1`). Other operators stay on the calling thread.
+/// Runs models on `n` threads from now on, for every model of this process.
+///
+/// A batch that is split into several tract runs (by default every batch of a convolutional
+/// network, which runs frame by frame: [`Model::forward_batch`]) has its runs spread over `n`
+/// threads, each with its own plan state (frame-level parallelism; any build). In a build with
+/// the `multithread` feature (`cargo build --release --features multithread`), a batch that is
+/// one tract run (a single frame) also splits its matrix products over a rayon pool of `n`
+/// threads (tract-linalg's default executor); the frame-level threads run tract on one thread
+/// each. Results do not depend on `n`: a frame gives the same bits on any thread.
 ///
 /// # Errors
-/// [`Error::Invalid`] for `n = 0` or more than [`MAX_THREADS`], and for `n > 1` in a build
-/// without the `multithread` feature (`cargo build --release --features multithread`).
+/// [`Error::Invalid`] for `n = 0` or more than [`MAX_THREADS`].
 pub fn set_threads(n: usize) -> Result<()> {
     if n == 0 || n > MAX_THREADS {
         return Err(Error::Invalid(format!("threads must be 1 to {MAX_THREADS}, got {n}")));
@@ -41,12 +49,6 @@ pub fn set_threads(n: usize) -> Result<()> {
         use tract_linalg::multithread::{set_default_executor, Executor};
         set_default_executor(if n == 1 { Executor::SingleThread } else { Executor::multithread(n) });
     }
-    #[cfg(not(feature = "multithread"))]
-    if n > 1 {
-        return Err(Error::Invalid(format!(
-            "{n} threads: this build runs tract on one thread; build with `--features multithread` for more"
-        )));
-    }
     THREADS.store(n, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
@@ -54,6 +56,17 @@ pub fn set_threads(n: usize) -> Result<()> {
 /// The threads set by [`set_threads`] (1 by default).
 pub fn threads() -> usize {
     THREADS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Runs `f` with tract's matrix products on the calling thread alone (a frame-level worker:
+/// the threads are already busy with other frames).
+fn single_threaded<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(feature = "multithread")]
+    {
+        tract_linalg::multithread::multithread_tract_scope(tract_linalg::multithread::Executor::SingleThread, f)
+    }
+    #[cfg(not(feature = "multithread"))]
+    f()
 }
 
 /// One node of an optimised plan and its median time per run ([`Model::op_profile`]).
@@ -172,7 +185,9 @@ struct Plans {
     auto_forward_batch: usize,
     /// Most frames per tract run, when set by the user (`None`: the automatic choice).
     forward_batch: Option<usize>,
-    states: HashMap<usize, TypedSimpleState>,
+    /// Running states per batch size: the first for the calling thread, more for frame-level
+    /// threads ([`Plans::spread`]).
+    states: HashMap<usize, Vec<TypedSimpleState>>,
 }
 
 impl Plans {
@@ -238,9 +253,90 @@ impl Plans {
             check(&plan)?;
             let state =
                 plan.spawn().map_err(|e| Error::Model { path: self.path.clone(), message: format!("{e:#}") })?;
-            self.states.insert(n, state);
+            self.states.insert(n, vec![state]);
         }
-        self.states.get_mut(&n).ok_or_else(|| Error::Invalid(format!("no plan for batch {n}")))
+        self.states
+            .get_mut(&n)
+            .and_then(|states| states.first_mut())
+            .ok_or_else(|| Error::Invalid(format!("no plan for batch {n}")))
+    }
+
+    /// Runs `runs` (`(first frame, frames, plan batch)` each; the plan of each batch built
+    /// already by [`Plans::state`]) spread over up to [`threads`] threads, a contiguous share of
+    /// the runs each (the first share on the calling thread), every thread with its own running
+    /// state of each plan it uses (spawned from the plan the first time, kept for the next
+    /// call). Returns `work`'s results in run order, or the first error.
+    fn spread<R: Send>(
+        &mut self,
+        runs: &[(usize, usize, usize)],
+        work: impl Fn(&mut TypedSimpleState, usize, usize) -> Result<R> + Sync,
+    ) -> Result<Vec<R>> {
+        let workers = threads().clamp(1, runs.len().max(1));
+        let chunks: Vec<&[(usize, usize, usize)]> = runs.chunks(runs.len().div_ceil(workers).max(1)).collect();
+        let workers = chunks.len();
+        let mut keys: Vec<usize> = runs.iter().map(|r| r.2).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let merr = |e: TractError| Error::Model { path: self.path.clone(), message: format!("{e:#}") };
+        // Of the workers whose runs use a plan, the i-th gets that plan's state i (state 0, the
+        // one the calling thread uses alone, to the first); states beyond those wait in `spare`.
+        let mut per_worker: Vec<WorkerStates> = (0..workers).map(|_| Vec::new()).collect();
+        let mut spare: Vec<(usize, Vec<TypedSimpleState>)> = Vec::new();
+        for &key in &keys {
+            let users: Vec<usize> = (0..workers).filter(|&w| chunks[w].iter().any(|r| r.2 == key)).collect();
+            let states = self
+                .states
+                .get_mut(&key)
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| Error::Invalid(format!("no plan for batch {key}")))?;
+            while states.len() < users.len() {
+                let state = states[0].plan().clone().spawn().map_err(merr)?;
+                states.push(state);
+            }
+            let mut states = self.states.remove(&key).unwrap_or_default();
+            spare.push((key, states.split_off(users.len())));
+            for (&w, state) in users.iter().zip(states) {
+                per_worker[w].push((key, state));
+            }
+        }
+        let run_chunk = |chunk: &[(usize, usize, usize)], mut states: WorkerStates| {
+            let results = single_threaded(|| {
+                chunk
+                    .iter()
+                    .map(|&(start, len, key)| match states.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, state)) => work(state, start, len),
+                        None => Err(Error::Invalid(format!("no plan for batch {key}"))),
+                    })
+                    .collect::<Result<Vec<R>>>()
+            });
+            (results, states)
+        };
+        let outcomes: Vec<(Result<Vec<R>>, WorkerStates)> = std::thread::scope(|scope| {
+            let mut jobs = chunks.iter().zip(per_worker);
+            let first = jobs.next();
+            let handles: Vec<_> = jobs.map(|(chunk, states)| scope.spawn(move || run_chunk(chunk, states))).collect();
+            let mut outcomes: Vec<_> = first.map(|(chunk, states)| run_chunk(chunk, states)).into_iter().collect();
+            for handle in handles {
+                outcomes.push(handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+            }
+            outcomes
+        });
+        // The states go back in worker order: state 0, the calling thread's, first.
+        let mut results = Vec::with_capacity(runs.len());
+        let mut first_err = None;
+        for (result, states) in outcomes {
+            for (key, state) in states {
+                self.states.entry(key).or_default().push(state);
+            }
+            match result {
+                Ok(r) => results.extend(r),
+                Err(e) => first_err = first_err.or(Some(e)),
+            }
+        }
+        for (key, rest) in spare {
+            self.states.entry(key).or_default().extend(rest);
+        }
+        first_err.map_or(Ok(results), Err)
     }
 }
 
@@ -377,6 +473,19 @@ impl Model {
         if runs.len() == 1 {
             return self.run_logits(input, n);
         }
+        if threads() > 1 {
+            let runs: Vec<(usize, usize, usize)> =
+                runs.into_iter().map(|(start, len)| (start, len, run_batch(self.plans.fixed_batch, len))).collect();
+            for &(_, _, run_n) in &runs {
+                self.ensure_plan(run_n)?;
+            }
+            let (path, chw, k, fixed) = (self.path.clone(), self.chw, self.num_classes, self.plans.fixed_batch);
+            let parts = self.plans.spread(&runs, |state, start, len| {
+                let frames = &input[start * d..(start + len) * d];
+                run_logits_on(state, frames, len, run_batch(fixed, len), chw, k, &path)
+            })?;
+            return Ok(parts.concat());
+        }
         let mut logits = Vec::with_capacity(n * self.num_classes);
         for (start, len) in runs {
             logits.extend(self.run_logits(&input[start * d..(start + len) * d], len)?);
@@ -433,28 +542,48 @@ impl Model {
 
     /// One tract run of `n` frames (`n` at most a fixed batch).
     fn run_logits(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>> {
-        let [c, h, w] = self.chw;
-        // A model with a fixed batch runs a short batch padded with zeros.
-        let run_n = match self.plans.fixed_batch {
-            Some(fixed) if n < fixed => fixed,
-            _ => n,
-        };
-        let path = self.path.clone();
-        let merr = |e: TractError| Error::Model { path: path.clone(), message: format!("{e:#}") };
-        let num_classes = &mut self.num_classes;
-        let state = self.plans.state(run_n, |plan| check_logits(plan, run_n, &path, num_classes))?;
-        let tensor = if run_n == n {
-            Tensor::from_shape(&[n, c, h, w], input)
-        } else {
-            let mut padded = input.to_vec();
-            padded.resize(run_n * c * h * w, 0.0);
-            Tensor::from_shape(&[run_n, c, h, w], &padded)
-        }
-        .map_err(merr)?;
-        let outputs = state.run(tvec!(tensor.into())).map_err(merr)?;
-        let view = outputs[0].to_plain_array_view::<f32>().map_err(merr)?;
-        Ok(view.iter().copied().take(n * self.num_classes).collect())
+        let run_n = run_batch(self.plans.fixed_batch, n);
+        self.ensure_plan(run_n)?;
+        let (path, chw, k) = (self.path.clone(), self.chw, self.num_classes);
+        let state = self.plans.state(run_n, |_| Ok(()))?;
+        run_logits_on(state, input, n, run_n, chw, k, &path)
     }
+}
+
+/// The plan batch a tract run of `n` frames uses: `n`, or the `fixed` batch of a fixed-batch
+/// model (a short batch is padded with zeros).
+fn run_batch(fixed: Option<usize>, n: usize) -> usize {
+    match fixed {
+        Some(fixed) if n < fixed => fixed,
+        _ => n,
+    }
+}
+
+/// One tract run of the `n` frames `input` (`[n, C, H, W]`, `chw` = `[C, H, W]`) on `state`, a
+/// classifier plan for batches of `run_n` (at least `n`: the frames are padded with zeros)
+/// checked to give `k` logits. Returns the logits `[n, k]`.
+fn run_logits_on(
+    state: &mut TypedSimpleState,
+    input: &[f32],
+    n: usize,
+    run_n: usize,
+    chw: [usize; 3],
+    k: usize,
+    path: &Path,
+) -> Result<Vec<f32>> {
+    let [c, h, w] = chw;
+    let merr = |e: TractError| Error::Model { path: path.into(), message: format!("{e:#}") };
+    let tensor = if run_n == n {
+        Tensor::from_shape(&[n, c, h, w], input)
+    } else {
+        let mut padded = input.to_vec();
+        padded.resize(run_n * c * h * w, 0.0);
+        Tensor::from_shape(&[run_n, c, h, w], &padded)
+    }
+    .map_err(merr)?;
+    let outputs = state.run(tvec!(tensor.into())).map_err(merr)?;
+    let view = outputs[0].to_plain_array_view::<f32>().map_err(merr)?;
+    Ok(view.iter().copied().take(n * k).collect())
 }
 
 /// Names of the energy-gradient graph's inputs and outputs (from `gate.json`'s `gradient`).
@@ -612,8 +741,35 @@ impl GradModel {
             });
         }
         let runs: Vec<(usize, usize)> = self.plans.runs(n).collect();
+        let io = GradIo { path: &self.path, chw: self.chw, k, input_pos: self.input_pos, output_pos: self.output_pos };
+        if threads() > 1 && runs.len() > 1 {
+            let runs: Vec<(usize, usize, usize)> = runs.into_iter().map(|(s, len)| (s, len, len)).collect();
+            for &(_, len, _) in &runs {
+                self.plans.state(len, |_| Ok(()))?;
+            }
+            let parts = self.plans.spread(&runs, |state, s, len| {
+                let (mut e, mut g) = (vec![0.0; len], vec![0.0; len * d]);
+                io.run(
+                    state,
+                    &x[s * d..(s + len) * d],
+                    len,
+                    temperature,
+                    &class_mask[s * k..(s + len) * k],
+                    &mut e,
+                    &mut g,
+                )?;
+                Ok((e, g))
+            })?;
+            for ((s, len, _), (e, g)) in runs.into_iter().zip(parts) {
+                energy[s..s + len].copy_from_slice(&e);
+                grad[s * d..(s + len) * d].copy_from_slice(&g);
+            }
+            return Ok(());
+        }
         for (s, len) in runs {
-            self.run_energy_and_grad(
+            let state = self.plans.state(len, |_| Ok(()))?;
+            io.run(
+                state,
                 &x[s * d..(s + len) * d],
                 len,
                 temperature,
@@ -624,10 +780,24 @@ impl GradModel {
         }
         Ok(())
     }
+}
 
-    /// One tract run of `n` frames, buffers checked by the caller.
-    fn run_energy_and_grad(
-        &mut self,
+/// What one run of a gradient graph needs besides its state: the graph file (for messages),
+/// `[C, H, W]`, the classes `k`, and where its inputs and outputs are.
+struct GradIo<'a> {
+    path: &'a Path,
+    chw: [usize; 3],
+    k: usize,
+    input_pos: [usize; 3],
+    output_pos: [usize; 2],
+}
+
+impl GradIo<'_> {
+    /// One tract run of `n` frames on `state`, buffers checked by the caller.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        state: &mut TypedSimpleState,
         x: &[f32],
         n: usize,
         temperature: f32,
@@ -636,21 +806,19 @@ impl GradModel {
         grad: &mut [f32],
     ) -> Result<()> {
         let [c, h, w] = self.chw;
-        let k = self.num_classes;
-        let d = c * h * w;
-        let path = self.path.clone();
-        let merr = |e: TractError| Error::Model { path: path.clone(), message: format!("{e:#}") };
+        let (k, d) = (self.k, c * h * w);
+        let merr = |e: TractError| Error::Model { path: self.path.into(), message: format!("{e:#}") };
         let mut inputs: [Option<TValue>; 3] = [None, None, None];
         inputs[self.input_pos[0]] = Some(Tensor::from_shape(&[n, c, h, w], x).map_err(merr)?.into());
         inputs[self.input_pos[1]] = Some(Tensor::from_shape(&[1], &[temperature]).map_err(merr)?.into());
         inputs[self.input_pos[2]] = Some(Tensor::from_shape(&[n, k], class_mask).map_err(merr)?.into());
         let inputs: TVec<TValue> = inputs.into_iter().flatten().collect();
-        let outputs = self.plans.state(n, |_| Ok(()))?.run(inputs).map_err(merr)?;
+        let outputs = state.run(inputs).map_err(merr)?;
         let e = outputs[self.output_pos[0]].to_plain_array_view::<f32>().map_err(merr)?;
         let g = outputs[self.output_pos[1]].to_plain_array_view::<f32>().map_err(merr)?;
         if e.len() != n || g.len() != n * d {
             return Err(Error::Shape {
-                path: self.path.clone(),
+                path: self.path.into(),
                 expected: format!("outputs energy [{n}] and grad [{n}, {c}, {h}, {w}]"),
                 got: format!("energy {:?}, grad {:?}", e.shape(), g.shape()),
             });

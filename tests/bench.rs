@@ -7,7 +7,8 @@ fn bench_reports_every_stage_with_ordered_percentiles() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let out = ebm_gate()
-        .args(["bench", bundle().to_str().unwrap(), "--batch", "2", "--runs", "3", "--warmup", "1", "--json"])
+        .args(["bench", bundle().to_str().unwrap(), "--batch", "2", "--threads", "2", "--runs", "3", "--warmup", "1"])
+        .arg("--json")
         .arg(&json)
         .output()
         .unwrap();
@@ -34,6 +35,8 @@ fn bench_reports_every_stage_with_ordered_percentiles() {
     }
     assert_eq!(r["batch"], 2);
     assert_eq!(r["forward_batch"], 1, "a convolutional network runs frame by frame");
+    assert_eq!(r["threads"], 2, "its 2 frames on 2 threads");
+    assert!(stdout.contains("2 threads"), "{stdout}");
     assert_eq!(r["frames"], 7, "the bundle's 7 sample frames");
     assert!(r["cold_start_ms"].as_f64().unwrap() > 0.0);
     assert!(r["machine"]["cores"].as_u64().unwrap() >= 1);
@@ -54,8 +57,8 @@ fn bench_without_a_gradient_graph_times_the_rest_and_refuses_bad_flags() {
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("batch 4") && !stdout.contains("sgld_step"), "a fixed batch of 4, no gradient: {stdout}");
     for (args, want) in [
-        (vec!["--threads", "2"], "one thread"),
         (vec!["--threads", "0"], "threads must be 1 to 256"),
+        (vec!["--threads", "257"], "--threads 257"),
         (vec!["--batch", "0"], "at least 1"),
         (vec!["--forward-batch", "0"], "--forward-batch must be at least 1"),
         (vec!["--frames", "/nonexistent/dir"], "/nonexistent/dir"),

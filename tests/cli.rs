@@ -82,6 +82,23 @@ fn bad_model_exits_2_naming_it() {
 }
 
 #[test]
+fn a_thread_count_out_of_range_exits_2_naming_the_flag() {
+    let b = bundle();
+    let b = b.to_str().unwrap();
+    for args in [
+        vec!["score", b, "tests/data/frames", "--threads", "0"],
+        vec!["eval", b, "--id", "tests/data/frames", "--threads", "257"],
+        vec!["calibrate", b, "--id", "tests/data/frames", "--threads", "0"],
+        vec!["stream", b, "--format", "mjpeg", "--threads", "0"],
+        vec!["refine", b, "tests/data/frames", "--out", "/nonexistent", "--threads", "0"],
+    ] {
+        let (code, stdout, stderr) = run(&args);
+        assert_eq!(code, 2, "{args:?}: {stdout}");
+        assert!(stderr.contains("--threads") && stderr.contains("threads must be 1 to 256"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn bare_onnx_without_threshold_scores_only_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("m.onnx");

@@ -12,7 +12,6 @@ pub fn bench_cmd(
     model: &Path,
     batch: usize,
     forward_batch: Option<usize>,
-    threads: usize,
     frames: Vec<PathBuf>,
     runs: usize,
     warmup: usize,
@@ -20,7 +19,6 @@ pub fn bench_cmd(
     ops: bool,
     json: Option<&Path>,
 ) -> Result<ExitCode> {
-    ebm_gate::set_threads(threads).with_context(|| format!("--threads {threads}"))?;
     if batch == 0 {
         bail!("--batch must be at least 1");
     }
@@ -106,7 +104,7 @@ fn print_report(r: &BenchReport, opts: &BenchOptions) {
         );
     }
     println!(
-        "throughput: {:.1} frames/s (decode + preprocess + forward + gate, per-frame medians, one thread, no overlap)",
+        "throughput: {:.1} frames/s (decode + preprocess + forward + gate, per-frame medians, stages not overlapped)",
         r.frames_per_second
     );
     if let Some(ops) = &r.ops {
