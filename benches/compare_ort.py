@@ -1,7 +1,7 @@
 """Side by side: ebm-gate (tract) against onnxruntime on the same model, inputs and thread count.
 
     python benches/compare_ort.py [--model models/cifar10-airnet] [--bin target/release/ebm-gate]
-                                  [--threads 1] [--runs 30] [--repeat 3] [--json FILE]
+                                  [--threads 1] [--runs 30] [--repeat 3] [--json FILE] [--layers]
 
 Needs the model tooling's venv (models/tools/setup.sh: onnxruntime, onnx, numpy, pillow, pinned in
 models/tools/requirements.txt) and a release build of ebm-gate (`cargo build --release`). It prints:
@@ -18,6 +18,12 @@ models/tools/requirements.txt) and a release build of ebm-gate (`cargo build --r
 3. the model's multiply-accumulates per frame (Conv, ConvTranspose, Gemm and MatMul nodes, from
    ONNX shape inference at batch 1) and the GFLOP/s each achieves (2 FLOP per MAC) against this
    core's peak (`cpu MHz` x FLOP per cycle: 32 with AVX2+FMA, 64 with AVX-512, 16 with AVX).
+
+With `--layers`, also layer by layer at batch 1: each matrix product of tract's optimised plan
+(`bench --ops`: its m x k x n, kernel and median time) beside the convolution or Gemm node that
+onnxruntime runs for it (its profiler's median kernel time over the same runs), paired in graph
+order, and the time of everything else on each side. Profiling adds a few microseconds a node on
+both sides, so the sums run above the plain forward times.
 
 Ratios are ebm-gate time / the other's time: above 1, ebm-gate is slower. Each figure is the
 median of `--repeat` medians, the two sides alternating, so that a slow spell of a shared machine
@@ -53,6 +59,91 @@ def run_bench(binary: Path, model: Path, batch: int, frames: Path | None, runs: 
             cmd += ["--frames", str(frames)]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return json.loads(Path(f.name).read_text())
+
+
+def ort_node_profile(path: Path, threads: int, x: np.ndarray, runs: int) -> list[dict]:
+    """onnxruntime's profiler over `runs` runs of `x` (after 3 unprofiled-alike warm-up runs):
+    each node's median kernel time in ms, in execution order, with its operator type."""
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = threads
+    o.inter_op_num_threads = threads
+    o.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    o.enable_profiling = True
+    with tempfile.TemporaryDirectory() as d:
+        o.profile_file_prefix = str(Path(d) / "ort")
+        sess = ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        for _ in range(3 + runs):
+            sess.run(None, {name: x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    times: dict[str, list[float]] = {}
+    ops: dict[str, str] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            node = e["name"][: -len("_kernel_time")]
+            times.setdefault(node, []).append(e["dur"] / 1000.0)
+            ops[node] = e["args"].get("op_name", "?")
+    return [{"node": n, "op": ops[n], "ms": float(np.median(t[3:] if len(t) > 3 else t))} for n, t in times.items()]
+
+
+def layers(args: argparse.Namespace, onnx_path: Path, x: np.ndarray) -> dict:
+    """Layer by layer at batch 1: tract's matrix products against onnxruntime's Conv/Gemm/MatMul
+    nodes, paired in graph order."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        subprocess.run([str(args.bin), "bench", str(args.model), "--runs", str(args.runs), "--threads",
+                        str(args.threads), "--no-gradient", "--ops", "--json", f.name],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        tract_ops = json.loads(Path(f.name).read_text())["ops"]
+    ort_ops = ort_node_profile(onnx_path, args.threads, x, args.runs)
+    t_mm = [o for o in tract_ops if o.get("matmul")]
+    # tract names a plan node after its ONNX node ("node_Conv_145.matmatmul"); onnxruntime after
+    # the ONNX node or its output ("getitem_3_nchwc" in its NCHWc layout). A matrix product
+    # neither names (a Gemm that tract fused with the Mul after it) takes the one node left.
+    mm_types = ("Conv", "FusedConv", "Gemm", "MatMul", "FusedGemm", "FusedMatMul")
+    graph = onnx.load(str(onnx_path)).graph
+    outputs = {n.name: list(n.output) for n in graph.node}
+    o_mm: list[dict | None] = []
+    taken: set[str] = set()
+    for t in t_mm:
+        onnx_node = t["name"].split(".")[0]
+        names = {onnx_node} | {x for o in outputs.get(onnx_node, []) for x in (o, o + "_nchwc")}
+        match = next((o for o in ort_ops if o["op"] in mm_types and o["node"] in names), None)
+        o_mm.append(match)
+        if match:
+            taken.add(match["node"])
+    left = [o for o in ort_ops if o["op"] in mm_types and o["node"] not in taken and "_bn" not in o["node"]]
+    if o_mm.count(None) == 1 and len(left) == 1:
+        o_mm[o_mm.index(None)] = left[0]
+    o_mm_names = {o["node"] for o in o_mm if o}
+    t_rest = sum(o["median_ms"] for o in tract_ops if not o.get("matmul"))
+    o_rest = sum(o["ms"] for o in ort_ops if o["node"] not in o_mm_names)
+    print()
+    print(f"layer by layer, batch 1, {args.threads} thread{'' if args.threads == 1 else 's'} "
+          f"(medians of {args.runs} profiled runs)")
+    if None in o_mm:
+        print("  cannot pair: no onnxruntime node found for "
+              + ", ".join(t["name"] for t, o in zip(t_mm, o_mm) if o is None))
+        return {"tract_ops": tract_ops, "onnxruntime_ops": ort_ops}
+    print(f"| {'m x k x n':<15} | {'tract kernel':<18} | {'tract ms':>8} | {'GFLOP/s':>7} "
+          f"| {'onnxruntime node':<26} | {'ORT ms':>6} | {'GFLOP/s':>7} | {'ratio':>5} |")
+    print(f"|{'-' * 17}|{'-' * 20}|{'-' * 9}:|{'-' * 8}:|{'-' * 28}|{'-' * 7}:|{'-' * 8}:|{'-' * 6}:|")
+    rows = []
+    for t, o in zip(t_mm, o_mm):
+        mm = t["matmul"]
+        flop = 2.0 * mm["m"] * mm["k"] * mm["n"]
+        row = {"m": mm["m"], "k": mm["k"], "n": mm["n"], "kernel": mm["kernel"], "tract_node": t["name"],
+               "tract_ms": t["median_ms"], "onnxruntime_node": o["node"], "onnxruntime_op": o["op"],
+               "onnxruntime_ms": o["ms"]}
+        rows.append(row)
+        print(f"| {'%dx%dx%d' % (mm['m'], mm['k'], mm['n']):<15} | {mm['kernel']:<18} | {t['median_ms']:>8.3f} "
+              f"| {flop / (t['median_ms'] * 1e6):>7.1f} | {o['node'][:26]:<26} | {o['ms']:>6.3f} "
+              f"| {flop / (o['ms'] * 1e6):>7.1f} | {t['median_ms'] / o['ms']:>5.2f} |")
+    t_sum, o_sum = sum(r["tract_ms"] for r in rows), sum(r["onnxruntime_ms"] for r in rows)
+    print(f"| {'all of them':<15} | {'':<18} | {t_sum:>8.3f} | {'':>7} | {'':<26} | {o_sum:>6.3f} | {'':>7} "
+          f"| {t_sum / o_sum:>5.2f} |")
+    print(f"| {'everything else':<15} | {'':<18} | {t_rest:>8.3f} | {'':>7} | {'':<26} | {o_rest:>6.3f} | {'':>7} "
+          f"| {t_rest / o_rest:>5.2f} |")
+    return {"rows": rows, "tract_other_ms": t_rest, "onnxruntime_other_ms": o_rest}
 
 
 def stage(report: dict, name: str) -> dict:
@@ -177,6 +268,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--repeat", type=int, default=3, help="alternate the two sides this many times")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--layers", action="store_true", help="also compare layer by layer at batch 1")
     args = ap.parse_args()
     if not args.bin.exists():
         sys.exit(f"{args.bin} not found: build it with `cargo build --release`, or give --bin")
@@ -240,10 +332,12 @@ def main() -> None:
         r["other_gflops"] = gf(r["onnxruntime_ms"])
         print(f"| {r['what']:<34} | {r['ebm_gate_ms']:>11.2f} | {r['against']:<10} | {r['onnxruntime_ms']:>8.2f} "
               f"| {r['ratio']:>5.2f} | {r['ebm_gate_gflops']:>16.1f} | {r['other_gflops']:>11.1f} |")
+    by_layer = layers(args, onnx_path, rng.standard_normal((1, c, h, w)).astype(np.float32)) if args.layers else None
     if args.json:
         args.json.write_text(json.dumps({"date": str(datetime.date.today()), "threads": args.threads,
                                          "macs_per_frame": macs, "peak_gflops_per_core": peak, "machine": machine,
-                                         "onnxruntime": ort.__version__, "rows": rows}, indent=2) + "\n")
+                                         "onnxruntime": ort.__version__, "rows": rows, "layers": by_layer},
+                                        indent=2) + "\n")
 
 
 if __name__ == "__main__":

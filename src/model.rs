@@ -78,6 +78,39 @@ pub struct OpTime {
     pub op: String,
     /// Median wall time of the node per run, milliseconds.
     pub median_ms: f64,
+    /// For a matrix product, its shape and the kernel tract chose for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matmul: Option<MatMulInfo>,
+}
+
+/// A matrix product of an optimised plan: `C[m, n] = A[m, k] B[k, n]` (for a convolution at
+/// batch 1, `m` output channels, `k` input channels x kernel area, `n` output pixels).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MatMulInfo {
+    /// Rows of the product.
+    pub m: usize,
+    /// Inner dimension.
+    pub k: usize,
+    /// Columns.
+    pub n: usize,
+    /// The tract-linalg kernel(s) it runs, e.g. `fma_mmm_f32_16x6` (x86-64 AVX2+FMA,
+    /// 16 x 6 tiles) or `arm64simd_mmm_f32_16x4` (NEON).
+    pub kernel: String,
+}
+
+/// The shape and kernel of a matrix product node from tract's description of it
+/// (`Mult: m:256 k:2304 n:16 with [fma_mmm_f32_16x6]`), if it is one.
+fn matmul_info(info: &[String]) -> Option<MatMulInfo> {
+    let line = info.iter().find_map(|l| l.strip_prefix("Mult: m:"))?;
+    let (m, rest) = line.split_once(" k:")?;
+    let (k, rest) = rest.split_once(" n:")?;
+    let (n, kernel) = rest.split_once(" with ")?;
+    Some(MatMulInfo {
+        m: m.trim().parse().ok()?,
+        k: k.trim().parse().ok()?,
+        n: n.trim().parse().ok()?,
+        kernel: kernel.trim().trim_start_matches('[').trim_end_matches(']').to_string(),
+    })
 }
 
 /// A loaded ONNX classifier with optimised plans cached per batch size.
@@ -513,7 +546,7 @@ impl Model {
         let num_classes = &mut self.num_classes;
         let state = self.plans.state(n, |plan| check_logits(plan, n, &path, num_classes))?;
         let tensor = Tensor::from_shape(&[n, c, h, w], input).map_err(merr)?;
-        let mut times: HashMap<usize, (String, String, Vec<f64>)> = HashMap::new();
+        let mut times: HashMap<usize, (String, String, Option<MatMulInfo>, Vec<f64>)> = HashMap::new();
         let mut order: Vec<usize> = Vec::new();
         for _ in 0..runs {
             state
@@ -523,9 +556,10 @@ impl Model {
                     let ms = t.elapsed().as_secs_f64() * 1e3;
                     let entry = times.entry(node.id).or_insert_with(|| {
                         order.push(node.id);
-                        (node.name.clone(), node.op.name().to_string(), Vec::new())
+                        let matmul = node.op.info().ok().and_then(|info| matmul_info(&info));
+                        (node.name.clone(), node.op.name().to_string(), matmul, Vec::new())
                     });
-                    entry.2.push(ms);
+                    entry.3.push(ms);
                     out
                 })
                 .map_err(merr)?;
@@ -533,9 +567,9 @@ impl Model {
         Ok(order
             .into_iter()
             .filter_map(|id| times.remove(&id))
-            .map(|(name, op, mut ms)| {
+            .map(|(name, op, matmul, mut ms)| {
                 ms.sort_by(f64::total_cmp);
-                OpTime { name, op, median_ms: ms[ms.len() / 2] }
+                OpTime { name, op, median_ms: ms[ms.len() / 2], matmul }
             })
             .collect())
     }

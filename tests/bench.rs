@@ -72,7 +72,8 @@ fn bench_without_a_gradient_graph_times_the_rest_and_refuses_bad_flags() {
 
 /// `--ops`: every node of tract's plan with its time; the reference AirNet (models/tools/nets.py:
 /// widths 64, 128, 256, block 1 downsampling by a stride-2 convolution) has 7 convolutions and a
-/// linear head, so 8 matrix products, and 3 max-pools (blocks 2 and 3, and the global one).
+/// linear head, so 8 matrix products (their shapes below), and 3 max-pools (blocks 2 and 3, and
+/// the global one).
 #[test]
 fn bench_ops_lists_the_plan_nodes() {
     let dir = tempfile::tempdir().unwrap();
@@ -92,4 +93,31 @@ fn bench_ops_lists_the_plan_nodes() {
     assert_eq!(count("OptMaxPool"), 3, "{ops:?}");
     assert!(ops.iter().all(|o| o["median_ms"].as_f64().unwrap() >= 0.0));
     assert!(ops.iter().any(|o| o["name"].as_str().unwrap().contains("Conv")));
+    // Each matrix product's m x k x n at batch 1: output channels x (input channels x kernel
+    // area) x output pixels of the 2x2 whitening stem (3 -> 24 on 31x31), block 1 (24 -> 64
+    // stride 2 onto 16x16, 64 -> 64), block 2 (64 -> 128 on 16x16, pool, 128 -> 128 on 8x8),
+    // block 3 (128 -> 256 on 8x8, pool, 256 -> 256 on 4x4), and the head (256 -> 10).
+    let mut shapes: Vec<[u64; 3]> = ops
+        .iter()
+        .filter(|o| o["op"] == "OptMatMul")
+        .map(|o| {
+            let mm = &o["matmul"];
+            assert!(!mm["kernel"].as_str().unwrap().is_empty(), "{o}");
+            [mm["m"].as_u64().unwrap(), mm["k"].as_u64().unwrap(), mm["n"].as_u64().unwrap()]
+        })
+        .collect();
+    shapes.sort_unstable();
+    let mut want = vec![
+        [24, 12, 961],
+        [64, 216, 256],
+        [64, 576, 256],
+        [128, 576, 256],
+        [128, 1152, 64],
+        [256, 1152, 64],
+        [256, 2304, 16],
+        [10, 256, 1],
+    ];
+    want.sort_unstable();
+    assert_eq!(shapes, want);
+    assert!(stdout.contains("GFLOP/s"), "{stdout}");
 }

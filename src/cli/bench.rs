@@ -125,9 +125,27 @@ fn print_ops(ops: &[ebm_gate::OpTime], frames: usize) {
     );
     let mut by_time: Vec<&ebm_gate::OpTime> = ops.iter().collect();
     by_time.sort_by(|a, b| b.median_ms.total_cmp(&a.median_ms));
-    println!("  {:>9} {:>6}  {:<18} node", "ms", "share", "op");
+    println!(
+        "  {:>9} {:>6}  {:<18} {:<34} {:>7}  node",
+        "ms", "share", "op", "matrix product m x k x n, kernel", "GFLOP/s"
+    );
     for o in by_time.iter().take(15) {
-        println!("  {:>9.3} {:>5.1}%  {:<18} {}", o.median_ms, 100.0 * o.median_ms / total, o.op, o.name);
+        let (shape, gflops) = match &o.matmul {
+            Some(mm) => (
+                format!("{}x{}x{} {}", mm.m, mm.k, mm.n, mm.kernel),
+                format!("{:.1}", 2.0 * (mm.m * mm.k * mm.n) as f64 / (o.median_ms * 1e6)),
+            ),
+            None => (String::new(), String::new()),
+        };
+        println!(
+            "  {:>9.3} {:>5.1}%  {:<18} {:<34} {:>7}  {}",
+            o.median_ms,
+            100.0 * o.median_ms / total,
+            o.op,
+            shape,
+            gflops,
+            o.name
+        );
     }
     let mut per_op: Vec<(String, f64, usize)> = Vec::new();
     for o in ops {
