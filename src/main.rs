@@ -55,7 +55,7 @@ struct GateArgs {
     forward_batch: Option<usize>,
     /// Threads to run the model on: a batch's frames run on up to N threads at once, each with
     /// its own plan state (a build with `--features multithread` also splits one frame's matrix
-    /// products over N threads)
+    /// products over N threads); 1 to 256
     #[arg(long, default_value_t = 1, value_name = "N")]
     threads: usize,
 }
@@ -125,7 +125,7 @@ enum Command {
         batch: usize,
         /// Threads to run the model on: a batch's frames run on up to N threads at once, each with
         /// its own plan state (a build with `--features multithread` also splits one frame's matrix
-        /// products over N threads)
+        /// products over N threads); 1 to 256
         #[arg(long, default_value_t = 1, value_name = "N")]
         threads: usize,
         /// The model changed since gate.json was written (sha256 mismatch): keep gate.json's
@@ -177,7 +177,7 @@ enum Command {
         forward_batch: Option<usize>,
         /// Threads to run the model on: a batch's frames run on up to N threads at once, each with
         /// its own plan state (a build with `--features multithread` also splits one frame's matrix
-        /// products over N threads)
+        /// products over N threads); 1 to 256
         #[arg(long, default_value_t = 1, value_name = "N")]
         threads: usize,
         /// Image files or folders to time (default: the bundle's samples/); cycled through
