@@ -506,24 +506,18 @@ impl Model {
         if runs.len() == 1 {
             return self.run_logits(input, n);
         }
-        if threads() > 1 {
-            let runs: Vec<(usize, usize, usize)> =
-                runs.into_iter().map(|(start, len)| (start, len, run_batch(self.plans.fixed_batch, len))).collect();
-            for &(_, _, run_n) in &runs {
-                self.ensure_plan(run_n)?;
-            }
-            let (path, chw, k, fixed) = (self.path.clone(), self.chw, self.num_classes, self.plans.fixed_batch);
-            let parts = self.plans.spread(&runs, |state, start, len| {
-                let frames = &input[start * d..(start + len) * d];
-                run_logits_on(state, frames, len, run_batch(fixed, len), chw, k, &path)
-            })?;
-            return Ok(parts.concat());
+        // Several runs: on the threads of `set_threads` (the calling thread alone for 1).
+        let runs: Vec<(usize, usize, usize)> =
+            runs.into_iter().map(|(start, len)| (start, len, run_batch(self.plans.fixed_batch, len))).collect();
+        for &(_, _, run_n) in &runs {
+            self.ensure_plan(run_n)?;
         }
-        let mut logits = Vec::with_capacity(n * self.num_classes);
-        for (start, len) in runs {
-            logits.extend(self.run_logits(&input[start * d..(start + len) * d], len)?);
-        }
-        Ok(logits)
+        let (path, chw, k, fixed) = (self.path.clone(), self.chw, self.num_classes, self.plans.fixed_batch);
+        let parts = self.plans.spread(&runs, |state, start, len| {
+            let frames = &input[start * d..(start + len) * d];
+            run_logits_on(state, frames, len, run_batch(fixed, len), chw, k, &path)
+        })?;
+        Ok(parts.concat())
     }
 
     /// Where the time of one tract run of `n` frames goes: each node of the optimised plan
@@ -776,41 +770,31 @@ impl GradModel {
         }
         let runs: Vec<(usize, usize)> = self.plans.runs(n).collect();
         let io = GradIo { path: &self.path, chw: self.chw, k, input_pos: self.input_pos, output_pos: self.output_pos };
-        if threads() > 1 && runs.len() > 1 {
-            let runs: Vec<(usize, usize, usize)> = runs.into_iter().map(|(s, len)| (s, len, len)).collect();
-            for &(_, len, _) in &runs {
-                self.plans.state(len, |_| Ok(()))?;
-            }
-            let parts = self.plans.spread(&runs, |state, s, len| {
-                let (mut e, mut g) = (vec![0.0; len], vec![0.0; len * d]);
-                io.run(
-                    state,
-                    &x[s * d..(s + len) * d],
-                    len,
-                    temperature,
-                    &class_mask[s * k..(s + len) * k],
-                    &mut e,
-                    &mut g,
-                )?;
-                Ok((e, g))
-            })?;
-            for ((s, len, _), (e, g)) in runs.into_iter().zip(parts) {
-                energy[s..s + len].copy_from_slice(&e);
-                grad[s * d..(s + len) * d].copy_from_slice(&g);
-            }
-            return Ok(());
-        }
-        for (s, len) in runs {
+        if let [(_, len)] = runs[..] {
             let state = self.plans.state(len, |_| Ok(()))?;
+            return io.run(state, x, len, temperature, class_mask, energy, grad);
+        }
+        // Several runs: on the threads of `set_threads` (the calling thread alone for 1).
+        let runs: Vec<(usize, usize, usize)> = runs.into_iter().map(|(s, len)| (s, len, len)).collect();
+        for &(_, len, _) in &runs {
+            self.plans.state(len, |_| Ok(()))?;
+        }
+        let parts = self.plans.spread(&runs, |state, s, len| {
+            let (mut e, mut g) = (vec![0.0; len], vec![0.0; len * d]);
             io.run(
                 state,
                 &x[s * d..(s + len) * d],
                 len,
                 temperature,
                 &class_mask[s * k..(s + len) * k],
-                &mut energy[s..s + len],
-                &mut grad[s * d..(s + len) * d],
+                &mut e,
+                &mut g,
             )?;
+            Ok((e, g))
+        })?;
+        for ((s, len, _), (e, g)) in runs.into_iter().zip(parts) {
+            energy[s..s + len].copy_from_slice(&e);
+            grad[s * d..(s + len) * d].copy_from_slice(&g);
         }
         Ok(())
     }
