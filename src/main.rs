@@ -25,6 +25,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 mod cli;
 use cli::bench::bench_cmd;
 use cli::langevin::{refine_cmd, sample_cmd, ChainArgs, SampleArgs};
+use cli::ThreadsArg;
 
 #[derive(Parser)]
 #[command(name = "ebm-gate", version, about = "Gate camera frames on the free energy of an ONNX classifier", long_about = None)]
@@ -53,11 +54,8 @@ struct GateArgs {
     /// frame; else the whole pass]
     #[arg(long, value_name = "N")]
     forward_batch: Option<usize>,
-    /// Threads to run the model on: a batch's frames run on up to N threads at once, each with
-    /// its own plan state (a build with `--features multithread` also splits one frame's matrix
-    /// products over N threads); 1 to 256
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    threads: usize,
+    #[command(flatten)]
+    threads: ThreadsArg,
 }
 
 impl GateArgs {
@@ -123,11 +121,8 @@ enum Command {
         /// Frames per forward pass
         #[arg(long, default_value_t = 32)]
         batch: usize,
-        /// Threads to run the model on: a batch's frames run on up to N threads at once, each with
-        /// its own plan state (a build with `--features multithread` also splits one frame's matrix
-        /// products over N threads); 1 to 256
-        #[arg(long, default_value_t = 1, value_name = "N")]
-        threads: usize,
+        #[command(flatten)]
+        threads: ThreadsArg,
         /// The model changed since gate.json was written (sha256 mismatch): keep gate.json's
         /// preprocessing and class names, refit everything else
         #[arg(long)]
@@ -175,11 +170,8 @@ enum Command {
         /// else the whole batch]
         #[arg(long, value_name = "N")]
         forward_batch: Option<usize>,
-        /// Threads to run the model on: a batch's frames run on up to N threads at once, each with
-        /// its own plan state (a build with `--features multithread` also splits one frame's matrix
-        /// products over N threads); 1 to 256
-        #[arg(long, default_value_t = 1, value_name = "N")]
-        threads: usize,
+        #[command(flatten)]
+        threads: ThreadsArg,
         /// Image files or folders to time (default: the bundle's samples/); cycled through
         #[arg(long, value_name = "PATH")]
         frames: Vec<PathBuf>,
@@ -326,10 +318,10 @@ fn parse_named(s: &str) -> Result<(String, PathBuf), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let threads = match &cli.command {
-        Command::Score { gate, .. } | Command::Eval { gate, .. } => gate.threads,
-        Command::Stream(args) => args.gate.threads,
-        Command::Calibrate { threads, .. } | Command::Bench { threads, .. } => *threads,
-        Command::Refine { chain, .. } | Command::Sample { chain, .. } => chain.threads,
+        Command::Score { gate, .. } | Command::Eval { gate, .. } => gate.threads.n,
+        Command::Stream(args) => args.gate.threads.n,
+        Command::Calibrate { threads, .. } | Command::Bench { threads, .. } => threads.n,
+        Command::Refine { chain, .. } | Command::Sample { chain, .. } => chain.threads.n,
     };
     if let Err(e) = ebm_gate::set_threads(threads) {
         eprintln!("error: --threads {threads}: {e}");

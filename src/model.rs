@@ -298,11 +298,12 @@ impl Plans {
     /// already by [`Plans::state`]) spread over up to [`threads`] threads, a contiguous share of
     /// the runs each (the first share on the calling thread), every thread with its own running
     /// state of each plan it uses (spawned from the plan the first time, kept for the next
-    /// call). Returns `work`'s results in run order, or the first error.
+    /// call). `work` gets each run's state and triple; returns its results in run order, or the
+    /// first error.
     fn spread<R: Send>(
         &mut self,
         runs: &[(usize, usize, usize)],
-        work: impl Fn(&mut TypedSimpleState, usize, usize) -> Result<R> + Sync,
+        work: impl Fn(&mut TypedSimpleState, (usize, usize, usize)) -> Result<R> + Sync,
     ) -> Result<Vec<R>> {
         let workers = threads().clamp(1, runs.len().max(1));
         let chunks: Vec<&[(usize, usize, usize)]> = runs.chunks(runs.len().div_ceil(workers).max(1)).collect();
@@ -336,9 +337,9 @@ impl Plans {
             let results = single_threaded(|| {
                 chunk
                     .iter()
-                    .map(|&(start, len, key)| match states.iter_mut().find(|(k, _)| *k == key) {
-                        Some((_, state)) => work(state, start, len),
-                        None => Err(Error::Invalid(format!("no plan for batch {key}"))),
+                    .map(|&run| match states.iter_mut().find(|(k, _)| *k == run.2) {
+                        Some((_, state)) => work(state, run),
+                        None => Err(Error::Invalid(format!("no plan for batch {}", run.2))),
                     })
                     .collect::<Result<Vec<R>>>()
             });
@@ -512,10 +513,9 @@ impl Model {
         for &(_, _, run_n) in &runs {
             self.ensure_plan(run_n)?;
         }
-        let (path, chw, k, fixed) = (self.path.clone(), self.chw, self.num_classes, self.plans.fixed_batch);
-        let parts = self.plans.spread(&runs, |state, start, len| {
-            let frames = &input[start * d..(start + len) * d];
-            run_logits_on(state, frames, len, run_batch(fixed, len), chw, k, &path)
+        let (path, chw, k) = (self.path.clone(), self.chw, self.num_classes);
+        let parts = self.plans.spread(&runs, |state, (start, len, run_n)| {
+            run_logits_on(state, &input[start * d..(start + len) * d], len, run_n, chw, k, &path)
         })?;
         Ok(parts.concat())
     }
@@ -779,7 +779,7 @@ impl GradModel {
         for &(_, len, _) in &runs {
             self.plans.state(len, |_| Ok(()))?;
         }
-        let parts = self.plans.spread(&runs, |state, s, len| {
+        let parts = self.plans.spread(&runs, |state, (s, len, _)| {
             let (mut e, mut g) = (vec![0.0; len], vec![0.0; len * d]);
             io.run(
                 state,

@@ -46,10 +46,8 @@ pub struct ChainArgs {
     /// same chain, bit for bit
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Threads to run the gradient graph on: a batch's chains step on up to N threads at once
-    /// (the same chains, bit for bit, on any number of threads); 1 to 256
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub threads: usize,
+    #[command(flatten)]
+    pub threads: super::ThreadsArg,
 }
 
 impl ChainArgs {
