@@ -99,8 +99,9 @@ fn resized_samples_match_pillow_bilinear() {
     }
 }
 
-/// Largest logit difference allowed for resized samples (measured 0.031 on these 7 samples).
-const SAMPLE_TOLERANCE: f32 = 0.05;
+/// Largest logit difference allowed for resized samples (measured 0.050 on these 7 samples with
+/// the EBM-fine-tuned reference model of 2026-12-01; 0.031 with the plain classifier before it).
+const SAMPLE_TOLERANCE: f32 = 0.07;
 
 #[test]
 fn cifar10_test_jpegs_match_pytorch() {
@@ -109,22 +110,27 @@ fn cifar10_test_jpegs_match_pytorch() {
     let rows = g["cifar10_test"].as_array().unwrap();
     let paths: Vec<PathBuf> = rows.iter().map(|f| data.join(f["path"].as_str().unwrap())).collect();
     let reports = score(&mut open(32), &paths);
-    let mut worst = 0.0f32;
+    let mut diffs = Vec::new();
     let mut same_class = 0;
     for (f, r) in rows.iter().zip(&reports) {
-        let d = max_abs_diff(r.logits.as_ref().unwrap(), &f32s(&f["torch_logits"]));
-        worst = worst.max(d);
+        diffs.push(max_abs_diff(r.logits.as_ref().unwrap(), &f32s(&f["torch_logits"])));
         same_class += (r.scores.unwrap().class as u64 == f["class_index"].as_u64().unwrap()) as usize;
     }
+    diffs.sort_by(f32::total_cmp);
+    let (median, worst) = (diffs[diffs.len() / 2], diffs[diffs.len() - 1]);
     // JPEG decoders (libjpeg-turbo in Pillow, the image crate here) differ by a level or two.
     assert!(worst < JPEG_TOLERANCE, "worst |logit diff| {worst}");
+    assert!(median < JPEG_MEDIAN_TOLERANCE, "median |logit diff| {median}");
     assert!(same_class + 1 >= rows.len(), "{same_class}/{} classes agree", rows.len());
 }
 
-/// Largest logit difference allowed between JPEG decoders (measured 0.147 on these 65 images
-/// with the reference model of 2026-11-30, whose stride-2 first convolution and single pass make
-/// it more sensitive to single pixels than the earlier model's 0.096).
-const JPEG_TOLERANCE: f32 = 0.2;
+/// Largest logit difference allowed between JPEG decoders: measured 1.089 on these 65 images
+/// (median 0.364) with the EBM-fine-tuned reference model of 2026-12-01, whose energy responds to
+/// high-frequency detail such as two decoders' chroma upsampling (see its model card); 0.147 with
+/// the plain classifier before it, 0.096 with the one before that.
+const JPEG_TOLERANCE: f32 = 1.2;
+/// Median of the 65 images' largest logit differences (measured 0.364).
+const JPEG_MEDIAN_TOLERANCE: f32 = 0.45;
 
 #[test]
 fn eval_metrics_on_frames_match_scikit_learn() {

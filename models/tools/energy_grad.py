@@ -217,7 +217,7 @@ def main() -> None:
     from train_cifar10 import holdout_split, normalise
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", type=Path, default=data.cache_dir() / "cifar10-airnet.final.pt")
+    ap.add_argument("--checkpoint", type=Path, default=data.cache_dir() / "cifar10-airnet-ebm.final.pt")
     ap.add_argument("--out", type=Path, default=data.repo_root() / "models" / "cifar10-airnet")
     ap.add_argument("--check-frames", type=int, default=64)
     args = ap.parse_args()
@@ -226,16 +226,17 @@ def main() -> None:
 
     model, meta = load_model(args.checkpoint)
     path = args.out / "energy_grad.onnx"
-    ops = export(model, 10, (3, 32, 32), path)
+    k = model.head.out_features  # the class count (10 for CIFAR-10; a fine-tuned model may have others)
+    ops = export(model, k, (3, 32, 32), path)
     print(f"exported {path} ({path.stat().st_size / 1e6:.2f} MB), ops: {ops}")
 
     x_u8, y = data.load_train()
     _, held = holdout_split(y, 500, meta["config"]["seed"])
-    x = normalise(x_u8[held[: args.check_frames]])
+    x = normalise(x_u8[held[: args.check_frames]])  # any images serve the check; CIFAR-10's held-out ones
     gate_path = args.out / "gate.json"
     gate = json.loads(gate_path.read_text())
     t_bundle = float(gate["temperature"])
-    report = check(model, path, x, 10, sorted({1.0, t_bundle}))
+    report = check(model, path, x, k, sorted({1.0, t_bundle}))
 
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     model_sha = hashlib.sha256((args.out / "model.onnx").read_bytes()).hexdigest()

@@ -1,6 +1,11 @@
-"""Exports the trained CIFAR-10 AirNet to a bundle: model.onnx + gate.json + training.json.
+"""Exports a trained AirNet to a bundle: model.onnx + gate.json + training.json.
 
     python models/tools/export_cifar10.py [--checkpoint PATH] [--out models/cifar10-airnet]
+    python models/tools/export_cifar10.py --checkpoint ~/.cache/ebm-gate/mine.final.pt --train-dir DIR --out BUNDLE
+
+The checkpoint is `train_cifar10.py`'s or `finetune_ebm.py`'s `.final.pt`. With `--train-dir`
+(a model fine-tuned on your own ImageFolder tree), the held-out images are that tree's, as
+`finetune_ebm.py` split it, and the class names and normalisation are the checkpoint's.
 
 - `model.onnx`: one self-contained file (weights inside), input `input [N, 3, 32, 32]` float
   (symbolic batch `N`), output `logits [N, 10]`, through PyTorch's dynamo exporter.
@@ -26,6 +31,7 @@ import torch
 
 import cifar10_data as data
 from nets import AirNet, FlipTTA
+from finetune_ebm import normalise as normalise_with
 from train_cifar10 import normalise
 
 
@@ -57,8 +63,9 @@ def load_model(checkpoint: Path, tta: bool = False) -> tuple[torch.nn.Module, di
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", type=Path, default=data.cache_dir() / "cifar10-airnet.final.pt")
+    ap.add_argument("--checkpoint", type=Path, default=data.cache_dir() / "cifar10-airnet-ebm.final.pt")
     ap.add_argument("--out", type=Path, default=data.repo_root() / "models" / "cifar10-airnet")
+    ap.add_argument("--train-dir", type=Path, help="the ImageFolder tree the checkpoint was fine-tuned on (default: CIFAR-10)")
     ap.add_argument("--target-tpr", type=float, default=0.95)
     ap.add_argument("--tta", action="store_true",
                     help="average the logits with the left-right mirror's in the graph (two passes; the "
@@ -85,12 +92,20 @@ def main() -> None:
     sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     print(f"exported {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB), ops: {ops}")
 
-    x_u8, y_np = data.load_train()
+    mean, std = meta.get("mean", data.MEAN), meta.get("std", data.STD)
+    class_names = meta.get("class_names", data.CLASSES)
+    if args.train_dir:
+        from finetune_ebm import load_image_folder
+        x_u8, y_np, _ = load_image_folder(args.train_dir)
+        id_desc = f"ImageFolder {args.train_dir}"
+    else:
+        x_u8, y_np = data.load_train()
+        id_desc = "CIFAR-10 training split"
     held_idx = np.array(meta["held_out_indices"]) if "held_out_indices" in meta else None
     if held_idx is None:
         from train_cifar10 import holdout_split
         _, held_idx = holdout_split(y_np, 500, meta["config"]["seed"])
-    x_held = normalise(x_u8[held_idx])
+    x_held = normalise_with(x_u8[held_idx], mean, std)
     z_held = torch_logits(model, x_held)
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -105,25 +120,26 @@ def main() -> None:
     threshold = float(e_held[k])
     held_acc = float((z_held.argmax(1) == y_np[held_idx]).mean())
 
-    x_test_u8, y_test = data.load_test()
-    z_test = torch_logits(model, normalise(x_test_u8))
-    test_acc = float((z_test.argmax(1) == y_test).mean())
-    print(f"PyTorch reference: held-out accuracy {held_acc:.4f}, CIFAR-10 test accuracy {test_acc:.4f}; "
+    test_acc = None
+    if not args.train_dir:
+        x_test_u8, y_test = data.load_test()
+        z_test = torch_logits(model, normalise(x_test_u8))
+        test_acc = float((z_test.argmax(1) == y_test).mean())
+    print(f"PyTorch reference: held-out accuracy {held_acc:.4f}, CIFAR-10 test accuracy {test_acc}; "
           f"threshold at {args.target_tpr:.0%} TPR on {n} held-out: E <= {threshold:.4f}")
 
     gate = {
         "format_version": 1,
         "input": {"layout": "NCHW", "height": 32, "width": 32, "color": "rgb",
                   "resize": "shorter_side_then_center_crop", "pixel_range": [0.0, 1.0],
-                  "mean": data.MEAN, "std": data.STD},
-        "class_names": data.CLASSES,
+                  "mean": list(mean), "std": list(std)},
+        "class_names": list(class_names),
         "temperature": 1.0,
         "gate": {"score": "energy", "threshold": threshold, "target_tpr": args.target_tpr, "alpha": None,
                  "calibration_energies": [float(v) for v in e_held]},
         "provenance": {
             "model_sha256": sha,
-            "data": f"CIFAR-10 training split, {n} held-out images (500 per class, seed "
-                    f"{meta['config']['seed']}), not trained on",
+            "data": f"{id_desc}, {n} held-out images, not trained on",
             "n": n,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "tool": "models/tools/export_cifar10.py (ebm-gate 0.1.0)",

@@ -1,8 +1,10 @@
 """Records reference logits and energies for the Rust agreement tests.
 
     python models/tools/make_goldens.py [--bundle models/cifar10-airnet]
+    python models/tools/make_goldens.py --bundle models/cifar10-airnet-ebm \
+        --checkpoint ~/.cache/ebm-gate/cifar10-airnet-ebm.final.pt --out tests/data/golden_cifar10_airnet_ebm.json
 
-Writes `tests/data/golden_cifar10_airnet.json` with, per frame, the PyTorch logits (from the
+Writes `tests/data/golden_cifar10_airnet.json` (or `--out`) with, per frame, the PyTorch logits (from the
 training checkpoint), the onnxruntime logits (from the committed `model.onnx`) and the energy
 `E = -logsumexp(z)` (float64 from the PyTorch logits), for:
 
@@ -48,7 +50,8 @@ def preprocess(path: Path, size: int = 32) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, default=data.repo_root() / "models" / "cifar10-airnet")
-    ap.add_argument("--checkpoint", type=Path, default=data.cache_dir() / "cifar10-airnet.final.pt")
+    ap.add_argument("--checkpoint", type=Path, default=data.cache_dir() / "cifar10-airnet-ebm.final.pt")
+    ap.add_argument("--out", type=Path, help="default: tests/data/golden_cifar10_airnet.json")
     args = ap.parse_args()
     torch.set_flush_denormal(True)
     root = data.repo_root()
@@ -66,7 +69,10 @@ def main() -> None:
                  "energy": float(e[i]), "class_index": int(zt[i].argmax())} for i, p in enumerate(paths)]
 
     frames = sorted((root / "tests" / "data" / "frames").glob("*.png"))
-    samples = sorted(p for p in (args.bundle / "samples").iterdir() if p.suffix in (".png", ".jpg"))
+    sample_dir = args.bundle / "samples"
+    if not sample_dir.is_dir():  # a bundle without its own samples: the reference bundle's
+        sample_dir = root / "models" / "cifar10-airnet" / "samples"
+    samples = sorted(p for p in sample_dir.iterdir() if p.suffix in (".png", ".jpg"))
     test_pairs = data.list_test()[::156]
     doc = {
         "generator": "models/tools/make_goldens.py",
@@ -88,7 +94,7 @@ def main() -> None:
                           "ood": [r["path"] for r in doc["frames"][15:]],
                           "metrics": {k: metrics(v[:15].astype(np.float32), v[15:].astype(np.float32))
                                       for k, v in score.items()}}
-    out = root / "tests" / "data" / "golden_cifar10_airnet.json"
+    out = args.out or root / "tests" / "data" / "golden_cifar10_airnet.json"
     out.write_text(json.dumps(doc) + "\n")
     worst = max(abs(a - b) for r in doc["frames"] for a, b in zip(r["torch_logits"], r["ort_logits"]))
     print(f"wrote {out}: {len(doc['frames'])} frames, {len(doc['samples'])} samples, "
