@@ -345,7 +345,7 @@ fn calibrate_labelled_cifar_subset_fits_t_and_draws() {
     }
     let out = format!("{stdout}{stderr}");
     let nll = out.split("NLL on the calibration frames ").nth(1).unwrap_or_else(|| panic!("{out}"));
-    let mut it = nll.split(|c: char| c == ',' || c == ' ').filter(|w| !w.is_empty() && *w != "->");
+    let mut it = nll.split([',', ' ']).filter(|w| !w.is_empty() && *w != "->");
     let (at_1, at_t): (f64, f64) = (it.next().unwrap().parse().unwrap(), it.next().unwrap().parse().unwrap());
     assert!(at_t <= at_1 + 1e-4, "NLL {at_1} at T = 1 -> {at_t} at the fitted T: {out}");
     for f in ["reliability.png", "reliability.svg"] {
