@@ -26,7 +26,10 @@ decompositions, plus two rules that keep the backward pass in standard, fast ONN
 
 `export(model, num_classes, (C, H, W), path)` works on any classifier made of ops these rules and
 the decompositions cover (it raises NotImplementedError for an overlapping max-pool, say); the
-command line does the reference model and updates its bundle.
+command line does an AirNet checkpoint (`train_cifar10.py`'s or `finetune_ebm.py`'s, any class
+count) and updates its bundle's gate.json (`--out`, default the reference bundle). The check
+against autograd runs on held-out CIFAR-10 training images, or on seeded noise frames when
+../shared/data has no CIFAR-10.
 
 The traced graph is exported by PyTorch's dynamo exporter (opset 18, symbolic batch `N`) and
 checked on held-out CIFAR-10 training images against `torch.autograd` on the original model
@@ -230,9 +233,18 @@ def main() -> None:
     ops = export(model, k, (3, 32, 32), path)
     print(f"exported {path} ({path.stat().st_size / 1e6:.2f} MB), ops: {ops}")
 
-    x_u8, y = data.load_train()
-    _, held = holdout_split(y, 500, meta["config"]["seed"])
-    x = normalise(x_u8[held[: args.check_frames]])  # any images serve the check; CIFAR-10's held-out ones
+    # Any images serve the check: CIFAR-10's held-out training images when ../shared/data has
+    # them, else seeded uniform-noise frames (a user's model on a machine without that data).
+    if (data.shared_data() / "cifar10" / "train.tar").exists():
+        x_u8, y = data.load_train()
+        _, held = holdout_split(y, 500, meta["config"]["seed"])
+        x_u8, check_data = x_u8[held[: args.check_frames]], f"{args.check_frames} held-out CIFAR-10 training images"
+    else:
+        x_u8 = np.random.default_rng(0).integers(0, 256, (args.check_frames, 32, 32, 3), dtype=np.uint8)
+        check_data = f"{args.check_frames} seeded uniform-noise frames (no CIFAR-10 data found)"
+        print(f"{data.shared_data() / 'cifar10' / 'train.tar'} not found: checking on {check_data}")
+    from finetune_ebm import normalise as normalise_with
+    x = normalise_with(x_u8, meta.get("mean", data.MEAN), meta.get("std", data.STD))
     gate_path = args.out / "gate.json"
     gate = json.loads(gate_path.read_text())
     t_bundle = float(gate["temperature"])
@@ -249,7 +261,7 @@ def main() -> None:
         "outputs": {"energy": "energy", "grad": "grad"},
         "energy": "-T * logsumexp over masked classes of logits / T (all ones: free energy; one-hot y: -logits[y])",
         "check": {"reference": "torch.autograd on the PyTorch model, float32 and float64", "runner": f"onnxruntime {ort.__version__}",
-                  "data": f"{len(x)} held-out CIFAR-10 training images", **report},
+                  "data": check_data, **report},
         "ops": ops,
         "tool": "models/tools/energy_grad.py",
     }

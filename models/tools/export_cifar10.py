@@ -8,8 +8,9 @@ The checkpoint is `train_cifar10.py`'s or `finetune_ebm.py`'s `.final.pt`. With 
 `finetune_ebm.py` split it, and the class names and normalisation are the checkpoint's.
 
 - `model.onnx`: one self-contained file (weights inside), input `input [N, 3, 32, 32]` float
-  (symbolic batch `N`), output `logits [N, 10]`, through PyTorch's dynamo exporter.
-- Checks onnxruntime against PyTorch on 512 held-out images (max abs logit difference).
+  (symbolic batch `N`), output `logits [N, K]` (K classes: 10 for CIFAR-10), through PyTorch's
+  dynamo exporter.
+- Checks onnxruntime against PyTorch on up to 512 held-out images (max abs logit difference).
 - `gate.json`: preprocessing, class names, temperature 1, and a threshold at 95% TPR on the
   5,000 held-out training images (500 per class, never trained on), with their sorted energies.
 - `training.json`: the recipe, per-epoch log and measured figures, for the model card.
@@ -53,7 +54,7 @@ def load_model(checkpoint: Path, tta: bool = False) -> tuple[torch.nn.Module, di
     meta = ck.get("meta") or {"config": ck["config"], "log": ck["log"]}
     widths = tuple(meta.get("widths") or [int(w) for w in meta["config"]["widths"].split(",")])
     strided = tuple(meta.get("strided") or [bool(int(v)) for v in meta["config"].get("strided", "0,0,0").split(",")])
-    net = AirNet(widths, strided=strided)
+    net = AirNet(widths, num_classes=int(ck["model"]["head.weight"].shape[0]), strided=strided)
     net.load_state_dict(ck["model"])
     net.use_export_pool()
     model = FlipTTA(net) if tta else net
@@ -111,7 +112,7 @@ def main() -> None:
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     z_ort = sess.run(None, {"input": x_held[:512].numpy()})[0]
     ort_diff = float(np.abs(z_ort - z_held[:512]).max())
-    print(f"onnxruntime vs PyTorch, 512 held-out images: max |logit diff| = {ort_diff:.2e}")
+    print(f"onnxruntime vs PyTorch, {len(z_ort)} held-out images: max |logit diff| = {ort_diff:.2e}")
     assert ort_diff < 1e-3, ort_diff
 
     e_held = np.sort(energies(z_held)).astype(np.float32)

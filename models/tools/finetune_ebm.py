@@ -290,7 +290,9 @@ def main() -> None:
               f"{start['folded_batchnorms']}; onnxruntime vs PyTorch max |logit diff| {diff:.2e}", flush=True)
         assert diff < 1e-3, diff
     if net.head.out_features != len(class_names):
-        print(f"{len(class_names)} classes in the data, {net.head.out_features} in the model: new head", flush=True)
+        print(f"{len(class_names)} classes in the data, {net.head.out_features} in the model: new head. A new "
+              "head learns slowly at the default --lr 0.01 (a 3-class trial stayed at chance for 10 epochs; "
+              "--lr 0.1 --epochs 15 reached 95.6%): raise --lr and --epochs", flush=True)
         net.head = torch.nn.Linear(net.head.in_features, len(class_names), bias=False)
     net.whiten.weight.requires_grad_(False)
     model = net.to(device).to(memory_format=torch.channels_last)
@@ -401,6 +403,10 @@ def main() -> None:
         torch.save({"config": config, "model": model.state_dict(), "opt": opt.state_dict(),
                     "sched": sched.state_dict(), "epoch": epoch + 1, "log": log}, ckpt_path)
 
+    chance = 1.0 / len(class_names)
+    if log[-1]["held_out_acc"] < 1.5 * chance:
+        print(f"WARNING: held-out accuracy {log[-1]['held_out_acc']:.3f} is near chance ({chance:.3f}): this model "
+              "is not trained yet (raise --lr and --epochs)", flush=True)
     model = model.to("cpu").to(memory_format=torch.contiguous_format)
     total_s = sum(e.get("epoch_s", 0.0) for e in log)
     final = {"config": config, "widths": list(model.widths), "strided": list(model.strided),
