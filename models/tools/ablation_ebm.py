@@ -2,7 +2,7 @@
 
     python models/tools/ablation_ebm.py [--steps 150] [--json FILE]
 
-For each of "all sources" and "all but S" (S in outliers.SOURCES), runs `finetune_ebm.py
+For each of "all five sources" and "all but S" (S in outliers.SOURCES), runs `finetune_ebm.py
 --limit-steps STEPS` (the same start, seed and settings; the cosine schedule ends at STEPS) and
 then measures, in PyTorch at T = 1, the energy FPR@95TPR (ID positive) of:
 
