@@ -32,21 +32,15 @@ import cifar10_data as data
 import outliers as outl
 from eval_reference import mnist
 from export_cifar10 import load_model
-from finetune_ebm import fpr_at_95_tpr
+from finetune_ebm import energies_and_logits, fpr_at_95_tpr
 from make_camera_faults import UNSEEN_FAULTS
+from train_cifar10 import normalise as norm
 
 HERE = Path(__file__).resolve().parent
 
 
-def norm(x_u8: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(x_u8)).permute(0, 3, 1, 2).float() / 255.0
-    return (x - torch.tensor(data.MEAN).view(1, 3, 1, 1)) / torch.tensor(data.STD).view(1, 3, 1, 1)
-
-
-@torch.no_grad()
 def energy(model, x: torch.Tensor) -> np.ndarray:
-    z = torch.cat([model(x[i:i + 500]) for i in range(0, len(x), 500)]).double()
-    return (-torch.logsumexp(z, 1)).numpy()
+    return energies_and_logits(model, x, torch.device("cpu"))[0]
 
 
 def report_sets() -> dict[str, torch.Tensor]:

@@ -243,8 +243,7 @@ def main() -> None:
         x_u8 = np.random.default_rng(0).integers(0, 256, (args.check_frames, 32, 32, 3), dtype=np.uint8)
         check_data = f"{args.check_frames} seeded uniform-noise frames (no CIFAR-10 data found)"
         print(f"{data.shared_data() / 'cifar10' / 'train.tar'} not found: checking on {check_data}")
-    from finetune_ebm import normalise as normalise_with
-    x = normalise_with(x_u8, meta.get("mean", data.MEAN), meta.get("std", data.STD))
+    x = normalise(x_u8, meta.get("mean", data.MEAN), meta.get("std", data.STD))
     gate_path = args.out / "gate.json"
     gate = json.loads(gate_path.read_text())
     t_bundle = float(gate["temperature"])

@@ -32,7 +32,6 @@ import torch
 
 import cifar10_data as data
 from nets import AirNet, FlipTTA
-from finetune_ebm import normalise as normalise_with
 from train_cifar10 import normalise
 
 
@@ -106,7 +105,7 @@ def main() -> None:
     if held_idx is None:
         from train_cifar10 import holdout_split
         _, held_idx = holdout_split(y_np, 500, meta["config"]["seed"])
-    x_held = normalise_with(x_u8[held_idx], mean, std)
+    x_held = normalise(x_u8[held_idx], mean, std)
     z_held = torch_logits(model, x_held)
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

@@ -53,18 +53,13 @@ import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
-from PIL import Image
-from sklearn.metrics import roc_curve
 
 import cifar10_data as data
 import outliers as outl
+from make_goldens import load_resized
+from make_metric_goldens import metrics
 from nets import AirNet
-from train_cifar10 import holdout_split
-
-
-def normalise(x_u8: np.ndarray, mean, std) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(x_u8)).permute(0, 3, 1, 2).float().div_(255.0)
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+from train_cifar10 import holdout_split, normalise, torch_setup
 
 
 def free_energy(logits: torch.Tensor) -> torch.Tensor:
@@ -74,10 +69,8 @@ def free_energy(logits: torch.Tensor) -> torch.Tensor:
 
 def fpr_at_95_tpr(e_in: np.ndarray, e_out: np.ndarray) -> float:
     """Fraction of outliers accepted at the first threshold accepting >= 95% of in-distribution
-    frames (ID positive, score -E; scikit-learn's roc_curve, no dropped points)."""
-    y = np.r_[np.ones(len(e_in)), np.zeros(len(e_out))]
-    fpr, tpr, _ = roc_curve(y, -np.r_[e_in, e_out], drop_intermediate=False)
-    return float(fpr[np.argmax(tpr >= 0.95)])
+    frames (ID positive, score -E), by the project's scikit-learn reference (`make_metric_goldens`)."""
+    return metrics(-e_in, -e_out)["fpr_at_95_tpr"]
 
 
 # ---- starting weights ---------------------------------------------------------------------------
@@ -157,9 +150,8 @@ def check_against_onnxruntime(net: AirNet, path: Path, x: torch.Tensor) -> float
 # ---- in-distribution data -----------------------------------------------------------------------
 
 def load_image_folder(root: Path, max_images: int = 200_000) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """An ImageFolder tree as `[N, 32, 32, 3]` uint8 (shorter side resized to 32 with Pillow's
-    antialiased bilinear filter, centre crop; EXIF orientation applied), labels, class names."""
-    from PIL import ImageOps
+    """An ImageFolder tree as `[N, 32, 32, 3]` uint8, each image brought to 32x32 as ebm-gate
+    does (`make_goldens.load_resized`), labels, class names."""
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     if len(classes) < 2:
         raise ValueError(f"{root}: an ImageFolder tree needs at least two class folders, found {classes}")
@@ -170,15 +162,8 @@ def load_image_folder(root: Path, max_images: int = 200_000) -> tuple[np.ndarray
                 continue
             if len(xs) >= max_images:
                 raise ValueError(f"{root}: more than {max_images} images")
-            with Image.open(p) as im:
-                im = ImageOps.exif_transpose(im).convert("RGB")
-                w, h = im.size
-                s = 32 / min(w, h)
-                nw, nh = max(32, round(w * s)), max(32, round(h * s))
-                im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
-                l, t = (nw - 32) // 2, (nh - 32) // 2
-                xs.append(np.asarray(im.crop((l, t, l + 32, t + 32)), dtype=np.uint8))
-                ys.append(ci)
+            xs.append(load_resized(p))
+            ys.append(ci)
     return np.stack(xs), np.array(ys, dtype=np.int64), classes
 
 
@@ -248,12 +233,7 @@ def main() -> None:
                     help="a short run of this many steps in all, the learning rate decayed over them (pilots, ablation)")
     args = ap.parse_args()
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
-        if args.threads:
-            torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    device = torch_setup(args.threads, args.seed)
     sources = [s for s in args.sources.split(",") if s]
     if args.outlier_dir and "folder" not in sources:
         sources.append("folder")

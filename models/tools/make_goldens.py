@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 import cifar10_data as data
 from export_cifar10 import energies, load_model
@@ -34,16 +34,22 @@ MEAN = np.array(data.MEAN, np.float32)
 STD = np.array(data.STD, np.float32)
 
 
-def preprocess(path: Path, size: int = 32) -> np.ndarray:
+def load_resized(path: Path, size: int = 32) -> np.ndarray:
+    """An image as ebm-gate brings it to the model: RGB, EXIF orientation applied, the centred
+    square box resized to `size` x `size` (Pillow's bilinear filter), `[size, size, 3]` uint8."""
     with Image.open(path) as im:
-        im = im.convert("RGB")
+        im = ImageOps.exif_transpose(im).convert("RGB")
         w, h = im.size
         if (w, h) != (size, size):
             scale = max(size / w, size / h)
             bw, bh = size / scale, size / scale
             box = ((w - bw) / 2, (h - bh) / 2, (w + bw) / 2, (h + bh) / 2)
             im = im.resize((size, size), Image.BILINEAR, box=box)
-        a = np.asarray(im, np.float32) / 255.0
+        return np.asarray(im, np.uint8)
+
+
+def preprocess(path: Path, size: int = 32) -> np.ndarray:
+    a = load_resized(path, size).astype(np.float32) / 255.0
     return ((a - MEAN) / STD).transpose(2, 0, 1)
 
 

@@ -28,11 +28,21 @@ import cifar10_data as data
 from nets import AirNet, FlipTTA
 
 
-def normalise(x_u8: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(x_u8).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(data.MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(data.STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+def normalise(x_u8: np.ndarray, mean=data.MEAN, std=data.STD) -> torch.Tensor:
+    """`[N, H, W, 3]` uint8 -> `[N, 3, H, W]` float, scaled to [0, 1] and normalised per channel."""
+    x = torch.from_numpy(np.ascontiguousarray(x_u8)).permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def torch_setup(threads: int, seed: int) -> torch.device:
+    """CUDA when present, else the CPU (denormals flushed, `threads` threads unless 0); seeds torch."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+        if threads:
+            torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    return device
 
 
 def holdout_split(y: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,12 +85,7 @@ def main() -> None:
     ap.add_argument("--limit-steps", type=int, default=0, help="stop after this many steps (speed test)")
     args = ap.parse_args()
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
-        if args.threads:
-            torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    device = torch_setup(args.threads, args.seed)
     widths = tuple(int(w) for w in args.widths.split(","))
     strided = tuple(bool(int(v)) for v in args.strided.split(","))
 
