@@ -1,24 +1,51 @@
 //! `bench`: per-stage latency on this machine.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use ebm_gate::bench::{run_bench, BenchOptions, BenchReport};
 
+/// Arguments of `ebm-gate bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Bundle directory (model.onnx [+ gate.json]) or an .onnx file
+    pub model: PathBuf,
+    /// Frames per forward pass
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Most frames per tract run [default: 1 for a network with spatial convolutions,
+    /// else the whole batch]
+    #[arg(long, value_name = "N")]
+    pub forward_batch: Option<usize>,
+    /// Image files or folders to time (default: the bundle's samples/); cycled through
+    #[arg(long, value_name = "PATH")]
+    pub frames: Vec<PathBuf>,
+    /// Measured batches per stage
+    #[arg(long, default_value_t = 30)]
+    pub runs: usize,
+    /// Batches run first and not measured
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Skip the SGLD step (timed when the bundle has an energy-gradient graph)
+    #[arg(long)]
+    pub no_gradient: bool,
+    /// Also time each node of the optimised plan over one tract run: the slowest nodes and
+    /// the share of each operator
+    #[arg(long)]
+    pub ops: bool,
+    /// Write the report as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
 /// `ebm-gate bench`.
-#[allow(clippy::too_many_arguments)]
-pub fn bench_cmd(
-    model: &Path,
-    batch: usize,
-    forward_batch: Option<usize>,
-    frames: Vec<PathBuf>,
-    runs: usize,
-    warmup: usize,
-    gradient: bool,
-    ops: bool,
-    json: Option<&Path>,
-) -> Result<ExitCode> {
+pub fn run(a: &BenchArgs) -> Result<ExitCode> {
+    let BenchArgs { model, batch, forward_batch, frames, runs, warmup, no_gradient, ops, json } = a;
+    let (batch, forward_batch, frames, runs, warmup, gradient, ops) =
+        (*batch, *forward_batch, frames.clone(), *runs, *warmup, !*no_gradient, *ops);
+    let json = json.as_deref();
     if batch == 0 {
         bail!("--batch must be at least 1");
     }

@@ -46,8 +46,6 @@ pub struct ChainArgs {
     /// same chain, bit for bit
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[command(flatten)]
-    pub threads: super::ThreadsArg,
 }
 
 impl ChainArgs {
@@ -155,7 +153,9 @@ fn ms(s: Option<f64>) -> String {
 }
 
 /// `ebm-gate refine`.
-pub fn refine_cmd(model: &Path, frames: &[PathBuf], out: &Path, batch: usize, args: &ChainArgs) -> Result<ExitCode> {
+pub fn refine(a: &RefineArgs) -> Result<ExitCode> {
+    let RefineArgs { model, frames, out, batch, chain: args } = a;
+    let batch = *batch;
     if batch == 0 {
         bail!("--batch must be at least 1");
     }
@@ -307,9 +307,29 @@ fn settings_json(s: &LangevinSettings, target: EnergyTarget, g: &EnergyGradient,
     })
 }
 
-/// Options of `sample` beyond the chain's.
+/// Arguments of `ebm-gate refine`.
+#[derive(Args)]
+pub struct RefineArgs {
+    /// Bundle directory with an energy-gradient graph (gate.json's `gradient`)
+    pub model: PathBuf,
+    /// Image files, folders (recursively) or IDX files to start the chains from
+    #[arg(required = true)]
+    pub frames: Vec<PathBuf>,
+    /// Output directory
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Frames per chain batch
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[command(flatten)]
+    pub chain: ChainArgs,
+}
+
+/// Arguments of `ebm-gate sample`.
 #[derive(Args, Clone, Debug)]
 pub struct SampleArgs {
+    /// Bundle directory with an energy-gradient graph (gate.json's `gradient`)
+    pub model: PathBuf,
     /// Replay buffer file: loaded when it exists, created (uniform noise) when it does not,
     /// and saved with the refined samples put back
     #[arg(long, value_name = "FILE")]
@@ -327,10 +347,13 @@ pub struct SampleArgs {
     /// new buffer]; stored in the buffer, so it holds for later calls too
     #[arg(long)]
     pub reinit_prob: Option<f32>,
+    #[command(flatten)]
+    pub chain: ChainArgs,
 }
 
 /// `ebm-gate sample`.
-pub fn sample_cmd(model: &Path, s: &SampleArgs, args: &ChainArgs) -> Result<ExitCode> {
+pub fn sample(s: &SampleArgs) -> Result<ExitCode> {
+    let (model, args) = (&s.model, &s.chain);
     if s.count == 0 {
         bail!("-n/--count must be at least 1");
     }

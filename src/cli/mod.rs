@@ -1,14 +1,108 @@
-//! Subcommands of the binary, one module each where they are long.
+//! The subcommands, one module each: its arguments (clap), the call into the library, and the
+//! printing. Flags every gate-opening command shares ([`GateArgs`]) and the global `--threads`
+//! ([`ThreadsArg`]) are defined here once.
 
 pub mod bench;
+pub mod calibrate;
+pub mod eval;
 pub mod langevin;
+pub mod score;
+pub mod stream;
 
-/// `--threads N`, shared by every subcommand.
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ebm_gate::pipeline::{EnergyGate, Overrides};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// `--threads N`, a global flag (given before or after the subcommand).
 #[derive(clap::Args, Clone, Copy, Debug)]
 pub struct ThreadsArg {
     /// Threads to run the model on: a batch's frames (SGLD chains) run on up to N threads at
     /// once, each with its own plan state, with the same results bit for bit (a build with
     /// `--features multithread` also splits one frame's matrix products over N threads); 1 to 256
-    #[arg(long = "threads", default_value_t = 1, value_name = "N")]
+    #[arg(long = "threads", default_value_t = 1, value_name = "N", global = true)]
     pub n: usize,
+}
+
+/// The gate's flags of `score`, `eval` and `stream`.
+#[derive(Args, Clone)]
+pub struct GateArgs {
+    /// Energy threshold: reject frames with E(x) > THRESHOLD (replaces gate.json's gate)
+    #[arg(long, allow_hyphen_values = true)]
+    pub threshold: Option<f32>,
+    /// Temperature T for probabilities and energy (overrides gate.json)
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Conformal gate: reject frames whose p-value is <= ALPHA (overrides gate.json's alpha;
+    /// needs calibration energies; with --threshold, both rules apply)
+    #[arg(long)]
+    pub alpha: Option<f32>,
+    /// Frames per forward pass [default: 32; stream: at most 4, of the frames ready]
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Most frames per tract run: a forward pass is run in pieces of at most this many
+    /// [default: 1 for a network with spatial convolutions, where tract is fastest frame by
+    /// frame; else the whole pass]
+    #[arg(long, value_name = "N")]
+    pub forward_batch: Option<usize>,
+    #[command(flatten)]
+    pub threads: ThreadsArg,
+}
+
+impl GateArgs {
+    /// The library's overrides, with `score`'s and `eval`'s default batch of 32.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            threshold: self.threshold,
+            temperature: self.temperature,
+            alpha: self.alpha,
+            set_alpha: None,
+            batch: Some(self.batch.unwrap_or(32)),
+            forward_batch: self.forward_batch,
+            accept_new_model: false,
+        }
+    }
+}
+
+/// Opens a bundle with overrides, refusing a batch of 0 and a `--temperature` that would leave
+/// frames unchecked.
+pub fn open(model: &Path, overrides: &Overrides) -> Result<EnergyGate> {
+    if overrides.batch == Some(0) {
+        bail!("--batch must be at least 1");
+    }
+    if overrides.forward_batch == Some(0) {
+        bail!("--forward-batch must be at least 1");
+    }
+    let gate = EnergyGate::open(model, overrides).with_context(|| format!("cannot load model {}", model.display()))?;
+    let st = gate.settings();
+    if let (Some(t), Some(why)) = (overrides.temperature, &st.gate_set_aside) {
+        if !st.gates() {
+            bail!(
+                "{why}: at --temperature {t} the bundle's gate does not hold, and frames would pass unchecked; \
+                 give --threshold too, or leave out --temperature"
+            );
+        }
+        eprintln!("note: {why}; using --threshold / --alpha as given");
+    }
+    Ok(gate)
+}
+
+pub fn progress_bar(total: usize, enabled: bool) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:12} [{bar:40}] {pos}/{len} frames, {per_sec}, eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// `v` with `prec` decimals, or `-` when absent.
+pub fn fmt_opt(v: Option<f32>, prec: usize) -> String {
+    v.map(|x| format!("{x:.prec$}")).unwrap_or_else(|| "-".into())
 }

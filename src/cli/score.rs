@@ -1,0 +1,164 @@
+//! `score`: class, probability, energy and verdict of image files, folders and IDX files.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use ebm_gate::core::gate::Verdict;
+use ebm_gate::pipeline::{FrameReport, Overrides};
+use ebm_gate::source::collect;
+
+use super::{fmt_opt, open, progress_bar, GateArgs};
+
+/// Arguments of `ebm-gate score`.
+#[derive(Args)]
+pub struct ScoreArgs {
+    /// Bundle directory (model.onnx + gate.json) or an .onnx file
+    pub model: PathBuf,
+    /// Image files, folders, or IDX files
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// One JSON object per frame instead of a table
+    #[arg(long)]
+    pub json: bool,
+    /// Include the logits in JSON output
+    #[arg(long)]
+    pub logits: bool,
+    /// Also give each frame a conformal prediction set of classes with coverage 1 - SET_ALPHA
+    /// (LAC; needs a bundle calibrated on labelled data)
+    #[arg(long, value_name = "SET_ALPHA")]
+    pub set_alpha: Option<f32>,
+    #[command(flatten)]
+    pub gate: GateArgs,
+}
+
+fn json_line(r: &FrameReport, names: &[String], with_logits: bool) -> serde_json::Value {
+    let s = r.scores;
+    let mut v = serde_json::json!({
+        "path": r.name,
+        "class": s.map(|s| names[s.class].clone()),
+        "class_index": s.map(|s| s.class),
+        "probability": s.map(|s| s.probability),
+        "energy": s.map(|s| s.energy),
+        "msp": s.map(|s| s.msp),
+        "max_logit": s.map(|s| s.max_logit),
+        "p_value": r.p_value,
+        "prediction_set": r.prediction_set.as_ref().map(|set| set.iter().map(|&y| names[y].clone()).collect::<Vec<_>>()),
+        "verdict": r.verdict.map(|v| v.as_str()),
+        "reason": r.reason.map(|r| r.as_str()),
+        "error": r.error,
+    });
+    if with_logits {
+        v["logits"] = serde_json::json!(r.logits);
+    }
+    v
+}
+
+/// `ebm-gate score`.
+pub fn run(a: &ScoreArgs) -> Result<ExitCode> {
+    let ScoreArgs { model, inputs, json, logits, set_alpha, gate: args } = a;
+    let (json, logits, set_alpha) = (*json, *logits, *set_alpha);
+    let mut gate = open(model, &Overrides { set_alpha, ..args.overrides() })?;
+    let items = collect(inputs, None)?;
+    if items.is_empty() {
+        bail!(
+            "no image files found in {}",
+            inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let names = gate.class_names().to_vec();
+    let bar = progress_bar(items.len(), items.len() > 256);
+    let reports = gate.score_items(&items, |n| bar.inc(n as u64));
+    bar.finish_and_clear();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let has_p = reports.iter().any(|r| r.p_value.is_some());
+    let width = reports.iter().map(|r| r.name.len()).max().unwrap_or(4).clamp(4, 60);
+    let set_text = |r: &FrameReport| {
+        r.prediction_set
+            .as_ref()
+            .map(|set| format!("{{{}}}", set.iter().map(|&y| names[y].as_str()).collect::<Vec<_>>().join(",")))
+    };
+    let set_width = if set_alpha.is_some() {
+        reports.iter().filter_map(set_text).map(|t| t.len()).max().unwrap_or(3).max(3) + 2
+    } else {
+        0
+    };
+    if !json {
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:<12} {:>6} {:>8} {:>6} {:>8} {:>7}  {:<set_width$}{:<20} reason",
+            "path",
+            "class",
+            "prob",
+            "energy",
+            "msp",
+            "maxlogit",
+            if has_p { "p" } else { "" },
+            if set_alpha.is_some() { "set" } else { "" },
+            "verdict"
+        );
+    }
+    for r in &reports {
+        let line = if json {
+            json_line(r, &names, logits).to_string()
+        } else {
+            let s = r.scores;
+            format!(
+                "{:<width$}  {:<12} {:>6} {:>8} {:>6} {:>8} {:>7}  {:<set_width$}{:<20} {}",
+                r.name,
+                s.map(|s| names[s.class].clone()).unwrap_or_else(|| "-".into()),
+                fmt_opt(s.map(|s| s.probability), 3),
+                fmt_opt(s.map(|s| s.energy), 3),
+                fmt_opt(s.map(|s| s.msp), 3),
+                fmt_opt(s.map(|s| s.max_logit), 3),
+                if has_p { fmt_opt(r.p_value, 4) } else { String::new() },
+                if set_alpha.is_some() { set_text(r).unwrap_or_else(|| "-".into()) } else { String::new() },
+                r.verdict.map(|v| v.as_str()).unwrap_or("-"),
+                match (&r.reason, &r.error) {
+                    (_, Some(e)) => format!("{}: {e}", r.reason.map(|x| x.as_str()).unwrap_or("error")),
+                    (Some(reason), None) => reason.as_str().to_string(),
+                    (None, None) => "-".into(),
+                }
+            )
+        };
+        if writeln!(out, "{line}").is_err() {
+            break; // closed stdout (a pipe to `head`, say): stop quietly
+        }
+    }
+    let rejected = reports.iter().filter(|r| r.verdict == Some(Verdict::OutOfDistribution)).count();
+    let failed = reports.iter().filter(|r| r.scores.is_none()).count();
+    let accepted = reports.iter().filter(|r| r.verdict == Some(Verdict::InDistribution)).count();
+    let st = gate.settings();
+    let rule = match (st.threshold, st.alpha) {
+        (Some(t), None) => format!("threshold E <= {t}"),
+        (None, Some(a)) => format!(
+            "conformal gate: reject p <= {a} (E > {}, {} calibration energies)",
+            fmt_opt(st.energy_threshold(), 4),
+            st.calibration_energies.len()
+        ),
+        (Some(t), Some(a)) => format!("threshold E <= {t} and conformal p > {a}"),
+        (None, None) => String::new(),
+    };
+    if st.gates() {
+        eprintln!(
+            "{} frames: {accepted} in-distribution, {rejected} rejected ({failed} could not be scored); {rule}",
+            reports.len()
+        );
+    } else {
+        eprintln!(
+            "{} frames scored without a threshold ({failed} could not be scored): give --threshold or a bundle with gate.json for verdicts",
+            reports.len()
+        );
+    }
+    if let Some(a) = set_alpha {
+        eprintln!(
+            "prediction sets: LAC at coverage >= {:.0}% (T = {:.4}; an empty set: no class is plausible)",
+            100.0 * (1.0 - a),
+            st.temperature
+        );
+    }
+    Ok(if rejected > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}

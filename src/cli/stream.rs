@@ -1,0 +1,279 @@
+//! `stream`: gates a live stream of raw or MJPEG frames, one JSON line per frame.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ebm_gate::pipeline::Overrides;
+use ebm_gate::raw::{PixelFormat, YuvSpec};
+use ebm_gate::stream::{run_stream, StopReason, StreamFormat, StreamOptions, StreamSource};
+
+use super::{fmt_opt, open, GateArgs};
+
+/// `--format` of `stream`: a raw pixel format or MJPEG.
+#[derive(Clone, Copy, Debug)]
+pub enum InputFormat {
+    Raw(PixelFormat),
+    Mjpeg,
+}
+
+fn parse_format(s: &str) -> Result<InputFormat, String> {
+    if s.eq_ignore_ascii_case("mjpeg") || s.eq_ignore_ascii_case("mjpg") {
+        return Ok(InputFormat::Mjpeg);
+    }
+    s.parse::<PixelFormat>().map(InputFormat::Raw).map_err(|e| format!("{e}, or mjpeg"))
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("expected WIDTHxHEIGHT such as 640x480, got {s:?}");
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    let (w, h) = (w.trim().parse::<u32>().map_err(|_| bad())?, h.trim().parse::<u32>().map_err(|_| bad())?);
+    if w == 0 || h == 0 {
+        return Err(bad());
+    }
+    Ok((w, h))
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum CropArg {
+    /// Scale the shorter side to the model's size and take the centre
+    Center,
+    /// Scale the whole frame to the model's size, ignoring its aspect ratio
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+pub enum YuvMatrix {
+    Bt601,
+    Bt709,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+pub enum YuvRange {
+    Limited,
+    Full,
+}
+
+/// Arguments of `ebm-gate stream`.
+#[derive(Args)]
+pub struct StreamArgs {
+    /// Bundle directory (model.onnx + gate.json) or an .onnx file; needs a gate (calibrated, or --threshold)
+    pub model: PathBuf,
+    /// Where frames come from: - (stdin), a file or a named pipe, or a V4L2 camera /dev/videoN
+    /// (builds with the `v4l2` feature; otherwise pipe it in with ffmpeg or GStreamer)
+    #[arg(long, default_value = "-")]
+    pub input: PathBuf,
+    /// Frame format: rgb24, bgr24, gray8, yuyv422, nv12, i420 (= yuv420p) raw frames of --size, or mjpeg
+    #[arg(long, value_parser = parse_format)]
+    pub format: InputFormat,
+    /// Size of raw frames, WIDTHxHEIGHT (not needed for mjpeg; with a V4L2 camera, the size asked for)
+    #[arg(long, value_parser = parse_size, value_name = "WxH")]
+    pub size: Option<(u32, u32)>,
+    /// How a frame is brought to the model's size (default: as gate.json says; center for the reference bundle)
+    #[arg(long, value_enum)]
+    pub crop: Option<CropArg>,
+    /// YUV matrix of yuyv422/nv12/i420 frames
+    #[arg(long, value_enum, default_value = "bt601")]
+    pub yuv_matrix: YuvMatrix,
+    /// YUV range of yuyv422/nv12/i420 frames
+    #[arg(long, value_enum, default_value = "limited")]
+    pub yuv_range: YuvRange,
+    /// Print a frame line for every N-th frame only (state changes and errors are always printed)
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub every: u64,
+    /// Debouncing window: the last N verdicts count (1 to 256)
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub window: usize,
+    /// Switch to out_of_distribution when at least K of the window's frames are rejected
+    #[arg(long, default_value_t = 3, value_name = "K")]
+    pub enter: usize,
+    /// Switch back when at most J are (default K - 1: plain k-of-n; lower adds hysteresis)
+    #[arg(long, value_name = "J")]
+    pub exit: Option<usize>,
+    /// Save rejected frames (full size, RGB) as PNG into DIR
+    #[arg(long, value_name = "DIR")]
+    pub save_rejected: Option<PathBuf>,
+    /// Most frames --save-rejected keeps
+    #[arg(long, default_value_t = 100, value_name = "N", requires = "save_rejected")]
+    pub max_saved: usize,
+    #[command(flatten)]
+    pub gate: GateArgs,
+}
+
+fn is_video_device(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        path.to_str().is_some_and(|p| p.starts_with("/dev/video"))
+            && std::fs::metadata(path).is_ok_and(|m| m.file_type().is_char_device())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
+}
+
+/// Opens `--input`: stdin, a file or named pipe, or (feature `v4l2`) a V4L2 camera.
+fn open_source(input: &Path, format: StreamFormat, size: Option<(u32, u32)>) -> Result<StreamSource> {
+    if input.as_os_str() == "-" {
+        return Ok(StreamSource::Bytes(Box::new(std::io::stdin())));
+    }
+    if is_video_device(input) {
+        #[cfg(feature = "v4l2")]
+        {
+            let camera =
+                ebm_gate::v4l2::open(input, format, size).with_context(|| format!("--input {}", input.display()))?;
+            return Ok(StreamSource::Camera(camera));
+        }
+        #[cfg(not(feature = "v4l2"))]
+        {
+            let _ = (format, size);
+            bail!(
+                "--input {}: a V4L2 camera; this build reads cameras only with the `v4l2` feature \
+                 (cargo build --release --features v4l2, needs libclang-dev), or pipe it in: \
+                 `ffmpeg -f v4l2 -input_format mjpeg -i {} -c copy -f mjpeg - | ebm-gate stream MODEL --format mjpeg`",
+                input.display(),
+                input.display()
+            );
+        }
+    }
+    if input.is_dir() {
+        bail!(
+            "--input {}: is a folder; `stream` reads one stream of frames (use `score` for image folders)",
+            input.display()
+        );
+    }
+    let file = std::fs::File::open(input).with_context(|| format!("--input {}: cannot open", input.display()))?;
+    Ok(StreamSource::Bytes(Box::new(file)))
+}
+
+fn signal_name(n: usize) -> &'static str {
+    match n as i32 {
+        signal_hook::consts::SIGINT => "SIGINT",
+        signal_hook::consts::SIGTERM => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+/// `ebm-gate stream`.
+pub fn run(args: &StreamArgs) -> Result<ExitCode> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::Arc;
+
+    let format = match (args.format, args.size) {
+        (InputFormat::Mjpeg, _) => StreamFormat::Mjpeg,
+        (InputFormat::Raw(format), Some((width, height))) => {
+            let yuv =
+                YuvSpec { bt709: args.yuv_matrix == YuvMatrix::Bt709, full_range: args.yuv_range == YuvRange::Full };
+            format
+                .frame_len(width, height)
+                .with_context(|| format!("--size {width}x{height} for {}", format.name()))?;
+            StreamFormat::Raw { format, width, height, yuv }
+        }
+        (InputFormat::Raw(format), None) => bail!("--format {} needs --size WIDTHxHEIGHT", format.name()),
+    };
+    let exit = match args.exit {
+        Some(j) => j,
+        None if args.enter == 0 => bail!("--enter must be at least 1"),
+        None => args.enter - 1,
+    };
+    let source_name =
+        if args.input.as_os_str() == "-" { "stdin".to_string() } else { args.input.display().to_string() };
+    let source = open_source(&args.input, format, args.size)?;
+    let overrides = Overrides { batch: Some(args.gate.batch.unwrap_or(4)), ..args.gate.overrides() };
+    let mut gate = open(&args.model, &overrides)?;
+    let options = StreamOptions {
+        format,
+        resize: args.crop.map(|c| match c {
+            CropArg::Center => ebm_gate::bundle::ResizeMode::ShorterSideThenCenterCrop,
+            CropArg::None => ebm_gate::bundle::ResizeMode::Stretch,
+        }),
+        max_batch: gate.batch(),
+        window: args.window,
+        enter: args.enter,
+        exit,
+        save_rejected: args.save_rejected.clone(),
+        max_saved: args.max_saved,
+        source_name,
+    };
+
+    // The first SIGINT/SIGTERM stops the stream after the frame in hand, with a summary; a
+    // second one ends the process at once (exit 130 / 143).
+    let stop = Arc::new(AtomicUsize::new(0));
+    let asked = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&asked))?;
+        signal_hook::flag::register(sig, Arc::clone(&asked))?;
+        signal_hook::flag::register_usize(sig, Arc::clone(&stop), sig as usize)?;
+    }
+
+    // Refuse bad settings before announcing the run.
+    options.check(&gate).with_context(|| format!("stream {}", args.model.display()))?;
+    let names = gate.class_names().to_vec();
+    let st = gate.settings();
+    eprintln!(
+        "stream: {} from {}, gate {}, window {}: out at >= {} rejected, back at <= {}; batches up to {}",
+        format.name(),
+        options.source_name,
+        match (st.threshold, st.alpha) {
+            (Some(t), None) => format!("E <= {t}"),
+            (None, Some(a)) => format!("p > {a} (E <= {})", fmt_opt(st.energy_threshold(), 4)),
+            (Some(t), Some(a)) => format!("E <= {t} and p > {a}"),
+            (None, None) => "none".into(),
+        },
+        options.window,
+        options.enter,
+        options.exit,
+        options.max_batch
+    );
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let every = args.every;
+    let summary = run_stream(&mut gate, source, &options, &stop, |event| {
+        use ebm_gate::stream::StreamEvent;
+        if let StreamEvent::Frame(f) = event {
+            if f.index % every != 0 {
+                return Ok(());
+            }
+        }
+        writeln!(out, "{}", ebm_gate::stream::json::event(event, &names))
+    })?;
+    let signal = match summary.stop {
+        StopReason::Signal(n) => Some(signal_name(n)),
+        _ => None,
+    };
+    let closed = matches!(summary.stop, StopReason::OutputClosed(..));
+    if !closed {
+        let _ = writeln!(out, "{}", ebm_gate::stream::json::summary(&summary, signal)).and_then(|_| out.flush());
+    }
+    let lat = summary
+        .latency_ms
+        .map(|[p50, p99, _]| format!("latency p50 {p50:.2} ms, p99 {p99:.2} ms"))
+        .unwrap_or_else(|| "no latency".into());
+    let why = match &summary.stop {
+        StopReason::EndOfInput => "end of input".to_string(),
+        StopReason::ReadError(m) => format!("read error: {m}"),
+        StopReason::Signal(n) => format!("stopped by {}", signal_name(*n)),
+        StopReason::OutputClosed(_, m) => format!("output closed: {m}"),
+    };
+    eprintln!(
+        "stream: {} frames ({} scored), {} rejected, {} errors, {} saved; {:.1} frames/s, {lat}; state {}; {why}",
+        summary.frames,
+        summary.scored,
+        summary.rejected,
+        summary.errors,
+        summary.saved,
+        summary.fps(),
+        summary.state.as_str(),
+    );
+    Ok(match &summary.stop {
+        StopReason::EndOfInput if summary.errors == 0 => ExitCode::SUCCESS,
+        StopReason::EndOfInput | StopReason::ReadError(_) => ExitCode::from(1),
+        StopReason::Signal(n) => ExitCode::from((128 + *n).min(255) as u8),
+        StopReason::OutputClosed(std::io::ErrorKind::BrokenPipe, _) => ExitCode::from(141),
+        StopReason::OutputClosed(..) => ExitCode::from(2),
+    })
+}
