@@ -189,8 +189,9 @@ pub fn machine_info() -> MachineInfo {
     }
 }
 
-/// tract-onnx's version in Cargo.toml.
-pub const TRACT_VERSION: &str = "0.23.9";
+/// The version of tract (tract-core) this binary was built with, as Cargo.lock resolved it
+/// (recorded by the build script; `unknown` when the build had no Cargo.lock).
+pub const TRACT_VERSION: &str = env!("EBM_GATE_TRACT_VERSION");
 
 /// Peak resident set size of this process, MB (Linux `VmHWM`); `None` elsewhere.
 pub fn peak_rss_mb() -> Option<f64> {

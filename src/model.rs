@@ -98,18 +98,15 @@ pub struct MatMulInfo {
     pub kernel: String,
 }
 
-/// The shape and kernel of a matrix product node from tract's description of it
-/// (`Mult: m:256 k:2304 n:16 with [fma_mmm_f32_16x6]`), if it is one.
-fn matmul_info(info: &[String]) -> Option<MatMulInfo> {
-    let line = info.iter().find_map(|l| l.strip_prefix("Mult: m:"))?;
-    let (m, rest) = line.split_once(" k:")?;
-    let (k, rest) = rest.split_once(" n:")?;
-    let (n, kernel) = rest.split_once(" with ")?;
+/// The shape and kernel of an optimised matrix product node (tract's `OptMatMul`), read from
+/// its fields: `m` and `n` from the output fact's axes, `k` from its multiply-add step.
+fn matmul_info(op: &tract_onnx::tract_core::ops::matmul::optimized::OptMatMul) -> Option<MatMulInfo> {
+    use tract_onnx::tract_core::internal::DimLike;
     Some(MatMulInfo {
-        m: m.trim().parse().ok()?,
-        k: k.trim().parse().ok()?,
-        n: n.trim().parse().ok()?,
-        kernel: kernel.trim().trim_start_matches('[').trim_end_matches(']').to_string(),
+        m: op.m().to_usize().ok()?,
+        k: op.guess_k()?.to_usize().ok()?,
+        n: op.n().to_usize().ok()?,
+        kernel: op.mmm.iter().map(|k| k.name().to_string()).collect::<Vec<_>>().join(", "),
     })
 }
 
@@ -550,7 +547,7 @@ impl Model {
                     let ms = t.elapsed().as_secs_f64() * 1e3;
                     let entry = times.entry(node.id).or_insert_with(|| {
                         order.push(node.id);
-                        let matmul = node.op.info().ok().and_then(|info| matmul_info(&info));
+                        let matmul = node.op_as().and_then(matmul_info);
                         (node.name.clone(), node.op.name().to_string(), matmul, Vec::new())
                     });
                     entry.3.push(ms);
