@@ -39,7 +39,11 @@ fn bench_reports_every_stage_with_ordered_percentiles() {
     assert!(stdout.contains("2 threads"), "{stdout}");
     assert_eq!(r["frames"], 7, "the bundle's 7 sample frames");
     assert!(r["cold_start_ms"].as_f64().unwrap() > 0.0);
-    assert!(r["machine"]["cores"].as_u64().unwrap() >= 1);
+    if let Ok(nproc) = std::process::Command::new("nproc").output() {
+        // coreutils' count of the CPUs this process may use
+        let n: u64 = String::from_utf8_lossy(&nproc.stdout).trim().parse().unwrap();
+        assert_eq!(r["machine"]["cores"].as_u64().unwrap(), n);
+    }
     if cfg!(target_os = "linux") {
         assert!(r["peak_rss_mb"].as_f64().unwrap() > 1.0);
     }
@@ -91,7 +95,7 @@ fn bench_ops_lists_the_plan_nodes() {
     let count = |op: &str| ops.iter().filter(|o| o["op"] == op).count();
     assert_eq!(count("OptMatMul"), 8, "{ops:?}");
     assert_eq!(count("OptMaxPool"), 3, "{ops:?}");
-    assert!(ops.iter().all(|o| o["median_ms"].as_f64().unwrap() >= 0.0));
+    assert!(ops.iter().all(|o| o["median_ms"].as_f64().unwrap() > 0.0), "every node takes some time: {ops:?}");
     assert!(ops.iter().any(|o| o["name"].as_str().unwrap().contains("Conv")));
     // Each matrix product's m x k x n at batch 1: output channels x (input channels x kernel
     // area) x output pixels of the 2x2 whitening stem (3 -> 24 on 31x31), block 1 (24 -> 64
