@@ -33,6 +33,9 @@ use crate::core::conformal::{conformal_rank, p_value};
 use crate::core::energy::free_energy;
 use crate::metrics::{for_each_softmax, MetricsError};
 
+/// The levels whose false-rejection rate `calibrate` and `eval` report.
+pub const CHECK_ALPHAS: [f32; 3] = [0.01, 0.05, 0.1];
+
 /// Lowest temperature the fit searches.
 pub const T_MIN: f64 = 0.01;
 /// Highest temperature the fit searches.
@@ -404,11 +407,3 @@ pub fn is_held_out(name: &str, holdout: f64, seed: u64) -> bool {
     b.copy_from_slice(&d[..8]);
     (u64::from_be_bytes(b) as f64 / 18_446_744_073_709_551_616.0) < holdout
 }
-
-#[cfg(feature = "runtime")]
-mod fit;
-#[cfg(feature = "runtime")]
-pub use fit::{
-    calibrate, calibration_frames, held_out_mask, is_calibration_data, relative_name, CalibrateOptions,
-    CalibrationOutcome, CHECK_ALPHAS,
-};

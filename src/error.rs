@@ -48,6 +48,16 @@ pub enum Error {
         /// What is wrong, and how to fix it where known.
         message: String,
     },
+    /// A set of frames is empty, or none of its frames could be scored.
+    #[error("{set} {path}: {problem}")]
+    NoFrames {
+        /// Which set, e.g. `ID set` or `OOD set tiny`.
+        set: String,
+        /// Its path.
+        path: PathBuf,
+        /// `no image files found` or `no frame could be scored`.
+        problem: &'static str,
+    },
     /// An argument or setting is out of range.
     #[error("invalid setting: {0}")]
     Invalid(String),

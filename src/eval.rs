@@ -6,31 +6,76 @@
 //! not 1. A frame that could not be scored is left out of the metrics and counted in `errors`;
 //! the gate's rates (accepted, rejected) count it as rejected, as the gate does.
 
+use std::path::{Path, PathBuf};
+
 use serde::Serialize;
 
-use crate::calibration::{false_rejection, prediction_set_summary, split_conformal_check, wilson_interval};
+use crate::calibrate::calibration_frames;
+use crate::calibration::{
+    false_rejection, prediction_set_summary, split_conformal_check, wilson_interval, CHECK_ALPHAS,
+};
 use crate::core::energy::free_energy;
 use crate::core::gate::Verdict;
+use crate::error::{Error, Result};
 use crate::metrics::{accuracy, CalibrationMetrics, OodMetrics};
-use crate::pipeline::FrameReport;
+use crate::pipeline::{stack_logits, EnergyGate, FrameReport};
+use crate::source::collect;
 
-/// The scores `eval` compares, by name.
-pub const SCORE_NAMES: [&str; 4] = ["energy", "msp", "max_logit", "energy_t1"];
+/// An OOD-detection score `eval` compares; each is "higher = more in-distribution".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreKind {
+    /// `-E(x)` at the bundle's temperature (Liu et al. 2020).
+    Energy,
+    /// Maximum softmax probability at `T = 1` (Hendrycks & Gimpel 2017).
+    Msp,
+    /// The largest logit (Hendrycks et al. 2022).
+    MaxLogit,
+    /// `-E(x)` at `T = 1`, Liu et al.'s setting.
+    EnergyT1,
+}
 
-/// One score's value per frame ("higher = more ID"); NaN for a frame that was not scored.
-fn score_values(reports: &[&FrameReport], score: &str) -> Vec<f32> {
-    reports
-        .iter()
-        .map(|r| match (&r.scores, &r.logits) {
-            (Some(s), Some(z)) => match score {
-                "energy" => -s.energy,
-                "msp" => s.msp,
-                "max_logit" => s.max_logit,
-                _ => free_energy(z, 1.0).map(|e| -e).unwrap_or(f32::NAN),
-            },
-            _ => f32::NAN,
-        })
-        .collect()
+impl ScoreKind {
+    /// All scores, in report order.
+    pub const ALL: [ScoreKind; 4] = [ScoreKind::Energy, ScoreKind::Msp, ScoreKind::MaxLogit, ScoreKind::EnergyT1];
+
+    /// The name in reports and JSON: `energy`, `msp`, `max_logit`, `energy_t1`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScoreKind::Energy => "energy",
+            ScoreKind::Msp => "msp",
+            ScoreKind::MaxLogit => "max_logit",
+            ScoreKind::EnergyT1 => "energy_t1",
+        }
+    }
+
+    /// The scores worth reporting at `temperature`: `energy_t1` only when `T != 1` (else it is
+    /// `energy`).
+    pub fn reported(temperature: f32) -> Vec<ScoreKind> {
+        ScoreKind::ALL.into_iter().filter(|&s| s != ScoreKind::EnergyT1 || temperature != 1.0).collect()
+    }
+
+    /// This score's value per frame; NaN for a frame that was not scored.
+    fn values(self, reports: &[&FrameReport]) -> Vec<f32> {
+        reports
+            .iter()
+            .map(|r| match (&r.scores, &r.logits) {
+                (Some(s), Some(z)) => match self {
+                    ScoreKind::Energy => -s.energy,
+                    ScoreKind::Msp => s.msp,
+                    ScoreKind::MaxLogit => s.max_logit,
+                    ScoreKind::EnergyT1 => free_energy(z, 1.0).map(|e| -e).unwrap_or(f32::NAN),
+                },
+                _ => f32::NAN,
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Display for ScoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// Summary of the in-distribution set.
@@ -110,8 +155,8 @@ pub struct SetRow {
 /// One score's metrics on one OOD set.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ScoreMetrics {
-    /// Score name, one of [`SCORE_NAMES`].
-    pub score: String,
+    /// The score.
+    pub score: ScoreKind,
     /// Area under the ROC curve.
     pub auroc: f64,
     /// Average precision, ID positive.
@@ -196,22 +241,6 @@ pub fn summarise_id(path: &str, reports: &[FrameReport]) -> IdSummary {
         mean_energy: mean_energy(reports),
         excluded_calibration_frames: 0,
     }
-}
-
-/// The logits of the scored reports stacked row-major `[N, K]`, and their labels when every
-/// report has one.
-pub(crate) fn stack_logits<'a>(reports: impl IntoIterator<Item = &'a FrameReport>) -> (Vec<f32>, Option<Vec<usize>>) {
-    let (mut logits, mut labels) = (Vec::new(), Some(Vec::new()));
-    for r in reports {
-        logits.extend_from_slice(r.logits.as_deref().unwrap_or(&[]));
-        labels = labels.and_then(|mut l| {
-            r.label.map(|y| {
-                l.push(y);
-                l
-            })
-        });
-    }
-    (logits, labels)
 }
 
 /// Labelled ID frames' logits `[N, K]`, labels and `K`, when every frame is labelled and scored.
@@ -301,7 +330,7 @@ pub fn summarise_ood<'a>(
     path: &str,
     id: &'a [FrameReport],
     ood: &'a [FrameReport],
-    scores: &[&str],
+    scores: &[ScoreKind],
 ) -> Result<OodSummary, crate::metrics::MetricsError> {
     // Metrics compare scored frames only: a frame that could not be decoded says nothing about
     // the score (it is counted in `errors`, and the gate rejects it).
@@ -309,9 +338,9 @@ pub fn summarise_ood<'a>(
     let (id_s, ood_s) = (scored(id), scored(ood));
     let mut metrics = Vec::new();
     for &score in scores {
-        let m = OodMetrics::compute(&score_values(&id_s, score), &score_values(&ood_s, score))?;
+        let m = OodMetrics::compute(&score.values(&id_s), &score.values(&ood_s))?;
         metrics.push(ScoreMetrics {
-            score: score.into(),
+            score,
             auroc: m.auroc,
             aupr_in: m.aupr_in,
             aupr_out: m.aupr_out,
@@ -327,4 +356,191 @@ pub fn summarise_ood<'a>(
         mean_energy: mean_energy(ood),
         metrics,
     })
+}
+
+/// Keeps `n` of `items` spread evenly over them (every k-th in order, so an ImageFolder set
+/// keeps all its classes); all of them when `n` is `None` or at least their number.
+pub fn spread_evenly<T>(items: Vec<T>, n: Option<usize>) -> Vec<T> {
+    match n {
+        Some(n) if n < items.len() => {
+            let len = items.len();
+            items.into_iter().enumerate().filter(|(i, _)| i * n / len != (i + 1) * n / len).map(|(_, x)| x).collect()
+        }
+        _ => items,
+    }
+}
+
+/// Settings of [`evaluate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalOptions {
+    /// Use at most this many frames of each set, spread evenly over it ([`spread_evenly`]).
+    pub limit: Option<usize>,
+    /// Random half/half splits of the ID energies for the split-conformal check (at least 1).
+    pub splits: usize,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions { limit: None, splits: 100 }
+    }
+}
+
+/// Progress of [`evaluate`], for a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EvalProgress<'a> {
+    /// The sets are read: this many frames will be scored.
+    Start {
+        /// Frames in all sets.
+        total: usize,
+    },
+    /// Scoring of a set begins (`ID`, or an OOD set's name).
+    Set(&'a str),
+    /// This many more frames were scored.
+    Frames(usize),
+}
+
+/// A set in which some frames could not be scored (they are left out of the metrics; the gate
+/// rejects them).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Unscored {
+    /// `ID` or the OOD set's name.
+    pub set: String,
+    /// Frames that could not be scored.
+    pub count: usize,
+    /// Frames in the set.
+    pub of: usize,
+    /// The first one's error.
+    pub first_error: String,
+}
+
+/// Everything an [`evaluate`] run produced: the report and each frame's result.
+#[derive(Debug, Clone)]
+pub struct EvalRun {
+    /// The report (`eval --json` writes it).
+    pub report: EvalReport,
+    /// Each ID frame's result (the frames that calibrated the gate left out).
+    pub id_frames: Vec<FrameReport>,
+    /// Each OOD set's frames' results, in the order of the sets.
+    pub ood_frames: Vec<Vec<FrameReport>>,
+    /// Sets with frames that could not be scored.
+    pub unscored: Vec<Unscored>,
+    /// Frames scored in all sets.
+    pub frames: usize,
+    /// Seconds spent decoding and scoring.
+    pub elapsed_s: f64,
+}
+
+/// Scores an in-distribution folder and OOD sets with `gate` and measures everything `eval`
+/// reports: accuracy, each score's AUROC / AUPR / FPR@95TPR per OOD set, probability
+/// calibration, the conformal gate's false rejection at [`CHECK_ALPHAS`] (and the gate's own
+/// alpha), prediction-set coverage.
+///
+/// Frames of `id` that calibrated the gate (recorded in gate.json's split) are left out first,
+/// since the checks need held-out frames; then `limit` applies to each set.
+///
+/// # Errors
+/// [`Error::Io`] when a set cannot be read; [`Error::NoFrames`] when a set has no image files,
+/// or an OOD set no frame that could be scored.
+pub fn evaluate(
+    gate: &mut EnergyGate,
+    id: &Path,
+    ood: &[(String, PathBuf)],
+    options: &EvalOptions,
+    mut progress: impl FnMut(EvalProgress<'_>),
+) -> Result<EvalRun> {
+    let names = gate.class_names().to_vec();
+    let no_frames = |set: &str, path: &Path, problem| Error::NoFrames { set: set.into(), path: path.into(), problem };
+    let all_id = collect(&[id.to_path_buf()], Some(&names))?;
+    let (all_id, excluded) = match gate.gate_file().and_then(|g| calibration_frames(g, id, &all_id)) {
+        Some(mask) => {
+            let excluded = mask.iter().filter(|m| **m).count();
+            (all_id.into_iter().zip(mask).filter(|(_, m)| !m).map(|(it, _)| it).collect(), excluded)
+        }
+        None => (all_id, 0),
+    };
+    let id_items = spread_evenly(all_id, options.limit);
+    if id_items.is_empty() {
+        return Err(no_frames("ID set", id, "no image files found"));
+    }
+    let mut ood_items = Vec::new();
+    for (name, path) in ood {
+        let items = spread_evenly(collect(std::slice::from_ref(path), None)?, options.limit);
+        if items.is_empty() {
+            return Err(no_frames(&format!("OOD set {name}"), path, "no image files found"));
+        }
+        ood_items.push(items);
+    }
+    let frames = id_items.len() + ood_items.iter().map(Vec::len).sum::<usize>();
+    progress(EvalProgress::Start { total: frames });
+    let t0 = std::time::Instant::now();
+    progress(EvalProgress::Set("ID"));
+    let id_frames = gate.score_items(&id_items, |n| progress(EvalProgress::Frames(n)));
+    let mut ood_frames = Vec::new();
+    for ((name, _), items) in ood.iter().zip(&ood_items) {
+        progress(EvalProgress::Set(name));
+        ood_frames.push(gate.score_items(items, |n| progress(EvalProgress::Frames(n))));
+    }
+    let elapsed_s = t0.elapsed().as_secs_f64();
+
+    let st = gate.settings().clone();
+    let scores = ScoreKind::reported(st.temperature);
+    let mut ood_summaries = Vec::new();
+    for ((name, path), reports) in ood.iter().zip(&ood_frames) {
+        let summary = summarise_ood(name, &path.display().to_string(), &id_frames, reports, &scores)
+            .map_err(|_| no_frames(&format!("OOD set {name}"), path, "no frame could be scored"))?;
+        ood_summaries.push(summary);
+    }
+    let unscored = std::iter::once(("ID", &id_frames))
+        .chain(ood.iter().map(|(n, _)| n.as_str()).zip(&ood_frames))
+        .filter_map(|(set, reports)| {
+            let failed: Vec<&FrameReport> = reports.iter().filter(|r| r.scores.is_none()).collect();
+            failed.first().map(|first| Unscored {
+                set: set.into(),
+                count: failed.len(),
+                of: reports.len(),
+                first_error: first.error.clone().unwrap_or_else(|| "non-finite energy".into()),
+            })
+        })
+        .collect();
+    let mut id_summary = summarise_id(&id.display().to_string(), &id_frames);
+    id_summary.excluded_calibration_frames = excluded;
+    let ood_refs: Vec<&[FrameReport]> = ood_frames.iter().map(Vec::as_slice).collect();
+    let mut alphas = CHECK_ALPHAS.to_vec();
+    if let Some(a) = st.alpha.filter(|a| !alphas.contains(a)) {
+        alphas.push(a);
+    }
+    let lac = gate.gate_file().and_then(|g| g.prediction_sets.as_ref()).map(|p| p.calibration_scores.clone());
+    let report = EvalReport {
+        model: gate.paths().model.display().to_string(),
+        temperature: st.temperature,
+        threshold: st.energy_threshold(),
+        id: id_summary,
+        ood: ood_summaries,
+        calibration: probability_calibration(&id_frames, st.temperature),
+        conformal: conformal_rows(&st.calibration_energies, &alphas, &id_frames, &ood_refs, options.splits),
+        prediction_sets: lac.map(|l| set_rows(&id_frames, st.temperature, &l, &CHECK_ALPHAS)).unwrap_or_default(),
+    };
+    Ok(EvalRun { report, id_frames, ood_frames, unscored, frames, elapsed_s })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spread_evenly;
+
+    #[test]
+    fn spread_evenly_keeps_n_spread_over_the_set() {
+        let v: Vec<usize> = (0..10).collect();
+        // kept: the i with floor(i n / len) != floor((i + 1) n / len), i.e. i = ceil(j len / n) - 1
+        // for j = 1..=n: ceil(2.5) - 1, ceil(5) - 1, ceil(7.5) - 1, ceil(10) - 1 for n = 4, len = 10
+        assert_eq!(spread_evenly(v.clone(), Some(4)), [2, 4, 7, 9]);
+        assert_eq!(spread_evenly(v.clone(), Some(1)), [9]);
+        assert_eq!(spread_evenly(v.clone(), Some(10)), v);
+        assert_eq!(spread_evenly(v.clone(), Some(50)), v);
+        assert_eq!(spread_evenly(v.clone(), None), v);
+        // every class of an ImageFolder set sorted by class keeps its share
+        let classes: Vec<usize> = (0..100).map(|i| i / 10).collect();
+        let kept = spread_evenly(classes, Some(20));
+        assert_eq!(kept.len(), 20);
+        assert!((0..10).all(|c| kept.iter().filter(|&&k| k == c).count() == 2), "{kept:?}");
+    }
 }

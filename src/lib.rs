@@ -17,7 +17,7 @@
 //! - [`metrics`] (feature `std`): AUROC, AUPR, FPR@95TPR, accuracy, as scikit-learn computes them;
 //!   NLL, ECE, MCE, Brier and reliability bins.
 //! - [`calibration`] (feature `std`): temperature scaling, the conformal threshold and prediction
-//!   sets, false-rejection checks; with `runtime`, [`calibration::calibrate`] fits a bundle's
+//!   sets, false-rejection checks; with `runtime`, [`calibrate::calibrate`] fits a bundle's
 //!   `gate.json` from a folder of in-distribution frames.
 //! - [`plots`] (feature `plots`): reliability diagrams, ROC curves, energy histograms.
 //! - feature `runtime`: [`bundle`] (`model.onnx` + `gate.json`), [`frame`] (decode, resize,
@@ -54,6 +54,8 @@ pub mod plots;
 pub mod bench;
 #[cfg(feature = "runtime")]
 pub mod bundle;
+#[cfg(feature = "runtime")]
+pub mod calibrate;
 #[cfg(feature = "runtime")]
 pub mod error;
 #[cfg(feature = "runtime")]

@@ -429,3 +429,19 @@ impl EnergyGate {
 fn provenance_sha(gate_file: &Option<GateFile>) -> String {
     gate_file.as_ref().and_then(|g| g.provenance.as_ref()).map(|p| p.model_sha256.clone()).unwrap_or_default()
 }
+
+/// The logits of the scored reports stacked row-major `[N, K]`, and their labels when every
+/// report has one.
+pub(crate) fn stack_logits<'a>(reports: impl IntoIterator<Item = &'a FrameReport>) -> (Vec<f32>, Option<Vec<usize>>) {
+    let (mut logits, mut labels) = (Vec::new(), Some(Vec::new()));
+    for r in reports {
+        logits.extend_from_slice(r.logits.as_deref().unwrap_or(&[]));
+        labels = labels.and_then(|mut l| {
+            r.label.map(|y| {
+                l.push(y);
+                l
+            })
+        });
+    }
+    (logits, labels)
+}

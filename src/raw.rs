@@ -488,3 +488,34 @@ impl<R: Read> Iterator for RawReader<R> {
         }
     }
 }
+
+/// What the bytes of a stream are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFormat {
+    /// Raw frames of `width x height` pixels in `format`, back to back (`ffmpeg -f rawvideo`).
+    Raw {
+        /// The pixel layout.
+        format: PixelFormat,
+        /// Frame width in pixels.
+        width: u32,
+        /// Frame height in pixels.
+        height: u32,
+        /// YUV matrix and range (ignored for RGB, BGR and gray).
+        yuv: YuvSpec,
+    },
+    /// Concatenated JPEG images (`ffmpeg -f mjpeg`, `rpicam-vid --codec mjpeg`, UVC cameras).
+    Mjpeg,
+}
+
+impl StreamFormat {
+    /// Short name for messages: the pixel format's name, or `mjpeg`.
+    pub fn name(&self) -> String {
+        match self {
+            StreamFormat::Raw { format, width, height, .. } => format!("{} {width}x{height}", format.name()),
+            StreamFormat::Mjpeg => "mjpeg".into(),
+        }
+    }
+}
+
+/// One frame's bytes from a source (or why there are none), with the time it arrived.
+pub type TimedFrame = (std::result::Result<Vec<u8>, StreamError>, std::time::Instant);

@@ -60,38 +60,11 @@ use crate::core::gate::{Reason, Verdict};
 use crate::error::{Error, Result};
 use crate::frame::{decode_bytes, preprocess_into};
 use crate::pipeline::{EnergyGate, FrameReport};
-use crate::raw::{raw_to_rgb, MjpegReader, PixelFormat, RawReader, StreamError, YuvSpec};
+pub use crate::raw::StreamFormat;
+use crate::raw::{raw_to_rgb, MjpegReader, RawReader, StreamError, TimedFrame as Item};
 
 /// Largest debouncing window `--window` can ask for.
 pub const MAX_WINDOW: usize = 256;
-
-/// What the bytes of a stream are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamFormat {
-    /// Raw frames of `width x height` pixels in `format`, back to back (`ffmpeg -f rawvideo`).
-    Raw {
-        /// The pixel layout.
-        format: PixelFormat,
-        /// Frame width in pixels.
-        width: u32,
-        /// Frame height in pixels.
-        height: u32,
-        /// YUV matrix and range (ignored for RGB, BGR and gray).
-        yuv: YuvSpec,
-    },
-    /// Concatenated JPEG images (`ffmpeg -f mjpeg`, `rpicam-vid --codec mjpeg`, UVC cameras).
-    Mjpeg,
-}
-
-impl StreamFormat {
-    /// Short name for messages: the pixel format's name, or `mjpeg`.
-    pub fn name(&self) -> String {
-        match self {
-            StreamFormat::Raw { format, width, height, .. } => format!("{} {width}x{height}", format.name()),
-            StreamFormat::Mjpeg => "mjpeg".into(),
-        }
-    }
-}
 
 /// How a stream is read and judged.
 #[derive(Debug, Clone, PartialEq)]
@@ -286,9 +259,6 @@ impl std::fmt::Debug for StreamSource {
         }
     }
 }
-
-/// One frame's bytes, or a stream error, in stream order, with the time its last byte arrived.
-pub(crate) type Item = (std::result::Result<Vec<u8>, StreamError>, Instant);
 
 /// A frame ready for the model, or why it is not.
 enum Prepared {

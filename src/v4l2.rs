@@ -20,8 +20,7 @@ use v4l::video::Capture;
 use v4l::{Device, FourCC};
 
 use crate::error::{Error, Result};
-use crate::raw::{PixelFormat, StreamError};
-use crate::stream::StreamFormat;
+use crate::raw::{PixelFormat, StreamError, StreamFormat, TimedFrame};
 
 /// Buffers the driver cycles through.
 const BUFFERS: u32 = 4;
@@ -118,7 +117,7 @@ impl std::fmt::Debug for Camera {
 impl Camera {
     /// The frames, as the stream reader takes them: each buffer's bytes (rows packed) and the
     /// time it was dequeued. A capture error ends the iterator after reporting it.
-    pub(crate) fn frames(self) -> impl Iterator<Item = (std::result::Result<Vec<u8>, StreamError>, Instant)> {
+    pub(crate) fn frames(self) -> impl Iterator<Item = TimedFrame> {
         let mut stream = Stream::with_buffers(&self.device, Type::VideoCapture, BUFFERS)
             .map_err(|e| StreamError::Io(format!("cannot start capture: {e}")));
         let padded = self.padded_row;

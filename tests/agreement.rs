@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use ebm_gate::core::gate::Reason;
-use ebm_gate::eval::summarise_ood;
+use ebm_gate::eval::{summarise_ood, ScoreKind};
 use ebm_gate::pipeline::{EnergyGate, FrameReport, Overrides};
 use ebm_gate::source::collect;
 
@@ -142,9 +142,10 @@ fn eval_metrics_on_frames_match_scikit_learn() {
     let mut gate = open(8);
     let id = score(&mut gate, &to_paths(&ev["id"]));
     let ood = score(&mut gate, &to_paths(&ev["ood"]));
-    let s = summarise_ood("synthetic", "frames", &id, &ood, &["energy", "msp", "max_logit"]).unwrap();
+    let s = summarise_ood("synthetic", "frames", &id, &ood, &[ScoreKind::Energy, ScoreKind::Msp, ScoreKind::MaxLogit])
+        .unwrap();
     for m in &s.metrics {
-        let want = &ev["metrics"][&m.score];
+        let want = &ev["metrics"][m.score.as_str()];
         for (k, got) in
             [("auroc", m.auroc), ("aupr_in", m.aupr_in), ("aupr_out", m.aupr_out), ("fpr_at_95_tpr", m.fpr_at_95_tpr)]
         {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ebm_gate::calibration::{calibrate, CalibrateOptions};
+use ebm_gate::calibrate::{calibrate, CalibrateOptions};
 use ebm_gate::pipeline::Overrides;
 use ebm_gate::source::collect;
 

@@ -4,20 +4,17 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
-use ebm_gate::calibration::{calibration_frames, CHECK_ALPHAS};
-use ebm_gate::eval::{
-    conformal_rows, probability_calibration, set_rows, summarise_id, summarise_ood, EvalReport, SCORE_NAMES,
-};
+use ebm_gate::eval::{evaluate, EvalOptions, EvalProgress, EvalReport, ScoreKind};
 use ebm_gate::pipeline::FrameReport;
-use ebm_gate::source::collect;
 
 use super::{open, progress_bar, GateArgs};
 
 /// Arguments of `ebm-gate eval`.
 #[derive(Args)]
 pub struct EvalArgs {
+    /// Bundle directory (model.onnx + gate.json) or an .onnx file
     pub model: PathBuf,
     /// In-distribution folder (ImageFolder layout <class>/<image> gives accuracy)
     #[arg(long)]
@@ -50,107 +47,35 @@ fn parse_named(s: &str) -> Result<(String, PathBuf), String> {
 
 /// `ebm-gate eval`.
 pub fn run(a: &EvalArgs) -> Result<ExitCode> {
-    let EvalArgs { model, id, ood, json, limit, plots, splits, gate: args } = a;
-    let (json, limit, plots, splits) = (json.as_deref(), limit.map(|n| n as usize), plots.as_deref(), *splits as usize);
     let t_load = Instant::now();
-    let mut gate = open(model, &args.overrides())?;
+    let mut gate = open(&a.model, &a.gate.overrides())?;
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
-    let names = gate.class_names().to_vec();
-    // --limit N keeps N frames spread evenly over the set (every k-th in path order), so an
-    // ImageFolder set keeps all its classes.
-    let take = |v: Vec<_>| match limit {
-        Some(n) if n < v.len() => {
-            let len = v.len();
-            v.into_iter().enumerate().filter(|(i, _)| i * n / len != (i + 1) * n / len).map(|(_, x)| x).collect()
-        }
-        _ => v,
-    };
-    let all_id =
-        collect(&[id.to_path_buf()], Some(&names)).with_context(|| format!("reading ID set {}", id.display()))?;
-    // Frames that calibrated the gate are left out: the checks below need held-out frames.
-    let (all_id, excluded) = match gate.gate_file().and_then(|g| calibration_frames(g, id, &all_id)) {
-        Some(mask) => {
-            let excluded = mask.iter().filter(|m| **m).count();
-            (all_id.into_iter().zip(mask).filter(|(_, m)| !m).map(|(it, _)| it).collect(), excluded)
-        }
-        None => (all_id, 0),
-    };
-    let id_items = take(all_id);
-    if id_items.is_empty() {
-        bail!("no image files found in the ID set {}", id.display());
-    }
-    let mut ood_items = Vec::new();
-    for (name, path) in ood {
-        let items = take(collect(std::slice::from_ref(path), None).with_context(|| format!("reading OOD set {name}"))?);
-        if items.is_empty() {
-            bail!("no image files found in OOD set {name} ({})", path.display());
-        }
-        ood_items.push(items);
-    }
-    let total = id_items.len() + ood_items.iter().map(Vec::len).sum::<usize>();
-    let bar = progress_bar(total, true);
-    let t0 = Instant::now();
-    bar.set_message("ID");
-    let id_reports = gate.score_items(&id_items, |n| bar.inc(n as u64));
-    let mut ood_reports = Vec::new();
-    for ((name, _), items) in ood.iter().zip(&ood_items) {
-        bar.set_message(name.clone());
-        ood_reports.push(gate.score_items(items, |n| bar.inc(n as u64)));
-    }
+    let options = EvalOptions { limit: a.limit.map(|n| n as usize), splits: a.splits as usize };
+    let mut bar = progress_bar(0, false);
+    let run = evaluate(&mut gate, &a.id, &a.ood, &options, |p| match p {
+        EvalProgress::Start { total } => bar = progress_bar(total, true),
+        EvalProgress::Set(name) => bar.set_message(name.to_string()),
+        EvalProgress::Frames(n) => bar.inc(n as u64),
+    })?;
     bar.finish_and_clear();
-    let elapsed = t0.elapsed().as_secs_f64();
-    let st = gate.settings().clone();
-    let temperature = st.temperature;
-    let scores: Vec<&str> = SCORE_NAMES.iter().copied().filter(|&s| s != "energy_t1" || temperature != 1.0).collect();
-    let mut ood_summaries = Vec::new();
-    for ((name, path), reports) in ood.iter().zip(&ood_reports) {
-        let summary = summarise_ood(name, &path.display().to_string(), &id_reports, reports, &scores)
-            .with_context(|| format!("OOD set {name} ({}): no frame could be scored", path.display()))?;
-        ood_summaries.push(summary);
+    for u in &run.unscored {
+        eprintln!(
+            "warning: {}: {} of {} frames could not be scored and are left out of the metrics (the gate rejects them); first: {}",
+            u.set, u.count, u.of, u.first_error
+        );
     }
-    for (set, reports) in
-        std::iter::once(("ID", &id_reports)).chain(ood.iter().map(|(n, _)| n.as_str()).zip(&ood_reports))
-    {
-        let failed: Vec<&FrameReport> = reports.iter().filter(|r| r.scores.is_none()).collect();
-        if let Some(first) = failed.first() {
-            eprintln!(
-                "warning: {set}: {} of {} frames could not be scored and are left out of the metrics (the gate rejects them); first: {}",
-                failed.len(),
-                reports.len(),
-                first.error.as_deref().unwrap_or("non-finite energy")
-            );
-        }
-    }
-    let mut id_summary = summarise_id(&id.display().to_string(), &id_reports);
-    id_summary.excluded_calibration_frames = excluded;
-    let ood_refs: Vec<&[FrameReport]> = ood_reports.iter().map(Vec::as_slice).collect();
-    let mut alphas = CHECK_ALPHAS.to_vec();
-    if let Some(a) = st.alpha.filter(|a| !alphas.contains(a)) {
-        alphas.push(a);
-    }
-    let lac = gate.gate_file().and_then(|g| g.prediction_sets.as_ref()).map(|p| p.calibration_scores.clone());
-    let report = EvalReport {
-        model: gate.paths().model.display().to_string(),
-        temperature,
-        threshold: st.energy_threshold(),
-        id: id_summary,
-        ood: ood_summaries,
-        calibration: probability_calibration(&id_reports, temperature),
-        conformal: conformal_rows(&st.calibration_energies, &alphas, &id_reports, &ood_refs, splits),
-        prediction_sets: lac.map(|l| set_rows(&id_reports, temperature, &l, &CHECK_ALPHAS)).unwrap_or_default(),
-    };
-    print_eval(&report, total, elapsed);
+    print_eval(&run.report, run.frames, run.elapsed_s);
     let fb = gate.model_mut().forward_batch();
     println!(
         "load + optimise: {load_ms:.0} ms; batch {}{}",
         gate.batch(),
         if fb < gate.batch() { format!(" (tract runs of {fb})") } else { String::new() }
     );
-    if let Some(dir) = plots {
-        write_eval_plots(dir, &report, &id_reports, &ood_reports, &st)?;
+    if let Some(dir) = &a.plots {
+        write_eval_plots(dir, &run.report, &run.id_frames, &run.ood_frames, gate.settings())?;
     }
-    if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &a.json {
+        let text = serde_json::to_string_pretty(&run.report)?;
         std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
@@ -171,7 +96,7 @@ fn write_eval_plots(
     let mut series = Vec::new();
     for (o, reports) in report.ood.iter().zip(ood) {
         let (fpr, tpr) = ebm_gate::metrics::roc_curve(&id_s, &neg_energy(reports))?;
-        let auroc = o.metrics.iter().find(|m| m.score == "energy").map(|m| m.auroc).unwrap_or(f64::NAN);
+        let auroc = o.metrics.iter().find(|m| m.score == ScoreKind::Energy).map(|m| m.auroc).unwrap_or(f64::NAN);
         series.push(RocSeries { name: format!("{} (n = {})", o.name, o.n), auroc, fpr, tpr });
     }
     let title = format!("Energy score ROC, ID = {} (n = {})", short(&report.id.path), report.id.n);

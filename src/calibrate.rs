@@ -3,19 +3,15 @@
 
 use std::path::{Component, Path};
 
-use super::{
-    check_alpha, conformal_quantile, false_rejection, fit_temperature, is_held_out, lac_scores, prediction_set_summary,
-    sorted_energies, FalseRejection, SetSummary, TemperatureFit,
-};
 use crate::bundle::{GateFile, GateSpec, PredictionSets, Provenance, SplitSpec, FORMAT_VERSION};
+use crate::calibration::{
+    check_alpha, conformal_quantile, false_rejection, fit_temperature, is_held_out, lac_scores, prediction_set_summary,
+    sorted_energies, CalibrationError, FalseRejection, SetSummary, TemperatureFit, CHECK_ALPHAS,
+};
 use crate::error::{Error, Result};
-use crate::eval::stack_logits;
 use crate::metrics::CalibrationMetrics;
-use crate::pipeline::{EnergyGate, FrameReport};
+use crate::pipeline::{stack_logits, EnergyGate, FrameReport};
 use crate::source::FrameItem;
-
-/// The levels whose false-rejection rate `calibrate` and `eval` report.
-pub const CHECK_ALPHAS: [f32; 3] = [0.01, 0.05, 0.1];
 
 /// Settings of [`calibrate`].
 #[derive(Debug, Clone, PartialEq)]
@@ -261,11 +257,9 @@ pub fn calibrate(
     })
 }
 
-fn cal_name(cal: &[&FrameReport], e: &super::CalibrationError) -> String {
+fn cal_name(cal: &[&FrameReport], e: &CalibrationError) -> String {
     match e {
-        super::CalibrationError::NonFiniteEnergy { index } => {
-            cal.get(*index).map(|r| r.name.clone()).unwrap_or_default()
-        }
+        CalibrationError::NonFiniteEnergy { index } => cal.get(*index).map(|r| r.name.clone()).unwrap_or_default(),
         _ => String::new(),
     }
 }
