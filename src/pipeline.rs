@@ -48,6 +48,38 @@ pub struct Overrides {
     pub accept_new_model: bool,
 }
 
+/// The rule in force, `(threshold, alpha)`, from the overrides and the bundle's gate
+/// `(threshold, alpha)` (`None` when the bundle has no gate, or it was set aside): the
+/// precedence [`Overrides`] documents.
+///
+/// | `threshold` given | `alpha` given | result |
+/// |---|---|---|
+/// | `t` | `a` or none | `(t, a)`: both rules when `a` is given; the bundle's alpha is ignored |
+/// | none | `a` | `(none, a)`: the conformal gate at `a` |
+/// | none | none | the bundle's alpha if it has one, else the bundle's threshold, else no rule |
+pub fn gate_rule(
+    threshold: Option<f32>,
+    alpha: Option<f32>,
+    bundle: Option<(f32, Option<f32>)>,
+) -> (Option<f32>, Option<f32>) {
+    match threshold {
+        Some(t) => (Some(t), alpha),
+        None => match alpha.or(bundle.and_then(|(_, a)| a)) {
+            Some(a) => (None, Some(a)),
+            None => (bundle.map(|(t, _)| t), None),
+        },
+    }
+}
+
+/// The temperature in force: the one given, unless it is within 1e-4 (relative) of the
+/// bundle's, which is then kept (a value typed from a printout, say, keeps the bundle's gate).
+pub fn effective_temperature(given: Option<f32>, bundle: f32) -> f32 {
+    match given {
+        Some(t) if (t - bundle).abs() > 1e-4 * bundle => t,
+        _ => bundle,
+    }
+}
+
 /// The gate's effective settings after overrides.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GateSettings {
@@ -222,12 +254,7 @@ impl EnergyGate {
                 return Err(Error::Invalid(format!("temperature must be finite and > 0, got {t}")));
             }
         }
-        // A temperature within 1e-4 (relative) of the bundle's is the bundle's (a value typed
-        // from a printout, say).
-        let temperature = match overrides.temperature {
-            Some(t) if (t - bundle_temperature).abs() > 1e-4 * bundle_temperature => t,
-            _ => bundle_temperature,
-        };
+        let temperature = effective_temperature(overrides.temperature, bundle_temperature);
         // The gate's energies and threshold were fitted at the bundle's temperature, for this
         // model: at another temperature, or for another model, they mean nothing, so the
         // bundle's gate is set aside (flags can still give one).
@@ -245,13 +272,8 @@ impl EnergyGate {
         let prediction_sets =
             if gate_set_aside.is_some() { None } else { gate_file.as_ref().and_then(|g| g.prediction_sets.clone()) };
         let calibration_energies = gate.as_ref().map(|g| g.calibration_energies.clone()).unwrap_or_default();
-        let (threshold, alpha) = match overrides.threshold {
-            Some(t) => (Some(t), overrides.alpha),
-            None => match overrides.alpha.or(gate.as_ref().and_then(|g| g.alpha)) {
-                Some(a) => (None, Some(a)),
-                None => (gate.as_ref().map(|g| g.threshold), None),
-            },
-        };
+        let (threshold, alpha) =
+            gate_rule(overrides.threshold, overrides.alpha, gate.as_ref().map(|g| (g.threshold, g.alpha)));
         if let Some(t) = threshold {
             if t.is_nan() {
                 return Err(Error::Invalid("threshold must be a number, got NaN".into()));
@@ -444,4 +466,40 @@ pub(crate) fn stack_logits<'a>(reports: impl IntoIterator<Item = &'a FrameReport
         });
     }
     (logits, labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{effective_temperature, gate_rule};
+
+    #[test]
+    fn gate_rule_follows_the_documented_precedence() {
+        let (t, a) = (Some(-3.0), Some(0.1));
+        let with_alpha = Some((-5.0, Some(0.05)));
+        let threshold_only = Some((-5.0, None));
+        for (threshold, alpha, bundle, want) in [
+            // a threshold given wins over the bundle, with the given alpha (if any) beside it
+            (t, None, with_alpha, (t, None)),
+            (t, a, with_alpha, (t, a)),
+            (t, None, None, (t, None)),
+            // an alpha given: the conformal gate at it
+            (None, a, with_alpha, (None, a)),
+            (None, a, threshold_only, (None, a)),
+            (None, a, None, (None, a)),
+            // nothing given: the bundle's alpha, else its threshold, else no rule
+            (None, None, with_alpha, (None, Some(0.05))),
+            (None, None, threshold_only, (Some(-5.0), None)),
+            (None, None, None, (None, None)),
+        ] {
+            assert_eq!(gate_rule(threshold, alpha, bundle), want, "{threshold:?} {alpha:?} {bundle:?}");
+        }
+    }
+
+    #[test]
+    fn a_temperature_within_1e4_of_the_bundles_is_the_bundles() {
+        assert_eq!(effective_temperature(None, 0.9172), 0.9172);
+        assert_eq!(effective_temperature(Some(0.91725), 0.9172), 0.9172);
+        assert_eq!(effective_temperature(Some(0.9175), 0.9172), 0.9175);
+        assert_eq!(effective_temperature(Some(1.0), 0.9172), 1.0);
+    }
 }
