@@ -71,6 +71,8 @@ pub mod pipeline;
 #[cfg(feature = "runtime")]
 pub mod raw;
 #[cfg(feature = "runtime")]
+pub mod record;
+#[cfg(feature = "runtime")]
 pub mod source;
 #[cfg(feature = "runtime")]
 pub mod stream;

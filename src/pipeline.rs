@@ -407,10 +407,21 @@ impl EnergyGate {
     /// Never fails as a whole: a frame that cannot be decoded gets `decode_error`, a batch the
     /// model fails on gets `model_error` for each of its frames.
     pub fn score_items(&mut self, items: &[FrameItem], mut progress: impl FnMut(usize)) -> Vec<FrameReport> {
+        let mut reports: Vec<FrameReport> = Vec::with_capacity(items.len());
+        self.score_each(items, |batch| {
+            progress(batch.len());
+            reports.extend(batch);
+        });
+        reports
+    }
+
+    /// [`score_items`](Self::score_items) without keeping the reports: `each` gets every
+    /// batch's reports, in input order, as soon as the batch is done, so memory stays bounded
+    /// by the batch however many items there are.
+    pub fn score_each(&mut self, items: &[FrameItem], mut each: impl FnMut(Vec<FrameReport>)) {
         let batch = self.batch;
         let len = self.input.frame_len();
         let spec = self.input.clone();
-        let mut reports: Vec<FrameReport> = Vec::with_capacity(items.len());
         std::thread::scope(|scope| {
             let (tx, rx) = mpsc::sync_channel::<(usize, Vec<f32>, Vec<Option<String>>)>(2);
             scope.spawn(move || {
@@ -431,6 +442,7 @@ impl EnergyGate {
                 let chunk = &items[start..start + n];
                 let logits = self.model.logits(&data, n);
                 let k = self.model.num_classes();
+                let mut reports = Vec::with_capacity(n);
                 for (i, (item, err)) in chunk.iter().zip(errors).enumerate() {
                     let report = match (&logits, err) {
                         (_, Some(e)) => FrameReport::failed(&item.name, item.label, Reason::DecodeError, e),
@@ -441,10 +453,9 @@ impl EnergyGate {
                     };
                     reports.push(report);
                 }
-                progress(n);
+                each(reports);
             }
         });
-        reports
     }
 }
 

@@ -62,6 +62,7 @@ use crate::frame::{decode_bytes, preprocess_into};
 use crate::pipeline::{EnergyGate, FrameReport};
 pub use crate::raw::StreamFormat;
 use crate::raw::{raw_to_rgb, MjpegReader, RawReader, StreamError, TimedFrame as Item};
+use crate::record::FrameRecord;
 
 /// Largest debouncing window `--window` can ask for.
 pub const MAX_WINDOW: usize = 256;
@@ -133,9 +134,9 @@ impl StreamOptions {
     }
 }
 
-/// One judged frame.
+/// One judged frame of a stream.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FrameRecord {
+pub struct StreamFrame {
     /// Position in the stream, from 0 (every frame, including ones that failed).
     pub index: u64,
     /// Scores, verdict and reason; `name` is `SOURCE#index`.
@@ -150,11 +151,27 @@ pub struct FrameRecord {
     pub saved: Option<PathBuf>,
 }
 
+impl StreamFrame {
+    /// The frame's [`FrameRecord`]: `type` `frame`, its index, scores and verdict, and the
+    /// stream's fields (state, rejected in the window, latency, where it was saved).
+    pub fn record(&self, names: &[String]) -> FrameRecord {
+        FrameRecord {
+            kind: Some("frame"),
+            frame: Some(self.index),
+            state: Some(self.state.as_str()),
+            rejected_in_window: Some(self.rejected_in_window),
+            latency_ms: Some(self.latency.as_secs_f64() * 1e3),
+            saved: self.saved.as_ref().map(|p| p.display().to_string()),
+            ..FrameRecord::new(&self.report, names)
+        }
+    }
+}
+
 /// What the stream reports, in stream order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
     /// A frame was judged.
-    Frame(FrameRecord),
+    Frame(StreamFrame),
     /// The debounced state changed at frame `index`.
     StateChange {
         /// The frame that changed it.
@@ -572,7 +589,7 @@ pub fn run_stream(
             let latency = received.elapsed();
             latencies.record(latency);
             summary.state = step.state;
-            let mut events = vec![StreamEvent::Frame(FrameRecord {
+            let mut events = vec![StreamEvent::Frame(StreamFrame {
                 index,
                 report,
                 state: step.state,
@@ -627,28 +644,11 @@ pub mod json {
 
     use super::{StreamEvent, StreamSummary};
 
-    /// One frame, state change or error as a JSON object; `names` are the class names.
-    pub fn event(event: &StreamEvent, names: &[String]) -> Value {
+    /// One frame ([`FrameRecord`](crate::record::FrameRecord)), state change or error as a line
+    /// of JSON; `names` are the class names.
+    pub fn event(event: &StreamEvent, names: &[String]) -> String {
         match event {
-            StreamEvent::Frame(f) => {
-                let r = &f.report;
-                let s = r.scores;
-                json!({
-                    "type": "frame",
-                    "frame": f.index,
-                    "class": s.map(|s| names[s.class].clone()),
-                    "probability": s.map(|s| s.probability),
-                    "energy": s.map(|s| s.energy),
-                    "p_value": r.p_value,
-                    "verdict": r.verdict.map(|v| v.as_str()),
-                    "reason": r.reason.map(|r| r.as_str()),
-                    "state": f.state.as_str(),
-                    "rejected_in_window": f.rejected_in_window,
-                    "latency_ms": f.latency.as_secs_f64() * 1e3,
-                    "error": r.error,
-                    "saved": f.saved.as_ref().map(|p| p.display().to_string()),
-                })
-            }
+            StreamEvent::Frame(f) => f.record(names).to_json_line(),
             StreamEvent::StateChange { index, from, to, rejected_in_window } => json!({
                 "type": "event",
                 "frame": index,
@@ -656,12 +656,14 @@ pub mod json {
                 "from": from.as_str(),
                 "state": to.as_str(),
                 "rejected_in_window": rejected_in_window,
-            }),
+            })
+            .to_string(),
             StreamEvent::Error { index, message } => json!({
                 "type": "error",
                 "frame": index,
                 "error": message,
-            }),
+            })
+            .to_string(),
         }
     }
 

@@ -12,6 +12,7 @@ use ebm_gate::langevin::{
     input_to_pixels, pixels_to_input, EnergyGradient, EnergyTarget, LangevinSettings, ReplayBuffer,
 };
 use ebm_gate::pipeline::{EnergyGate, FrameReport, Overrides};
+use ebm_gate::record::FrameRecord;
 use ebm_gate::source::collect;
 use image::{imageops, Rgb, RgbImage};
 use rand_core::SeedableRng;
@@ -115,15 +116,6 @@ fn verdict_str(r: &FrameReport) -> &'static str {
 
 fn class_str(r: &FrameReport, classes: &[String]) -> String {
     r.scores.map(|s| format!("{} {:.2}", classes[s.class], s.probability)).unwrap_or_else(|| "-".into())
-}
-
-fn report_json(r: &FrameReport, classes: &[String]) -> serde_json::Value {
-    serde_json::json!({
-        "class": r.scores.map(|s| classes[s.class].clone()),
-        "probability": r.scores.map(|s| s.probability),
-        "energy": r.scores.map(|s| s.energy),
-        "verdict": r.verdict.map(|v| v.as_str()),
-    })
 }
 
 /// `[n, C, H, W]` frames as one picture: `cols` per row, each scaled up `scale` times
@@ -262,8 +254,8 @@ pub fn refine(a: &RefineArgs) -> Result<ExitCode> {
             "out": dst.display().to_string(),
             "energy": t,
             "pixel_change_8bit": {"mean": mean_dl, "max": max_dl},
-            "before": report_json(&before[i], &classes),
-            "after": report_json(&after[i], &classes),
+            "before": FrameRecord::new(&before[i], &classes),
+            "after": FrameRecord::new(&after[i], &classes),
         }));
     }
     // before/after pairs, side by side, four pairs a row

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::Args;
 use ebm_gate::core::gate::Verdict;
-use ebm_gate::pipeline::{FrameReport, Overrides};
+use ebm_gate::pipeline::{EnergyGate, FrameReport, Overrides};
+use ebm_gate::record::FrameRecord;
 use ebm_gate::source::collect;
 
 use super::{fmt_opt, open, progress_bar, GateArgs};
@@ -34,28 +35,6 @@ pub struct ScoreArgs {
     pub gate: GateArgs,
 }
 
-fn json_line(r: &FrameReport, names: &[String], with_logits: bool) -> serde_json::Value {
-    let s = r.scores;
-    let mut v = serde_json::json!({
-        "path": r.name,
-        "class": s.map(|s| names[s.class].clone()),
-        "class_index": s.map(|s| s.class),
-        "probability": s.map(|s| s.probability),
-        "energy": s.map(|s| s.energy),
-        "msp": s.map(|s| s.msp),
-        "max_logit": s.map(|s| s.max_logit),
-        "p_value": r.p_value,
-        "prediction_set": r.prediction_set.as_ref().map(|set| set.iter().map(|&y| names[y].clone()).collect::<Vec<_>>()),
-        "verdict": r.verdict.map(|v| v.as_str()),
-        "reason": r.reason.map(|r| r.as_str()),
-        "error": r.error,
-    });
-    if with_logits {
-        v["logits"] = serde_json::json!(r.logits);
-    }
-    v
-}
-
 /// `ebm-gate score`.
 pub fn run(a: &ScoreArgs) -> Result<ExitCode> {
     let ScoreArgs { model, inputs, json, logits, set_alpha, gate: args } = a;
@@ -70,10 +49,29 @@ pub fn run(a: &ScoreArgs) -> Result<ExitCode> {
     }
     let names = gate.class_names().to_vec();
     let bar = progress_bar(items.len(), items.len() > 256);
-    let reports = gate.score_items(&items, |n| bar.inc(n as u64));
-    bar.finish_and_clear();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    let mut counts = Counts::default();
+    if json {
+        // Each line is written as its batch is done: memory stays bounded on any folder.
+        let mut closed = false;
+        gate.score_each(&items, |batch| {
+            bar.inc(batch.len() as u64);
+            bar.suspend(|| {
+                for r in &batch {
+                    counts.add(r);
+                    // a closed stdout (a pipe to `head`, say): stop writing quietly
+                    closed =
+                        closed || writeln!(out, "{}", FrameRecord::of_file(r, &names, logits).to_json_line()).is_err();
+                }
+            });
+        });
+        bar.finish_and_clear();
+        return Ok(summarise(&counts, &gate, set_alpha));
+    }
+    let reports = gate.score_items(&items, |n| bar.inc(n as u64));
+    bar.finish_and_clear();
+    reports.iter().for_each(|r| counts.add(r));
     let has_p = reports.iter().any(|r| r.p_value.is_some());
     let width = reports.iter().map(|r| r.name.len()).max().unwrap_or(4).clamp(4, 60);
     let set_text = |r: &FrameReport| {
@@ -86,51 +84,66 @@ pub fn run(a: &ScoreArgs) -> Result<ExitCode> {
     } else {
         0
     };
-    if !json {
-        let _ = writeln!(
-            out,
-            "{:<width$}  {:<12} {:>6} {:>8} {:>6} {:>8} {:>7}  {:<set_width$}{:<20} reason",
-            "path",
-            "class",
-            "prob",
-            "energy",
-            "msp",
-            "maxlogit",
-            if has_p { "p" } else { "" },
-            if set_alpha.is_some() { "set" } else { "" },
-            "verdict"
-        );
-    }
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:<12} {:>6} {:>8} {:>6} {:>8} {:>7}  {:<set_width$}{:<20} reason",
+        "path",
+        "class",
+        "prob",
+        "energy",
+        "msp",
+        "maxlogit",
+        if has_p { "p" } else { "" },
+        if set_alpha.is_some() { "set" } else { "" },
+        "verdict"
+    );
     for r in &reports {
-        let line = if json {
-            json_line(r, &names, logits).to_string()
-        } else {
-            let s = r.scores;
-            format!(
-                "{:<width$}  {:<12} {:>6} {:>8} {:>6} {:>8} {:>7}  {:<set_width$}{:<20} {}",
-                r.name,
-                s.map(|s| names[s.class].clone()).unwrap_or_else(|| "-".into()),
-                fmt_opt(s.map(|s| s.probability), 3),
-                fmt_opt(s.map(|s| s.energy), 3),
-                fmt_opt(s.map(|s| s.msp), 3),
-                fmt_opt(s.map(|s| s.max_logit), 3),
-                if has_p { fmt_opt(r.p_value, 4) } else { String::new() },
-                if set_alpha.is_some() { set_text(r).unwrap_or_else(|| "-".into()) } else { String::new() },
-                r.verdict.map(|v| v.as_str()).unwrap_or("-"),
-                match (&r.reason, &r.error) {
-                    (_, Some(e)) => format!("{}: {e}", r.reason.map(|x| x.as_str()).unwrap_or("error")),
-                    (Some(reason), None) => reason.as_str().to_string(),
-                    (None, None) => "-".into(),
-                }
-            )
-        };
+        let s = r.scores;
+        let line = format!(
+            "{:<width$}  {:<12} {:>6} {:>8} {:>6} {:>8} {:>7}  {:<set_width$}{:<20} {}",
+            r.name,
+            s.map(|s| names[s.class].clone()).unwrap_or_else(|| "-".into()),
+            fmt_opt(s.map(|s| s.probability), 3),
+            fmt_opt(s.map(|s| s.energy), 3),
+            fmt_opt(s.map(|s| s.msp), 3),
+            fmt_opt(s.map(|s| s.max_logit), 3),
+            if has_p { fmt_opt(r.p_value, 4) } else { String::new() },
+            if set_alpha.is_some() { set_text(r).unwrap_or_else(|| "-".into()) } else { String::new() },
+            r.verdict.map(|v| v.as_str()).unwrap_or("-"),
+            match (&r.reason, &r.error) {
+                (_, Some(e)) => format!("{}: {e}", r.reason.map(|x| x.as_str()).unwrap_or("error")),
+                (Some(reason), None) => reason.as_str().to_string(),
+                (None, None) => "-".into(),
+            }
+        );
         if writeln!(out, "{line}").is_err() {
             break; // closed stdout (a pipe to `head`, say): stop quietly
         }
     }
-    let rejected = reports.iter().filter(|r| r.verdict == Some(Verdict::OutOfDistribution)).count();
-    let failed = reports.iter().filter(|r| r.scores.is_none()).count();
-    let accepted = reports.iter().filter(|r| r.verdict == Some(Verdict::InDistribution)).count();
+    Ok(summarise(&counts, &gate, set_alpha))
+}
+
+/// Frames by outcome, for the summary line.
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    accepted: usize,
+    rejected: usize,
+    failed: usize,
+}
+
+impl Counts {
+    fn add(&mut self, r: &FrameReport) {
+        self.total += 1;
+        self.accepted += usize::from(r.verdict == Some(Verdict::InDistribution));
+        self.rejected += usize::from(r.verdict == Some(Verdict::OutOfDistribution));
+        self.failed += usize::from(r.scores.is_none());
+    }
+}
+
+/// Prints the summary to stderr; exit 1 when a frame was rejected.
+fn summarise(c: &Counts, gate: &EnergyGate, set_alpha: Option<f32>) -> ExitCode {
+    let (accepted, rejected, failed) = (c.accepted, c.rejected, c.failed);
     let st = gate.settings();
     let rule = match (st.threshold, st.alpha) {
         (Some(t), None) => format!("threshold E <= {t}"),
@@ -145,12 +158,12 @@ pub fn run(a: &ScoreArgs) -> Result<ExitCode> {
     if st.gates() {
         eprintln!(
             "{} frames: {accepted} in-distribution, {rejected} rejected ({failed} could not be scored); {rule}",
-            reports.len()
+            c.total
         );
     } else {
         eprintln!(
             "{} frames scored without a threshold ({failed} could not be scored): give --threshold or a bundle with gate.json for verdicts",
-            reports.len()
+            c.total
         );
     }
     if let Some(a) = set_alpha {
@@ -160,5 +173,9 @@ pub fn run(a: &ScoreArgs) -> Result<ExitCode> {
             st.temperature
         );
     }
-    Ok(if rejected > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    if rejected > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -1,0 +1,123 @@
+//! [`FrameRecord`]: the one JSON record of a judged frame, written by `score --json`,
+//! `stream` (its frame lines) and `refine` (trace.json's `before` / `after`).
+//!
+//! Keys, in this order (a superset: a command leaves out what it does not know):
+//!
+//! | key | type | when |
+//! |---|---|---|
+//! | `type` | `"frame"` | `stream` only (its other lines are events, errors, the summary) |
+//! | `frame` | integer | `stream`: position in the stream, from 0 |
+//! | `path` | string | `score`, `refine`: the file, or `FILE#index` inside an IDX file |
+//! | `class`, `class_index` | string, integer | always; `null` when the frame was not scored |
+//! | `probability` | number | `softmax(f(x) / T)` of the class; `null` when not scored |
+//! | `energy` | number | free energy `E(x) = -T logsumexp(f(x) / T)`, lower = more in-distribution |
+//! | `msp`, `max_logit` | number | max softmax probability at `T = 1`, largest logit |
+//! | `p_value` | number | conformal p-value of the energy (needs calibration energies) |
+//! | `prediction_set` | array of strings | `score --set-alpha`; else `null` |
+//! | `verdict` | `in_distribution` / `out_of_distribution` | `null` only when no rule is in force |
+//! | `reason` | string | why the verdict, e.g. `p_value_at_or_below_alpha`, `decode_error` |
+//! | `error` | string | why the frame could not be scored; else `null` |
+//! | `logits` | array of numbers | `score --logits` only |
+//! | `state`, `rejected_in_window`, `latency_ms`, `saved` | | `stream` only: the debounced state after this frame, rejected frames in the window, ms from the frame's last byte to its verdict, where `--save-rejected` wrote it |
+//!
+//! Keys marked "always" are present with `null`; the others are left out when they do not apply.
+
+use serde::Serialize;
+
+use crate::pipeline::FrameReport;
+
+/// One judged frame as `score --json`, `stream` and `refine` write it (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FrameRecord {
+    /// `"frame"` in a stream.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// Position in the stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frame: Option<u64>,
+    /// The frame's file (or `FILE#index`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Class name.
+    pub class: Option<String>,
+    /// Class index in logit order.
+    pub class_index: Option<usize>,
+    /// Its probability at the gate's temperature.
+    pub probability: Option<f32>,
+    /// Free energy at the gate's temperature.
+    pub energy: Option<f32>,
+    /// Max softmax probability at `T = 1`.
+    pub msp: Option<f32>,
+    /// Largest logit.
+    pub max_logit: Option<f32>,
+    /// Conformal p-value.
+    pub p_value: Option<f32>,
+    /// Conformal prediction set, class names.
+    pub prediction_set: Option<Vec<String>>,
+    /// `in_distribution` or `out_of_distribution`.
+    pub verdict: Option<&'static str>,
+    /// Why the verdict.
+    pub reason: Option<&'static str>,
+    /// Why the frame could not be scored.
+    pub error: Option<String>,
+    /// The logits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logits: Option<Vec<f32>>,
+    /// The debounced state after this frame (stream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<&'static str>,
+    /// Rejected frames in the debouncing window (stream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected_in_window: Option<usize>,
+    /// Milliseconds from the frame's last byte to its verdict (stream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// Where the frame was saved (stream `--save-rejected`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub saved: Option<String>,
+}
+
+impl FrameRecord {
+    /// The record of `report`, with `names` the class names in logit order; no path, logits or
+    /// stream fields (set them on the result).
+    pub fn new(report: &FrameReport, names: &[String]) -> FrameRecord {
+        let s = report.scores;
+        let name = |y: usize| names.get(y).cloned().unwrap_or_else(|| y.to_string());
+        FrameRecord {
+            kind: None,
+            frame: None,
+            path: None,
+            class: s.map(|s| name(s.class)),
+            class_index: s.map(|s| s.class),
+            probability: s.map(|s| s.probability),
+            energy: s.map(|s| s.energy),
+            msp: s.map(|s| s.msp),
+            max_logit: s.map(|s| s.max_logit),
+            p_value: report.p_value,
+            prediction_set: report.prediction_set.as_ref().map(|set| set.iter().map(|&y| name(y)).collect()),
+            verdict: report.verdict.map(|v| v.as_str()),
+            reason: report.reason.map(|r| r.as_str()),
+            error: report.error.clone(),
+            logits: None,
+            state: None,
+            rejected_in_window: None,
+            latency_ms: None,
+            saved: None,
+        }
+    }
+
+    /// `new` with the frame's path (its report's name), and its logits when `with_logits`:
+    /// the record of `score --json`.
+    pub fn of_file(report: &FrameReport, names: &[String], with_logits: bool) -> FrameRecord {
+        FrameRecord {
+            path: Some(report.name.clone()),
+            logits: if with_logits { report.logits.clone() } else { None },
+            ..FrameRecord::new(report, names)
+        }
+    }
+
+    /// One line of JSON.
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).expect("a FrameRecord always serialises")
+    }
+}
