@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::core::check::at_least_one;
 use crate::error::{Error, Result};
 use crate::frame::{decode_bytes, preprocess_into};
 use crate::langevin::{sgld_step, EnergyGradient, EnergyTarget, LangevinSettings};
@@ -208,9 +209,8 @@ pub fn peak_rss_mb() -> Option<f64> {
 /// [`EnergyGate::open`]; [`Error::Decode`] / [`Error::Io`] for a frame that cannot be read or
 /// decoded (a benchmark needs frames that work).
 pub fn run_bench(model: &Path, opts: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<BenchReport> {
-    if opts.batch == 0 || opts.runs == 0 {
-        return Err(Error::Invalid(format!("batch and runs must be at least 1, got {} and {}", opts.batch, opts.runs)));
-    }
+    at_least_one("batch", opts.batch)?;
+    at_least_one("runs", opts.runs)?;
     let t = Instant::now();
     let overrides = Overrides { batch: Some(opts.batch), forward_batch: opts.forward_batch, ..Overrides::default() };
     let mut gate = EnergyGate::open(model, &overrides)?;
@@ -312,7 +312,7 @@ pub fn run_bench(model: &Path, opts: &BenchOptions, mut progress: impl FnMut(&st
                 }
                 stages.push(stats("sgld_step", "batch", n, t_step));
             }
-            Err(Error::Bundle { message, .. }) if message.contains("no energy-gradient graph") => {}
+            Err(Error::NoGradient { .. }) => {}
             Err(e) => return Err(e),
         }
     }

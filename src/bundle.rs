@@ -299,9 +299,7 @@ impl GateFile {
             )));
         }
         g.input.validate().map_err(|e| bad(e.to_string()))?;
-        if !(g.temperature.is_finite() && g.temperature > 0.0) {
-            return Err(bad(format!("temperature must be finite and > 0, got {}", g.temperature)));
-        }
+        crate::core::check::temperature(g.temperature).map_err(|e| bad(e.to_string()))?;
         if let Some(gate) = &g.gate {
             if gate.score != "energy" {
                 return Err(bad(format!("gate.score {:?} is not supported (only \"energy\")", gate.score)));
@@ -311,9 +309,7 @@ impl GateFile {
                 return Err(bad("gate.calibration_energies must be finite and ascending".into()));
             }
             if let Some(a) = gate.alpha {
-                if !(a > 0.0 && a < 1.0) {
-                    return Err(bad(format!("gate.alpha must be in (0, 1), got {a}")));
-                }
+                crate::core::check::alpha(a).map_err(|e| bad(format!("gate.{e}")))?;
             }
         }
         if let Some(ps) = &g.prediction_sets {

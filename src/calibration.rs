@@ -73,7 +73,7 @@ impl fmt::Display for CalibrationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CalibrationError::Metrics(e) => write!(f, "{e}"),
-            CalibrationError::BadAlpha(a) => write!(f, "alpha must be in (0, 1), got {a}"),
+            CalibrationError::BadAlpha(a) => crate::core::check::SettingError::Alpha(*a).fmt(f),
             CalibrationError::TooFewForAlpha { n, alpha } => write!(
                 f,
                 "{n} calibration frames are too few for alpha = {alpha}: split conformal needs n + 1 >= 1 / alpha, \
@@ -120,9 +120,7 @@ fn min_frames(alpha: f32) -> usize {
 /// # Errors
 /// [`CalibrationError::BadAlpha`], [`CalibrationError::TooFewForAlpha`].
 pub fn check_alpha(n: usize, alpha: f32) -> Result<(), CalibrationError> {
-    if !(alpha > 0.0 && alpha < 1.0) {
-        return Err(CalibrationError::BadAlpha(alpha));
-    }
+    crate::core::check::alpha(alpha).map_err(|_| CalibrationError::BadAlpha(alpha))?;
     if conformal_rank(n, alpha).is_none() {
         return Err(CalibrationError::TooFewForAlpha { n, alpha });
     }

@@ -48,6 +48,18 @@ pub enum Error {
         /// What is wrong, and how to fix it where known.
         message: String,
     },
+    /// The bundle has no energy-gradient graph (`refine`, `sample` and the SGLD step need one).
+    #[error(
+        "{path}: {why}: this bundle has no energy-gradient graph, which refine and sample need; derive one from the \
+         PyTorch model with models/tools/energy_grad.py (its `export()` takes any classifier; its command line \
+         writes energy_grad.onnx and gate.json's `gradient` section for the reference model)"
+    )]
+    NoGradient {
+        /// The model or its `gate.json`.
+        path: PathBuf,
+        /// What is missing: `no gate.json beside the model`, or `gate.json has no \`gradient\` section`.
+        why: &'static str,
+    },
     /// A set of frames is empty, or none of its frames could be scored.
     #[error("{set} {path}: {problem}")]
     NoFrames {
@@ -58,6 +70,9 @@ pub enum Error {
         /// `no image files found` or `no frame could be scored`.
         problem: &'static str,
     },
+    /// A temperature, significance level or count out of its range.
+    #[error("invalid setting: {0}")]
+    Setting(#[from] crate::core::check::SettingError),
     /// An argument or setting is out of range.
     #[error("invalid setting: {0}")]
     Invalid(String),
@@ -67,6 +82,13 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// tract's error while loading, optimising or running the model at `path`, with its whole
+    /// chain of causes.
+    #[cfg(feature = "runtime")]
+    pub(crate) fn tract(path: impl Into<PathBuf>, e: tract_onnx::prelude::TractError) -> Error {
+        Error::Model { path: path.into(), message: format!("{e:#}") }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io { path: path.into(), error: source }
     }

@@ -72,15 +72,8 @@ pub struct Refinement {
     pub seconds: f64,
 }
 
-fn no_gradient(path: &Path, why: &str) -> Error {
-    Error::Bundle {
-        path: path.into(),
-        message: format!(
-            "{why}: this bundle has no energy-gradient graph, which refine and sample need; derive one from the \
-             PyTorch model with models/tools/energy_grad.py (its `export()` takes any classifier; its command \
-             line writes energy_grad.onnx and gate.json's `gradient` section for the reference model)"
-        ),
-    }
+fn no_gradient(path: &Path, why: &'static str) -> Error {
+    Error::NoGradient { path: path.into(), why }
 }
 
 impl EnergyGradient {
@@ -88,8 +81,8 @@ impl EnergyGradient {
     /// through `gate.json`'s `gradient` section; `temperature` overrides the bundle's.
     ///
     /// # Errors
-    /// [`Error::Bundle`] naming the file when there is no `gate.json`, no `gradient` section,
-    /// the graph is missing, its sha256 (or that of `model.onnx`) differs from the one recorded,
+    /// [`Error::NoGradient`] when there is no `gate.json` or no `gradient` section;
+    /// [`Error::Bundle`] naming the file when the graph is missing, its sha256 (or that of `model.onnx`) differs from the one recorded,
     /// or its shapes disagree with `gate.json`; [`Error::Model`] when tract cannot load it; [`Error::Invalid`] for a
     /// temperature that is not finite and > 0.
     pub fn open(path: &Path, temperature: Option<f32>) -> Result<EnergyGradient> {
@@ -149,10 +142,7 @@ impl EnergyGradient {
                 got: format!("input {:?} and {} classes", model.input_chw(), model.num_classes()),
             });
         }
-        let temperature = temperature.unwrap_or(gate.temperature);
-        if !(temperature.is_finite() && temperature > 0.0) {
-            return Err(Error::Invalid(format!("temperature must be finite and > 0, got {temperature}")));
-        }
+        let temperature = crate::core::check::temperature(temperature.unwrap_or(gate.temperature))?;
         let c = input.color.channels();
         let (mut lo, mut hi) = (vec![0.0; c], vec![0.0; c]);
         Bounds::from_normalisation(input.pixel_range, &input.mean, &input.std, &mut lo, &mut hi);

@@ -140,7 +140,7 @@ fn dims_str(shape: &[TDim]) -> String {
 /// [`Error::Shape`] naming `path` unless it is f32 `[N, C, H, W]` with fixed positive `C, H, W`
 /// and a symbolic or positive `N`.
 fn frames_input(typed: &TypedModel, pos: usize, path: &Path) -> Result<([usize; 3], Option<Symbol>, Option<usize>)> {
-    let input = typed.input_fact(pos).map_err(|e| Error::Model { path: path.into(), message: format!("{e:#}") })?;
+    let input = typed.input_fact(pos).map_err(|e| Error::tract(path, e))?;
     let shape: Vec<TDim> = input.shape.iter().cloned().collect();
     let shape_err = |expected: &str, got: String| Error::Shape { path: path.into(), expected: expected.into(), got };
     if shape.len() != 4 || input.datum_type != f32::datum_type() {
@@ -167,7 +167,7 @@ fn frames_input(typed: &TypedModel, pos: usize, path: &Path) -> Result<([usize; 
 
 /// The optimised, runnable plan of `typed` with its batch symbol (if any) set to `n`.
 fn optimised_plan(typed: &TypedModel, batch_symbol: Option<&Symbol>, n: usize, path: &Path) -> Result<Plan> {
-    let merr = |e: TractError| Error::Model { path: path.into(), message: format!("{e:#}") };
+    let merr = |e: TractError| Error::tract(path, e);
     let concrete = match batch_symbol {
         Some(sym) => {
             let mut subs = HashMap::new();
@@ -247,11 +247,9 @@ impl Plans {
     /// Sets the most frames per tract run (`None`: the automatic choice).
     ///
     /// # Errors
-    /// [`Error::Invalid`] for `Some(0)`.
+    /// [`Error::Setting`] for `Some(0)`.
     fn set_forward_batch(&mut self, max: Option<usize>) -> Result<()> {
-        if max == Some(0) {
-            return Err(Error::Invalid("forward batch must be at least 1".into()));
-        }
+        max.map(|n| crate::core::check::at_least_one("forward batch", n)).transpose()?;
         self.forward_batch = max;
         Ok(())
     }
@@ -281,8 +279,7 @@ impl Plans {
             }
             let plan = optimised_plan(&self.typed, self.batch_symbol.as_ref(), n, &self.path)?;
             check(&plan)?;
-            let state =
-                plan.spawn().map_err(|e| Error::Model { path: self.path.clone(), message: format!("{e:#}") })?;
+            let state = plan.spawn().map_err(|e| Error::tract(self.path.clone(), e))?;
             self.states.insert(n, vec![state]);
         }
         self.states
@@ -308,7 +305,7 @@ impl Plans {
         let mut keys: Vec<usize> = runs.iter().map(|r| r.2).collect();
         keys.sort_unstable();
         keys.dedup();
-        let merr = |e: TractError| Error::Model { path: self.path.clone(), message: format!("{e:#}") };
+        let merr = |e: TractError| Error::tract(self.path.clone(), e);
         // Of the workers whose runs use a plan, the i-th gets that plan's state i (state 0, the
         // one the calling thread uses alone, to the first); states beyond those wait in `spare`.
         let mut per_worker: Vec<WorkerStates> = (0..workers).map(|_| Vec::new()).collect();
@@ -374,7 +371,7 @@ impl Plans {
 /// Checks a classifier plan's first output is f32 logits `[n, K]` and records `K` (which must
 /// not change with the batch size).
 fn check_logits(plan: &Plan, n: usize, path: &Path, num_classes: &mut usize) -> Result<()> {
-    let out = plan.model().output_fact(0).map_err(|e| Error::Model { path: path.into(), message: format!("{e:#}") })?;
+    let out = plan.model().output_fact(0).map_err(|e| Error::tract(path, e))?;
     let oshape: Vec<TDim> = out.shape.iter().cloned().collect();
     let k =
         match (oshape.len(), oshape.first().and_then(|d| d.to_i64().ok()), oshape.get(1).and_then(|d| d.to_i64().ok()))
@@ -412,7 +409,7 @@ impl Model {
     /// [`Error::Shape`] when its input or output does not have the shapes above;
     /// [`Error::Invalid`] for a `forward_batch` of 0.
     pub fn load(path: &Path, batch: usize, forward_batch: Option<usize>) -> Result<Model> {
-        let merr = |e: TractError| Error::Model { path: path.into(), message: format!("{e:#}") };
+        let merr = |e: TractError| Error::tract(path, e);
         let inference = tract_onnx::onnx().model_for_path(path).map_err(merr)?;
         let typed = inference.into_typed().map_err(merr)?.into_decluttered().map_err(merr)?;
         let (plans, chw) = Plans::new(path, "model", typed, 0)?;
@@ -533,7 +530,7 @@ impl Model {
             )));
         }
         let path = self.path.clone();
-        let merr = |e: TractError| Error::Model { path: path.clone(), message: format!("{e:#}") };
+        let merr = |e: TractError| Error::tract(path.clone(), e);
         let num_classes = &mut self.num_classes;
         let state = self.plans.state(n, |plan| check_logits(plan, n, &path, num_classes))?;
         let tensor = Tensor::from_shape(&[n, c, h, w], input).map_err(merr)?;
@@ -597,7 +594,7 @@ fn run_logits_on(
     path: &Path,
 ) -> Result<Vec<f32>> {
     let [c, h, w] = chw;
-    let merr = |e: TractError| Error::Model { path: path.into(), message: format!("{e:#}") };
+    let merr = |e: TractError| Error::tract(path, e);
     let tensor = if run_n == n {
         Tensor::from_shape(&[n, c, h, w], input)
     } else {
@@ -657,7 +654,7 @@ impl GradModel {
     /// (the message lists the graph's names); [`Error::Shape`] when the frames input is not
     /// `[N, C, H, W]` with fixed `C, H, W` or the class mask not `[N, K]`.
     pub fn load(path: &Path, names: &GradNames) -> Result<GradModel> {
-        let merr = |e: TractError| Error::Model { path: path.into(), message: format!("{e:#}") };
+        let merr = |e: TractError| Error::tract(path, e);
         let inference = tract_onnx::onnx().model_for_path(path).map_err(merr)?;
         let typed = inference.into_typed().map_err(merr)?.into_decluttered().map_err(merr)?;
         let in_names: Vec<String> =
@@ -822,7 +819,7 @@ impl GradIo<'_> {
     ) -> Result<()> {
         let [c, h, w] = self.chw;
         let (k, d) = (self.k, c * h * w);
-        let merr = |e: TractError| Error::Model { path: self.path.into(), message: format!("{e:#}") };
+        let merr = |e: TractError| Error::tract(self.path, e);
         let mut inputs: [Option<TValue>; 3] = [None, None, None];
         inputs[self.input_pos[0]] = Some(Tensor::from_shape(&[n, c, h, w], x).map_err(merr)?.into());
         inputs[self.input_pos[1]] = Some(Tensor::from_shape(&[1], &[temperature]).map_err(merr)?.into());

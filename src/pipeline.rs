@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::mpsc;
 
 use crate::bundle::{sha256_file, BundlePaths, Color, GateFile, InputSpec};
+use crate::core::check::{self, at_least_one};
 use crate::core::conformal::{conformal_quantile, in_prediction_set, p_value};
 use crate::core::energy::Scores;
 use crate::core::gate::{decide, Reason, Verdict};
@@ -205,10 +206,7 @@ impl EnergyGate {
                 }
             }
         }
-        let batch = overrides.batch.unwrap_or(32);
-        if batch == 0 {
-            return Err(Error::Invalid("batch must be at least 1".into()));
-        }
+        let batch = at_least_one("batch", overrides.batch.unwrap_or(32))?;
         let model = Model::load(&paths.model, batch, overrides.forward_batch)?;
         let batch = model.fixed_batch().unwrap_or(batch);
         let [c, h, w] = model.input_chw();
@@ -249,11 +247,7 @@ impl EnergyGate {
             });
         }
         let bundle_temperature = temperature;
-        if let Some(t) = overrides.temperature {
-            if !(t.is_finite() && t > 0.0) {
-                return Err(Error::Invalid(format!("temperature must be finite and > 0, got {t}")));
-            }
-        }
+        overrides.temperature.map(check::temperature).transpose()?;
         let temperature = effective_temperature(overrides.temperature, bundle_temperature);
         // The gate's energies and threshold were fitted at the bundle's temperature, for this
         // model: at another temperature, or for another model, they mean nothing, so the

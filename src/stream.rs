@@ -125,9 +125,7 @@ impl StreamOptions {
                     .into(),
             ));
         }
-        if self.max_batch == 0 {
-            return Err(Error::Invalid("batch must be at least 1".into()));
-        }
+        crate::core::check::at_least_one("batch", self.max_batch)?;
         Debouncer::new(self.window, self.enter, self.exit).map_err(|e: DebounceError| {
             Error::Invalid(format!("--window {} --enter {} --exit {}: {e}", self.window, self.enter, self.exit))
         })

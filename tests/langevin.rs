@@ -352,7 +352,7 @@ fn refine_and_sample_refuse_bad_input_clearly() {
         (vec!["refine", bs, not_image.to_str().unwrap(), "--out", o], "Cargo.toml"),
         (vec!["sample", bs, "--buffer", not_image.to_str().unwrap(), "--out", &grid], "not a replay buffer"),
         (vec!["sample", bs, "--buffer", &fresh, "--out", &grid, "-n", "0"], "at least 1"),
-        (vec!["sample", bs, "--buffer", &fresh, "--out", &grid, "--temperature", "0"], "--temperature must be"),
+        (vec!["sample", bs, "--buffer", &fresh, "--out", &grid, "--temperature", "0"], "'--temperature <TEMPERATURE>': temperature must be finite and > 0"),
     ];
     for (args, want) in cases {
         let (code, stdout, stderr) = run(&args);

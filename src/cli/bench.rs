@@ -13,17 +13,17 @@ pub struct BenchArgs {
     /// Bundle directory (model.onnx [+ gate.json]) or an .onnx file
     pub model: PathBuf,
     /// Frames per forward pass
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::count)]
     pub batch: usize,
     /// Most frames per tract run [default: 1 for a network with spatial convolutions,
     /// else the whole batch]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = super::count)]
     pub forward_batch: Option<usize>,
     /// Image files or folders to time (default: the bundle's samples/); cycled through
     #[arg(long, value_name = "PATH")]
     pub frames: Vec<PathBuf>,
     /// Measured batches per stage
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = super::count)]
     pub runs: usize,
     /// Batches run first and not measured
     #[arg(long, default_value_t = 3)]
@@ -46,15 +46,6 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode> {
     let (batch, forward_batch, frames, runs, warmup, gradient, ops) =
         (*batch, *forward_batch, frames.clone(), *runs, *warmup, !*no_gradient, *ops);
     let json = json.as_deref();
-    if batch == 0 {
-        bail!("--batch must be at least 1");
-    }
-    if forward_batch == Some(0) {
-        bail!("--forward-batch must be at least 1");
-    }
-    if runs == 0 {
-        bail!("--runs must be at least 1");
-    }
     let frames = if frames.is_empty() {
         let dir = if model.is_dir() { model.join("samples") } else { model.with_file_name("samples") };
         if !dir.is_dir() {

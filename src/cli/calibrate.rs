@@ -23,7 +23,7 @@ pub struct CalibrateArgs {
     #[arg(long)]
     pub id: PathBuf,
     /// Level of the conformal gate: at most ALPHA of ID frames are rejected
-    #[arg(long, default_value_t = 0.05, allow_hyphen_values = true)]
+    #[arg(long, default_value_t = 0.05, allow_hyphen_values = true, value_parser = super::alpha)]
     pub alpha: f32,
     /// Fraction of the folder held out from calibration for the before/after report
     #[arg(long, default_value_t = 0.5, allow_hyphen_values = true)]
@@ -38,7 +38,7 @@ pub struct CalibrateArgs {
     #[arg(long, value_name = "DIR")]
     pub plots: Option<PathBuf>,
     /// Frames per forward pass
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = super::count)]
     pub batch: usize,
     /// The model changed since gate.json was written (sha256 mismatch): keep gate.json's
     /// preprocessing and class names, refit everything else

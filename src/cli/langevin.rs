@@ -41,7 +41,7 @@ pub struct ChainArgs {
     #[arg(long, value_name = "NAME")]
     class: Option<String>,
     /// Temperature T of the free energy (default: gate.json's)
-    #[arg(long)]
+    #[arg(long, value_parser = super::temperature)]
     temperature: Option<f32>,
     /// Seed of the noise (sample: and of the draws): the same seed, frames and --batch give the
     /// same chain, bit for bit
@@ -89,9 +89,6 @@ fn describe(settings: &LangevinSettings, target: EnergyTarget, g: &EnergyGradien
 }
 
 fn open_both(model: &Path, args: &ChainArgs) -> Result<(EnergyGradient, EnergyGate)> {
-    if let Some(t) = args.temperature.filter(|t| !(t.is_finite() && *t > 0.0)) {
-        bail!("--temperature must be finite and > 0, got {t}");
-    }
     let g = EnergyGradient::open(model, args.temperature)
         .with_context(|| format!("cannot load the energy-gradient graph of {}", model.display()))?;
     let overrides = Overrides { temperature: args.temperature, batch: Some(1), ..Overrides::default() };
@@ -148,9 +145,6 @@ fn ms(s: Option<f64>) -> String {
 pub fn refine(a: &RefineArgs) -> Result<ExitCode> {
     let RefineArgs { model, frames, out, batch, chain: args } = a;
     let batch = *batch;
-    if batch == 0 {
-        bail!("--batch must be at least 1");
-    }
     let (mut g, mut gate) = open_both(model, args)?;
     let settings = args.settings(0.2, 0.005)?;
     let target = args.target(&g)?;
@@ -311,7 +305,7 @@ pub struct RefineArgs {
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Frames per chain batch
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::count)]
     pub batch: usize,
     #[command(flatten)]
     pub chain: ChainArgs,
@@ -330,7 +324,7 @@ pub struct SampleArgs {
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     /// Samples to draw and refine
-    #[arg(short = 'n', long = "count", default_value_t = 16)]
+    #[arg(short = 'n', long = "count", default_value_t = 16, value_parser = super::count)]
     pub count: usize,
     /// Capacity of a new buffer [default: 10000, JEM's]; an existing buffer keeps its own
     #[arg(long)]
@@ -346,9 +340,6 @@ pub struct SampleArgs {
 /// `ebm-gate sample`.
 pub fn sample(s: &SampleArgs) -> Result<ExitCode> {
     let (model, args) = (&s.model, &s.chain);
-    if s.count == 0 {
-        bail!("-n/--count must be at least 1");
-    }
     // Outputs are checked before the chain runs, so that a run that fails leaves the buffer as it was.
     if !s.out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
         bail!("--out {}: the grid is written as PNG; give a FILE ending in .png", s.out.display());

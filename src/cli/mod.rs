@@ -13,6 +13,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use ebm_gate::core::check::{self, at_least_one};
 use ebm_gate::pipeline::{EnergyGate, Overrides};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -33,19 +34,19 @@ pub struct GateArgs {
     #[arg(long, allow_hyphen_values = true)]
     pub threshold: Option<f32>,
     /// Temperature T for probabilities and energy (overrides gate.json)
-    #[arg(long)]
+    #[arg(long, value_parser = temperature)]
     pub temperature: Option<f32>,
     /// Conformal gate: reject frames whose p-value is <= ALPHA (overrides gate.json's alpha;
     /// needs calibration energies; with --threshold, both rules apply)
-    #[arg(long)]
+    #[arg(long, value_parser = alpha)]
     pub alpha: Option<f32>,
     /// Frames per forward pass [default: 32; stream: at most 4, of the frames ready]
-    #[arg(long)]
+    #[arg(long, value_parser = count)]
     pub batch: Option<usize>,
     /// Most frames per tract run: a forward pass is run in pieces of at most this many
     /// [default: 1 for a network with spatial convolutions, where tract is fastest frame by
     /// frame; else the whole pass]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = count)]
     pub forward_batch: Option<usize>,
     #[command(flatten)]
     pub threads: ThreadsArg,
@@ -69,12 +70,6 @@ impl GateArgs {
 /// Opens a bundle with overrides, refusing a batch of 0 and a `--temperature` that would leave
 /// frames unchecked.
 pub fn open(model: &Path, overrides: &Overrides) -> Result<EnergyGate> {
-    if overrides.batch == Some(0) {
-        bail!("--batch must be at least 1");
-    }
-    if overrides.forward_batch == Some(0) {
-        bail!("--forward-batch must be at least 1");
-    }
     let gate = EnergyGate::open(model, overrides).with_context(|| format!("cannot load model {}", model.display()))?;
     let st = gate.settings();
     if let (Some(t), Some(why)) = (overrides.temperature, &st.gate_set_aside) {
@@ -100,6 +95,24 @@ pub fn progress_bar(total: usize, enabled: bool) -> ProgressBar {
             .progress_chars("=> "),
     );
     bar
+}
+
+/// clap parser of a count that must be at least 1 (`--batch`, `--runs`, ...): the library's check.
+pub fn count(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    at_least_one("the value", n).map_err(|e| e.to_string())
+}
+
+/// clap parser of a temperature: finite and > 0 (the library's check).
+pub fn temperature(s: &str) -> Result<f32, String> {
+    let t: f32 = s.parse().map_err(|e| format!("{e}"))?;
+    check::temperature(t).map_err(|e| e.to_string())
+}
+
+/// clap parser of a significance level in (0, 1) (the library's check).
+pub fn alpha(s: &str) -> Result<f32, String> {
+    let a: f32 = s.parse().map_err(|e| format!("{e}"))?;
+    check::alpha(a).map_err(|e| e.to_string())
 }
 
 /// `v` with `prec` decimals, or `-` when absent.

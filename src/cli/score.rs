@@ -29,7 +29,7 @@ pub struct ScoreArgs {
     pub logits: bool,
     /// Also give each frame a conformal prediction set of classes with coverage 1 - SET_ALPHA
     /// (LAC; needs a bundle calibrated on labelled data)
-    #[arg(long, value_name = "SET_ALPHA")]
+    #[arg(long, value_name = "SET_ALPHA", value_parser = super::alpha)]
     pub set_alpha: Option<f32>,
     #[command(flatten)]
     pub gate: GateArgs,

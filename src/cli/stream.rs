@@ -87,7 +87,7 @@ pub struct StreamArgs {
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub window: usize,
     /// Switch to out_of_distribution when at least K of the window's frames are rejected
-    #[arg(long, default_value_t = 3, value_name = "K")]
+    #[arg(long, default_value_t = 3, value_name = "K", value_parser = super::count)]
     pub enter: usize,
     /// Switch back when at most J are (default K - 1: plain k-of-n; lower adds hysteresis)
     #[arg(long, value_name = "J")]
@@ -177,7 +177,6 @@ pub fn run(args: &StreamArgs) -> Result<ExitCode> {
     };
     let exit = match args.exit {
         Some(j) => j,
-        None if args.enter == 0 => bail!("--enter must be at least 1"),
         None => args.enter - 1,
     };
     let source_name =

@@ -44,9 +44,7 @@ fn p_of_count(count: usize, n: usize) -> f32 {
 /// assert_eq!(conformal_rank(98, 0.01), None);
 /// ```
 pub fn conformal_rank(n: usize, alpha: f32) -> Option<usize> {
-    if !(alpha > 0.0 && alpha < 1.0) {
-        return None;
-    }
+    super::check::alpha(alpha).ok()?;
     // m = #{c in 0..=n : p(c) <= alpha}; p(c) grows with c, so binary search.
     let (mut lo, mut hi) = (0usize, n + 1);
     while lo < hi {

@@ -36,9 +36,7 @@ impl ::core::fmt::Display for ScoreError {
     fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
         match self {
             ScoreError::NoLogits => write!(f, "empty logit vector"),
-            ScoreError::BadTemperature(t) => {
-                write!(f, "temperature must be finite and > 0, got {t}")
-            }
+            ScoreError::BadTemperature(t) => super::check::SettingError::Temperature(*t).fmt(f),
             ScoreError::NonFiniteLogit { index, value } => {
                 write!(f, "logit {index} is not finite ({value})")
             }
@@ -55,9 +53,7 @@ fn check(logits: &[f32], temperature: f32) -> Result<f32, ScoreError> {
     if logits.is_empty() {
         return Err(ScoreError::NoLogits);
     }
-    if !(temperature.is_finite() && temperature > 0.0) {
-        return Err(ScoreError::BadTemperature(temperature));
-    }
+    super::check::temperature(temperature).map_err(|_| ScoreError::BadTemperature(temperature))?;
     let mut max = f32::NEG_INFINITY;
     for (index, &value) in logits.iter().enumerate() {
         if !value.is_finite() {

@@ -11,6 +11,8 @@
 //! - [`gate`]: the threshold decision and its typed [`gate::Verdict`] and [`gate::Reason`];
 //! - [`langevin`]: the SGLD update step and a short warm-started chain, generic over a
 //!   gradient source and a seeded RNG (`rand_core`);
+//! - [`check`]: the range checks of a temperature, a significance level and a count, shared
+//!   by every layer and the command line;
 //! - [`debounce`]: k-of-n with hysteresis over a stream of verdicts, in a fixed-capacity
 //!   `heapless` ring.
 //!
@@ -21,6 +23,7 @@
 //! assert!((e + core::f32::consts::LN_2).abs() < 1e-6);
 //! ```
 
+pub mod check;
 pub mod conformal;
 pub mod debounce;
 pub mod energy;

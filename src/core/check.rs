@@ -1,0 +1,72 @@
+//! The argument checks every layer shares, written once: a temperature, a significance level
+//! and a count. Library functions and the command line's parsers call these, so a setting is
+//! refused with the same words wherever it comes from (a flag, `gate.json`, a library call).
+
+/// A setting out of its range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SettingError {
+    /// A temperature that is not finite and > 0.
+    Temperature(f32),
+    /// A significance level not in `(0, 1)`.
+    Alpha(f32),
+    /// A count that must be at least 1 (`batch`, `runs`, ...), named.
+    Zero(&'static str),
+}
+
+impl ::core::fmt::Display for SettingError {
+    fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+        match self {
+            SettingError::Temperature(t) => write!(f, "temperature must be finite and > 0, got {t}"),
+            SettingError::Alpha(a) => write!(f, "alpha must be in (0, 1), got {a}"),
+            SettingError::Zero(name) => write!(f, "{name} must be at least 1"),
+        }
+    }
+}
+
+impl ::core::error::Error for SettingError {}
+
+/// `t` when it is a usable temperature: finite and > 0.
+///
+/// ```
+/// use ebm_gate::core::check::{temperature, SettingError};
+/// assert_eq!(temperature(0.5), Ok(0.5));
+/// assert_eq!(temperature(0.0), Err(SettingError::Temperature(0.0)));
+/// assert!(temperature(f32::INFINITY).is_err() && temperature(f32::NAN).is_err());
+/// ```
+pub fn temperature(t: f32) -> Result<f32, SettingError> {
+    if t.is_finite() && t > 0.0 {
+        Ok(t)
+    } else {
+        Err(SettingError::Temperature(t))
+    }
+}
+
+/// `a` when it is a significance level: in the open interval `(0, 1)`.
+///
+/// ```
+/// use ebm_gate::core::check::alpha;
+/// assert_eq!(alpha(0.05), Ok(0.05));
+/// assert!(alpha(0.0).is_err() && alpha(1.0).is_err() && alpha(f32::NAN).is_err());
+/// ```
+pub fn alpha(a: f32) -> Result<f32, SettingError> {
+    if a > 0.0 && a < 1.0 {
+        Ok(a)
+    } else {
+        Err(SettingError::Alpha(a))
+    }
+}
+
+/// `n` when it is at least 1; `name` names it in the error.
+///
+/// ```
+/// use ebm_gate::core::check::at_least_one;
+/// assert_eq!(at_least_one("batch", 4), Ok(4));
+/// assert_eq!(at_least_one("batch", 0).unwrap_err().to_string(), "batch must be at least 1");
+/// ```
+pub fn at_least_one(name: &'static str, n: usize) -> Result<usize, SettingError> {
+    if n >= 1 {
+        Ok(n)
+    } else {
+        Err(SettingError::Zero(name))
+    }
+}
