@@ -11,30 +11,40 @@
 //! 2020, arXiv:2010.03759); anything that cannot be scored is rejected too (the gate fails
 //! closed).
 //!
-//! Layers, from the bottom:
-//! - [`core`] (`no_std`, no allocation): energy, softmax scores, conformal p-value, the
-//!   threshold decision. Builds for microcontrollers with `--no-default-features`.
-//! - [`metrics`] (feature `std`): AUROC, AUPR, FPR@95TPR, accuracy, as scikit-learn computes them;
-//!   NLL, ECE, MCE, Brier and reliability bins.
-//! - [`calibration`] (feature `std`): temperature scaling, the conformal threshold and prediction
-//!   sets, false-rejection checks; with `runtime`, [`calibrate::calibrate`] fits a bundle's
-//!   `gate.json` from a folder of in-distribution frames.
-//! - [`plots`] (feature `plots`): reliability diagrams, ROC curves, energy histograms.
-//! - feature `runtime`: [`bundle`] (`model.onnx` + `gate.json`), [`frame`] (decode, resize,
-//!   normalise), [`raw`] (raw camera buffers in RGB/BGR/gray/YUV layouts, MJPEG streams),
-//!   [`source`] (files, folders, IDX), `model` (tract, private), [`pipeline`]
-//!   ([`pipeline::EnergyGate`]: frames in, verdicts out), [`stream`] (live raw or MJPEG
-//!   streams, debounced), [`eval`], [`langevin`] (the energy gradient through tract, SGLD
-//!   refinement, the replay buffer), [`bench`](mod@bench) (per-stage latency on this machine).
+//! ## Layout
+//!
+//! Layers, from the bottom; a module imports only modules listed before it (no cycles):
+//!
+//! - [`core`] (`no_std`, no allocation): energy, softmax scores, conformal p-value and
+//!   quantile, the threshold decision, the debouncer, the SGLD step, and [`core::check`], the
+//!   range checks every layer shares. Builds for microcontrollers with `--no-default-features`.
+//! - [`metrics`] (feature `std`): AUROC, AUPR, FPR@95TPR, accuracy, as scikit-learn computes
+//!   them; NLL, ECE, MCE, Brier and reliability bins. [`calibration`]: the calibration maths
+//!   (temperature scaling, conformal thresholds, LAC prediction sets, false-rejection checks).
+//!   [`plots`] (feature `plots`): reliability diagrams, ROC curves, energy histograms.
+//! - Feature `runtime`, the edge runtime: [`error`] (typed errors); [`bundle`] (`model.onnx` +
+//!   `gate.json`), [`raw`] (raw camera buffers, MJPEG streams, [`raw::StreamFormat`]); `model`
+//!   (tract, private); [`frame`] (decode, resize, normalise); [`source`] (files, folders, IDX).
+//! - [`pipeline`]: [`pipeline::EnergyGate`], frames in, [`pipeline::FrameReport`]s out, with the
+//!   override precedence ([`pipeline::gate_rule`]); [`record`]: [`record::FrameRecord`], the one
+//!   JSON record of a frame.
+//! - The jobs, each a library function returning a typed report that the CLI prints:
+//!   [`calibrate`] ([`calibrate::calibrate`]: fit `gate.json`), [`eval`] ([`eval::evaluate`]),
+//!   [`stream`] ([`stream::run_stream`]: a live feed, debounced; `v4l2` with feature `v4l2`),
+//!   [`langevin`] (the energy gradient through tract, SGLD refinement, the replay buffer),
+//!   [`bench`](mod@bench) ([`bench::run_bench`]: per-stage latency on this machine).
+//! - The binary (`src/main.rs`, feature `cli`) parses and dispatches; `src/cli/` holds one module
+//!   per subcommand (its arguments, the call into the library, the printing).
 //!
 //! ```no_run
 //! # #[cfg(feature = "runtime")] {
 //! use ebm_gate::pipeline::{EnergyGate, Overrides};
+//! use ebm_gate::record::FrameRecord;
 //! use ebm_gate::source::collect;
 //! let mut gate = EnergyGate::open("models/cifar10-airnet".as_ref(), &Overrides::default()).unwrap();
-//! let items = collect(&["models/cifar10-airnet/samples".into()], None).unwrap();
-//! for r in gate.score_items(&items, |_| {}) {
-//!     println!("{} {:?} {:?}", r.name, r.verdict, r.scores.map(|s| s.energy));
+//! let frames = collect(&["models/cifar10-airnet/samples".into()], None).unwrap();
+//! for r in gate.score_items(&frames, |_| {}) {
+//!     println!("{}", FrameRecord::of_file(&r, gate.class_names(), false).to_json_line());
 //! }
 //! # }
 //! ```

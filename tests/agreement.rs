@@ -92,16 +92,20 @@ fn resized_samples_match_pillow_bilinear() {
     let samples = g["samples"].as_array().unwrap();
     let paths: Vec<PathBuf> = samples.iter().map(|f| root().join(f["path"].as_str().unwrap())).collect();
     let reports = score(&mut open(8), &paths);
+    let mut worst: f32 = 0.0;
     for (f, r) in samples.iter().zip(&reports) {
         let d = max_abs_diff(r.logits.as_ref().unwrap(), &f32s(&f["torch_logits"]));
+        worst = worst.max(d);
         assert!(d < SAMPLE_TOLERANCE, "{}: |ebm-gate - torch| = {d}", r.name);
         assert_eq!(r.scores.unwrap().class as u64, f["class_index"].as_u64().unwrap(), "{}", r.name);
     }
+    eprintln!("resized samples: largest |logit diff| {worst:.3}");
 }
 
-/// Largest logit difference allowed for resized samples (measured 0.050 on these 7 samples with
-/// the EBM-fine-tuned reference model of 2026-12-01; 0.031 with the plain classifier before it).
-const SAMPLE_TOLERANCE: f32 = 0.07;
+/// Largest logit difference allowed for resized samples (measured 0.039 on these 7 samples with
+/// the EBM-fine-tuned reference model, run 3 of its model card; 0.050 with run 2, 0.031 with the
+/// plain classifier).
+const SAMPLE_TOLERANCE: f32 = 0.05;
 
 #[test]
 fn cifar10_test_jpegs_match_pytorch() {
@@ -118,19 +122,23 @@ fn cifar10_test_jpegs_match_pytorch() {
     }
     diffs.sort_by(f32::total_cmp);
     let (median, worst) = (diffs[diffs.len() / 2], diffs[diffs.len() - 1]);
+    eprintln!(
+        "CIFAR-10 test JPEGs: largest |logit diff| {worst:.3}, median {median:.3}, {same_class}/{} classes agree",
+        rows.len()
+    );
     // JPEG decoders (libjpeg-turbo in Pillow, the image crate here) differ by a level or two.
     assert!(worst < JPEG_TOLERANCE, "worst |logit diff| {worst}");
     assert!(median < JPEG_MEDIAN_TOLERANCE, "median |logit diff| {median}");
     assert!(same_class + 1 >= rows.len(), "{same_class}/{} classes agree", rows.len());
 }
 
-/// Largest logit difference allowed between JPEG decoders: measured 1.089 on these 65 images
-/// (median 0.364) with the EBM-fine-tuned reference model of 2026-12-01, whose energy responds to
-/// high-frequency detail such as two decoders' chroma upsampling (see its model card); 0.147 with
-/// the plain classifier before it, 0.096 with the one before that.
-const JPEG_TOLERANCE: f32 = 1.2;
-/// Median of the 65 images' largest logit differences (measured 0.364).
-const JPEG_MEDIAN_TOLERANCE: f32 = 0.45;
+/// Largest logit difference allowed between JPEG decoders: measured 0.473 on these 65 images
+/// (median 0.177) with the EBM-fine-tuned reference model (run 3 of its model card), whose energy
+/// responds to high-frequency detail such as two decoders' chroma upsampling (see its model
+/// card); 1.089 with run 2, 0.147 with the plain classifier, 0.096 with the one before that.
+const JPEG_TOLERANCE: f32 = 0.6;
+/// Median of the 65 images' largest logit differences (measured 0.177).
+const JPEG_MEDIAN_TOLERANCE: f32 = 0.25;
 
 #[test]
 fn eval_metrics_on_frames_match_scikit_learn() {
