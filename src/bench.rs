@@ -6,7 +6,7 @@
 //! (energy, softmax scores, p-value and verdict from one frame's logits) and, when the bundle
 //! has an energy-gradient graph, `sgld_step` (energy + `dE/dx` of a batch through tract, then one
 //! SGLD update). Each is timed alone with a monotonic clock over `runs` batches after
-//! `warmup` batches, the model on the threads of [`crate::set_threads`] (1 by default) and the
+//! `warmup` batches, the model on `threads` threads ([`crate::Model::set_threads`]) and the
 //! other stages on the calling thread, frames read into memory first (disk I/O is not counted), and
 //! reported as p50 / p90 / p99 / mean / min (nearest-rank percentiles). `cold_start` is the time
 //! to open the bundle (read and hash the files, load and optimise the plan for the batch size).
@@ -45,6 +45,8 @@ pub struct BenchOptions {
     /// Also time each node of the optimised plan ([`crate::Model::op_profile`]) over
     /// one tract run.
     pub ops: bool,
+    /// Threads the model runs on ([`crate::Model::set_threads`]).
+    pub threads: usize,
 }
 
 /// Latency statistics of one stage, milliseconds.
@@ -99,7 +101,7 @@ pub struct BenchReport {
     /// Most frames per tract run in that pass (a pass of `batch` frames is `batch /
     /// forward_batch` runs).
     pub forward_batch: usize,
-    /// Threads the model ran on ([`crate::set_threads`]; 1 unless set).
+    /// Threads the model ran on ([`BenchOptions::threads`]).
     pub threads: usize,
     /// Distinct frames cycled through.
     pub frames: usize,
@@ -212,7 +214,12 @@ pub fn run_bench(model: &Path, opts: &BenchOptions, mut progress: impl FnMut(&st
     at_least_one("batch", opts.batch)?;
     at_least_one("runs", opts.runs)?;
     let t = Instant::now();
-    let overrides = Overrides { batch: Some(opts.batch), forward_batch: opts.forward_batch, ..Overrides::default() };
+    let overrides = Overrides {
+        batch: Some(opts.batch),
+        forward_batch: opts.forward_batch,
+        threads: Some(opts.threads),
+        ..Overrides::default()
+    };
     let mut gate = EnergyGate::open(model, &overrides)?;
     let cold_start_ms = elapsed_ms(t);
     let items = collect(&opts.frames, None)?;
@@ -289,6 +296,7 @@ pub fn run_bench(model: &Path, opts: &BenchOptions, mut progress: impl FnMut(&st
         match EnergyGradient::open(model, None) {
             Ok(mut g) => {
                 g.set_forward_batch(opts.forward_batch)?;
+                g.set_threads(opts.threads)?;
                 g.prepare(n)?;
                 gradient_cold_start_ms = Some(elapsed_ms(t));
                 progress("sgld_step");
@@ -320,7 +328,7 @@ pub fn run_bench(model: &Path, opts: &BenchOptions, mut progress: impl FnMut(&st
         model: model.display().to_string(),
         batch: n,
         forward_batch,
-        threads: crate::threads(),
+        threads: opts.threads,
         frames: encoded.len(),
         cold_start_ms,
         gradient_cold_start_ms,

@@ -67,7 +67,7 @@ pub enum Error {
         set: String,
         /// Its path.
         path: PathBuf,
-        /// `no image files found` or `no frame could be scored`.
+        /// `no such file or folder`, `no image files found` or `no frame could be scored`.
         problem: &'static str,
     },
     /// A temperature, significance level or count out of its range.

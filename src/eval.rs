@@ -450,6 +450,13 @@ pub fn evaluate(
 ) -> Result<EvalRun> {
     let names = gate.class_names().to_vec();
     let no_frames = |set: &str, path: &Path, problem| Error::NoFrames { set: set.into(), path: path.into(), problem };
+    // A set that does not exist is a mistyped path, not a set of unreadable frames.
+    if !id.exists() {
+        return Err(no_frames("ID set", id, "no such file or folder"));
+    }
+    if let Some((name, path)) = ood.iter().find(|(_, p)| !p.exists()) {
+        return Err(no_frames(&format!("OOD set {name}"), path, "no such file or folder"));
+    }
     let all_id = collect(&[id.to_path_buf()], Some(&names))?;
     let (all_id, excluded) = match gate.gate_file().and_then(|g| calibration_frames(g, id, &all_id)) {
         Some(mask) => {

@@ -208,6 +208,19 @@ impl EnergyGradient {
         self.model.set_forward_batch(max)
     }
 
+    /// Runs the chains of a batch on `n` threads ([`crate::Model::set_threads`]).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for `n = 0` or more than [`crate::MAX_THREADS`].
+    pub fn set_threads(&mut self, n: usize) -> Result<()> {
+        self.model.set_threads(n)
+    }
+
+    /// The threads a batch's chains run on.
+    pub fn threads(&self) -> usize {
+        self.model.threads()
+    }
+
     /// Energies `[n]` and `dE/dx` `[n, C, H, W]` of `n` frames `x` (`[n, C, H, W]`, normalised).
     ///
     /// # Errors

@@ -92,4 +92,4 @@ pub mod v4l2;
 #[cfg(feature = "runtime")]
 pub use error::{Error, Result};
 #[cfg(feature = "runtime")]
-pub use model::{set_threads, threads, MatMulInfo, Model, OpTime, MAX_THREADS};
+pub use model::{MatMulInfo, Model, OpTime, MAX_THREADS};

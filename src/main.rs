@@ -46,18 +46,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let threads = cli.threads.n;
-    if let Err(e) = ebm_gate::set_threads(threads) {
-        eprintln!("error: --threads {threads}: {e}");
-        return ExitCode::from(2);
-    }
     let result = match &cli.command {
-        Command::Score(args) => cli::score::run(args),
-        Command::Calibrate(args) => cli::calibrate::run(args),
-        Command::Stream(args) => cli::stream::run(args),
-        Command::Refine(args) => cli::langevin::refine(args),
-        Command::Sample(args) => cli::langevin::sample(args),
-        Command::Bench(args) => cli::bench::run(args),
-        Command::Eval(args) => cli::eval::run(args),
+        Command::Score(args) => cli::score::run(args, threads),
+        Command::Calibrate(args) => cli::calibrate::run(args, threads),
+        Command::Stream(args) => cli::stream::run(args, threads),
+        Command::Refine(args) => cli::langevin::refine(args, threads),
+        Command::Sample(args) => cli::langevin::sample(args, threads),
+        Command::Bench(args) => cli::bench::run(args, threads),
+        Command::Eval(args) => cli::eval::run(args, threads),
     };
     match result {
         Ok(code) => code,

@@ -22,25 +22,16 @@ type Plan = Arc<TypedRunnableModel>;
 /// One frame-level thread's running states, each with its plan's batch ([`Plans::spread`]).
 type WorkerStates = Vec<(usize, TypedSimpleState)>;
 
-/// The most threads [`set_threads`] takes (rayon panics when it cannot start a pool).
+/// The most threads [`Model::set_threads`] takes (rayon panics when it cannot start a pool).
 pub const MAX_THREADS: usize = 256;
 
-/// Threads ebm-gate runs a model on, set by [`set_threads`] (1 until then).
-static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
-
-/// Runs models on `n` threads from now on, for every model of this process.
+/// Checks a thread count (1 to [`MAX_THREADS`]) and, in a build with the `multithread`
+/// feature, sets tract-linalg's rayon pool to it.
 ///
-/// A batch that is split into several tract runs (by default every batch of a convolutional
-/// network, which runs frame by frame: [`Model::forward_batch`]) has its runs spread over `n`
-/// threads, each with its own plan state (frame-level parallelism; any build). In a build with
-/// the `multithread` feature (`cargo build --release --features multithread`), a batch that is
-/// one tract run (a single frame) also splits its matrix products over a rayon pool of `n`
-/// threads (tract-linalg's default executor); the frame-level threads run tract on one thread
-/// each. Results do not depend on `n`: a frame gives the same bits on any thread.
-///
-/// # Errors
-/// [`Error::Invalid`] for `n = 0` or more than [`MAX_THREADS`].
-pub fn set_threads(n: usize) -> Result<()> {
+/// Frame-level threads are a setting of each model ([`Model::set_threads`]); tract-linalg's pool
+/// for one frame's matrix products (feature `multithread`) is the process's, so with that feature
+/// the last count set holds for every model's single-run batches.
+fn apply_threads(n: usize) -> Result<usize> {
     if n == 0 || n > MAX_THREADS {
         return Err(Error::Invalid(format!("threads must be 1 to {MAX_THREADS}, got {n}")));
     }
@@ -49,13 +40,7 @@ pub fn set_threads(n: usize) -> Result<()> {
         use tract_linalg::multithread::{set_default_executor, Executor};
         set_default_executor(if n == 1 { Executor::SingleThread } else { Executor::multithread(n) });
     }
-    THREADS.store(n, std::sync::atomic::Ordering::Relaxed);
-    Ok(())
-}
-
-/// The threads set by [`set_threads`] (1 by default).
-pub fn threads() -> usize {
-    THREADS.load(std::sync::atomic::Ordering::Relaxed)
+    Ok(n)
 }
 
 /// Runs `f` with tract's matrix products on the calling thread alone (a frame-level worker:
@@ -181,8 +166,7 @@ fn optimised_plan(typed: &TypedModel, batch_symbol: Option<&Symbol>, n: usize, p
 
 /// The most frames one tract run should take for `typed`, when nobody says otherwise: 1 for a
 /// graph with a spatial convolution (kernel larger than 1x1, not depthwise), unlimited
-/// otherwise. Why, and what it measured: [`Model::forward_batch`]. (The energy-gradient graph
-/// too: 45 ms a frame in one run of 16, 36 ms in runs of 1.)
+/// otherwise (the energy-gradient graph too). Why: [`Model::forward_batch`].
 fn auto_forward_batch_of(typed: &TypedModel) -> usize {
     let spatial_conv = typed.nodes().iter().any(|node| {
         if let Some(conv) = node.op_as::<tract_onnx::tract_core::ops::cnn::Conv>() {
@@ -215,6 +199,8 @@ struct Plans {
     auto_forward_batch: usize,
     /// Most frames per tract run, when set by the user (`None`: the automatic choice).
     forward_batch: Option<usize>,
+    /// Threads a batch's tract runs are spread over ([`Plans::spread`]).
+    threads: usize,
     /// Running states per batch size: the first for the calling thread, more for frame-level
     /// threads ([`Plans::spread`]).
     states: HashMap<usize, Vec<TypedSimpleState>>,
@@ -233,6 +219,7 @@ impl Plans {
             fixed_batch,
             auto_forward_batch,
             forward_batch: None,
+            threads: 1,
             states: HashMap::new(),
         };
         Ok((plans, chw))
@@ -289,7 +276,7 @@ impl Plans {
     }
 
     /// Runs `runs` (`(first frame, frames, plan batch)` each; the plan of each batch built
-    /// already by [`Plans::state`]) spread over up to [`threads`] threads, a contiguous share of
+    /// already by [`Plans::state`]) spread over up to `self.threads` threads, a contiguous share of
     /// the runs each (the first share on the calling thread), every thread with its own running
     /// state of each plan it uses (spawned from the plan the first time, kept for the next
     /// call). `work` gets each run's state and triple; returns its results in run order, or the
@@ -299,7 +286,7 @@ impl Plans {
         runs: &[(usize, usize, usize)],
         work: impl Fn(&mut TypedSimpleState, (usize, usize, usize)) -> Result<R> + Sync,
     ) -> Result<Vec<R>> {
-        let workers = threads().clamp(1, runs.len().max(1));
+        let workers = self.threads.clamp(1, runs.len().max(1));
         let chunks: Vec<&[(usize, usize, usize)]> = runs.chunks(runs.len().div_ceil(workers).max(1)).collect();
         let workers = chunks.len();
         let mut keys: Vec<usize> = runs.iter().map(|r| r.2).collect();
@@ -444,10 +431,8 @@ impl Model {
     /// spatial convolution (kernel larger than 1x1, not depthwise), which tract 0.23 computes
     /// with its lazy im2col (no scratch matrix) only at batch 1 (`tract-core`
     /// `should_use_lazy`); unlimited for other graphs (MLPs, 1x1 and depthwise convolutions),
-    /// where a larger matrix product is what batching is for. On the reference CIFAR-10 model
-    /// (2-core AMD EPYC, AVX2, one thread) one run of 32 frames took 9.7 ms a frame against 6.8
-    /// ms a frame in runs of 1, and scoring 2,000 CIFAR-10 test images 23.6-26.4 s against
-    /// 15.4-18.8 s, with a third of the memory.
+    /// where a larger matrix product is what batching is for. The measurements behind this
+    /// choice are in the repository's `docs/benchmarks.md`.
     pub fn forward_batch(&self) -> usize {
         self.plans.forward_batch()
     }
@@ -459,6 +444,28 @@ impl Model {
     /// [`Error::Invalid`] for `Some(0)`.
     pub fn set_forward_batch(&mut self, max: Option<usize>) -> Result<()> {
         self.plans.set_forward_batch(max)
+    }
+
+    /// Runs this model's batches on `n` threads (1 to [`MAX_THREADS`]; 1 by default).
+    ///
+    /// A batch that is split into several tract runs (by default every batch of a
+    /// convolutional network, which runs frame by frame: [`Model::forward_batch`]) has its runs
+    /// spread over `n` threads, each with its own plan state (frame-level parallelism; any
+    /// build). In a build with the `multithread` feature, a batch that is one tract run (a single
+    /// frame) also splits its matrix products over tract-linalg's rayon pool of `n` threads,
+    /// which is the process's. Results do not depend on `n`: a frame gives the same bits on any
+    /// thread.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for `n = 0` or more than [`MAX_THREADS`].
+    pub fn set_threads(&mut self, n: usize) -> Result<()> {
+        self.plans.threads = apply_threads(n)?;
+        Ok(())
+    }
+
+    /// The threads this model's batches run on.
+    pub fn threads(&self) -> usize {
+        self.plans.threads
     }
 
     /// The model file.
@@ -501,7 +508,7 @@ impl Model {
         if runs.len() == 1 {
             return self.run_logits(input, n);
         }
-        // Several runs: on the threads of `set_threads` (the calling thread alone for 1).
+        // Several runs: on the model's threads (the calling thread alone for 1).
         let runs: Vec<(usize, usize, usize)> =
             runs.into_iter().map(|(start, len)| (start, len, run_batch(self.plans.fixed_batch, len))).collect();
         for &(_, _, run_n) in &runs {
@@ -731,6 +738,28 @@ impl GradModel {
         self.plans.set_forward_batch(max)
     }
 
+    /// Runs this model's batches on `n` threads (1 to [`MAX_THREADS`]; 1 by default).
+    ///
+    /// A batch that is split into several tract runs (by default every batch of a
+    /// convolutional network, which runs frame by frame: [`Model::forward_batch`]) has its runs
+    /// spread over `n` threads, each with its own plan state (frame-level parallelism; any
+    /// build). In a build with the `multithread` feature, a batch that is one tract run (a single
+    /// frame) also splits its matrix products over tract-linalg's rayon pool of `n` threads,
+    /// which is the process's. Results do not depend on `n`: a frame gives the same bits on any
+    /// thread.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for `n = 0` or more than [`MAX_THREADS`].
+    pub fn set_threads(&mut self, n: usize) -> Result<()> {
+        self.plans.threads = apply_threads(n)?;
+        Ok(())
+    }
+
+    /// The threads this model's batches run on.
+    pub fn threads(&self) -> usize {
+        self.plans.threads
+    }
+
     /// Energies `[n]` and gradients `[n, C, H, W]` of `n` frames `x` (`[n, C, H, W]`), at
     /// temperature `temperature`, over the classes where `class_mask` (`[n, K]`) is 1.
     ///
@@ -768,7 +797,7 @@ impl GradModel {
             let state = self.plans.state(len, |_| Ok(()))?;
             return io.run(state, x, len, temperature, class_mask, energy, grad);
         }
-        // Several runs: on the threads of `set_threads` (the calling thread alone for 1).
+        // Several runs: on the model's threads (the calling thread alone for 1).
         let runs: Vec<(usize, usize, usize)> = runs.into_iter().map(|(s, len)| (s, len, len)).collect();
         for &(_, len, _) in &runs {
             self.plans.state(len, |_| Ok(()))?;

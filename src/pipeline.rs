@@ -43,6 +43,8 @@ pub struct Overrides {
     /// Most frames per tract run (`None`: the model's automatic choice, see
     /// [`crate::Model::forward_batch`]).
     pub forward_batch: Option<usize>,
+    /// Threads a batch's frames run on ([`crate::Model::set_threads`]; default 1).
+    pub threads: Option<usize>,
     /// Accept a `gate.json` written for another model (sha256 mismatch): keep its preprocessing
     /// and class names, set its gate and prediction sets aside. For recalibrating a retrained
     /// model; off by default, when such a bundle is refused.
@@ -207,7 +209,8 @@ impl EnergyGate {
             }
         }
         let batch = at_least_one("batch", overrides.batch.unwrap_or(32))?;
-        let model = Model::load(&paths.model, batch, overrides.forward_batch)?;
+        let mut model = Model::load(&paths.model, batch, overrides.forward_batch)?;
+        model.set_threads(overrides.threads.unwrap_or(1))?;
         let batch = model.fixed_batch().unwrap_or(batch);
         let [c, h, w] = model.input_chw();
         let k = model.num_classes();

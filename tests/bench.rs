@@ -62,7 +62,7 @@ fn bench_without_a_gradient_graph_times_the_rest_and_refuses_bad_flags() {
     assert!(stdout.contains("batch 4") && !stdout.contains("sgld_step"), "a fixed batch of 4, no gradient: {stdout}");
     for (args, want) in [
         (vec!["--threads", "0"], "threads must be 1 to 256"),
-        (vec!["--threads", "257"], "--threads 257"),
+        (vec!["--threads", "257"], "'--threads <N>': threads must be 1 to 256, got 257"),
         (vec!["--batch", "0"], "at least 1"),
         (vec!["--forward-batch", "0"], "'--forward-batch <N>': the value must be at least 1"),
         (vec!["--frames", "/nonexistent/dir"], "/nonexistent/dir"),

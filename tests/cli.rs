@@ -456,5 +456,13 @@ fn eval_leaves_unreadable_frames_out_of_the_metrics_and_refuses_an_empty_set() {
     let c = args("x=/no/such/file.gz".into());
     let (code, _, stderr) = run(&c.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 2);
-    assert!(stderr.contains("no frame could be scored") && stderr.contains("/no/such/file.gz"), "{stderr}");
+    assert!(stderr.contains("no such file or folder") && stderr.contains("/no/such/file.gz"), "{stderr}");
+    // A mistyped ID folder, likewise (not a report on one unreadable frame).
+    let mut d = args("x=/no/such/file.gz".into());
+    let pos = d.iter().position(|s| s == "--id").unwrap();
+    d[pos + 1] = "/no/such/folder".into();
+    d.retain(|s| !s.starts_with("--ood") && !s.starts_with("x="));
+    let (code, _, stderr) = run(&d.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("ID set /no/such/folder: no such file or folder"), "{stderr}");
 }

@@ -1,8 +1,8 @@
-//! Models on several threads (`set_threads`): a batch's frames spread over threads, each with its
+//! Models on several threads (`Model::set_threads`): a batch's frames spread over threads, each with its
 //! own plan state (any build), and, with the `multithread` feature, one frame's matrix products
 //! on a rayon pool. Checked against onnxruntime's logits of tests/data/golden_cifar10_airnet.json
 //! (models/tools/make_goldens.py), and frame by frame against one thread, bit for bit. Its own
-//! test binary, since the thread count is set for the whole process.
+//! test binary, since the `multithread` feature's pool is the whole process's.
 //!
 //!     cargo test --test threads [--features multithread]
 
@@ -32,17 +32,23 @@ fn f32s(v: &serde_json::Value) -> Vec<f32> {
 
 /// Logits of the golden frames through the bundle, in batches of 8, in tract runs of at most
 /// `forward_batch` frames.
-fn logits(paths: &[PathBuf], forward_batch: Option<usize>) -> Vec<Vec<f32>> {
-    let overrides = Overrides { batch: Some(8), forward_batch, temperature: Some(1.0), ..Default::default() };
+fn logits(paths: &[PathBuf], forward_batch: Option<usize>, threads: usize) -> Vec<Vec<f32>> {
+    let overrides = Overrides {
+        batch: Some(8),
+        forward_batch,
+        temperature: Some(1.0),
+        threads: Some(threads),
+        ..Default::default()
+    };
     let mut gate = EnergyGate::open(&root().join("models/cifar10-airnet"), &overrides).unwrap();
     let reports = gate.score_items(&collect(paths, None).unwrap(), |_| {});
     reports.into_iter().map(|r| r.logits.unwrap_or_else(|| panic!("{} not scored: {:?}", r.name, r.error))).collect()
 }
 
-/// One test, since the thread count is the process's: the classifier, then the gradient graph.
+/// One test, since the `multithread` feature's pool is the process's: the classifier, then the
+/// gradient graph.
 #[test]
 fn two_threads_give_the_onnxruntime_logits_and_the_one_thread_bits() {
-    assert!(ebm_gate::set_threads(0).is_err() && ebm_gate::set_threads(ebm_gate::MAX_THREADS + 1).is_err());
     let golden = golden();
     let frames = golden["frames"].as_array().unwrap();
     let paths: Vec<PathBuf> = frames.iter().map(|f| root().join(f["path"].as_str().unwrap())).collect();
@@ -51,12 +57,9 @@ fn two_threads_give_the_onnxruntime_logits_and_the_one_thread_bits() {
     // Classifier: frame by frame (the default: each batch of 8 spread over 2 threads), in runs of
     // 3, 3 and 2 (two plans: the runs of 3 on one thread, the run of 2 on the other), and as one
     // tract run of 8 (on one thread, or on tract's pool with the multithread feature).
-    ebm_gate::set_threads(1).unwrap();
-    let one_thread = logits(&paths, None);
-    ebm_gate::set_threads(2).unwrap();
-    assert_eq!(ebm_gate::threads(), 2);
+    let one_thread = logits(&paths, None, 1);
     for forward_batch in [None, Some(3), Some(8)] {
-        let two = logits(&paths, forward_batch);
+        let two = logits(&paths, forward_batch, 2);
         for ((f, got), one) in frames.iter().zip(&two).zip(&one_thread) {
             let want = f32s(&f["ort_logits"]);
             let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
@@ -83,6 +86,9 @@ fn two_threads_give_the_onnxruntime_logits_and_the_one_thread_bits() {
     let order = [0usize, 1, 2, 2, 1, 0, 1];
     let x: Vec<f32> = order.iter().flat_map(|&i| load_frame(&tiny_frames[i], &spec).unwrap()).collect();
     let mut model = Model::load(&tiny, 4, None).unwrap();
+    assert!(model.set_threads(0).is_err() && model.set_threads(ebm_gate::MAX_THREADS + 1).is_err());
+    model.set_threads(2).unwrap();
+    assert_eq!(model.threads(), 2);
     let got = model.logits(&x, order.len()).unwrap();
     for (j, &i) in order.iter().enumerate() {
         let want = f32s(&doc["ort_logits"][i]);
@@ -93,6 +99,7 @@ fn two_threads_give_the_onnxruntime_logits_and_the_one_thread_bits() {
     // Gradient graph: the energies of 8 frames on 2 threads are the free energy of onnxruntime's
     // logits, and a seeded SGLD chain is the one-thread chain, bit for bit.
     let mut g = EnergyGradient::open(&root().join("models/cifar10-airnet"), None).unwrap();
+    g.set_threads(2).unwrap();
     let n = 8;
     let mut x = Vec::new();
     for p in &paths[..n] {
@@ -112,7 +119,7 @@ fn two_threads_give_the_onnxruntime_logits_and_the_one_thread_bits() {
         (x, r.trace)
     };
     let (two_x, two_trace) = chain(&mut g);
-    ebm_gate::set_threads(1).unwrap();
+    g.set_threads(1).unwrap();
     let (one_x, one_trace) = chain(&mut g);
     assert!(two_x.iter().zip(&one_x).all(|(a, b)| a.to_bits() == b.to_bits()), "chains on 1 and 2 threads differ");
     assert_eq!(two_trace, one_trace);

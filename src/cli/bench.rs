@@ -41,7 +41,7 @@ pub struct BenchArgs {
 }
 
 /// `ebm-gate bench`.
-pub fn run(a: &BenchArgs) -> Result<ExitCode> {
+pub fn run(a: &BenchArgs, threads: usize) -> Result<ExitCode> {
     let BenchArgs { model, batch, forward_batch, frames, runs, warmup, no_gradient, ops, json } = a;
     let (batch, forward_batch, frames, runs, warmup, gradient, ops) =
         (*batch, *forward_batch, frames.clone(), *runs, *warmup, !*no_gradient, *ops);
@@ -55,7 +55,7 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode> {
     } else {
         frames
     };
-    let opts = BenchOptions { batch, forward_batch, runs, warmup, frames, gradient, ops };
+    let opts = BenchOptions { batch, forward_batch, runs, warmup, frames, gradient, ops, threads };
     let report = run_bench(model, &opts, |stage| eprintln!("timing {stage} ..."))
         .with_context(|| format!("cannot benchmark {}", model.display()))?;
     if report.batch != batch {

@@ -47,11 +47,14 @@ pub struct CalibrateArgs {
 }
 
 /// `ebm-gate calibrate`.
-pub fn run(a: &CalibrateArgs) -> Result<ExitCode> {
+pub fn run(a: &CalibrateArgs, threads: usize) -> Result<ExitCode> {
     let CalibrateArgs { model, id, alpha, holdout, seed, out, plots, batch, new_model } = a;
     let (alpha, holdout, seed, batch, new_model) = (*alpha, *holdout, *seed, *batch, *new_model);
     let (out, plots) = (out.clone(), plots.as_deref());
-    let mut gate = open(model, &Overrides { batch: Some(batch), accept_new_model: new_model, ..Overrides::default() })?;
+    let mut gate = open(
+        model,
+        &Overrides { batch: Some(batch), accept_new_model: new_model, threads: Some(threads), ..Overrides::default() },
+    )?;
     if let Some(why) = &gate.settings().gate_set_aside {
         eprintln!("note: {why}; refitting the gate for {}", gate.paths().model.display());
     }

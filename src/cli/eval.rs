@@ -46,9 +46,9 @@ fn parse_named(s: &str) -> Result<(String, PathBuf), String> {
 }
 
 /// `ebm-gate eval`.
-pub fn run(a: &EvalArgs) -> Result<ExitCode> {
+pub fn run(a: &EvalArgs, threads: usize) -> Result<ExitCode> {
     let t_load = Instant::now();
-    let mut gate = open(&a.model, &a.gate.overrides())?;
+    let mut gate = open(&a.model, &a.gate.overrides(threads))?;
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let options = EvalOptions { limit: a.limit.map(|n| n as usize), splits: a.splits as usize };
     let mut bar = progress_bar(0, false);

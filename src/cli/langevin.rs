@@ -88,10 +88,12 @@ fn describe(settings: &LangevinSettings, target: EnergyTarget, g: &EnergyGradien
     )
 }
 
-fn open_both(model: &Path, args: &ChainArgs) -> Result<(EnergyGradient, EnergyGate)> {
-    let g = EnergyGradient::open(model, args.temperature)
+fn open_both(model: &Path, args: &ChainArgs, threads: usize) -> Result<(EnergyGradient, EnergyGate)> {
+    let mut g = EnergyGradient::open(model, args.temperature)
         .with_context(|| format!("cannot load the energy-gradient graph of {}", model.display()))?;
-    let overrides = Overrides { temperature: args.temperature, batch: Some(1), ..Overrides::default() };
+    g.set_threads(threads)?;
+    let overrides =
+        Overrides { temperature: args.temperature, batch: Some(1), threads: Some(threads), ..Overrides::default() };
     let gate = EnergyGate::open(model, &overrides).with_context(|| format!("cannot load model {}", model.display()))?;
     Ok((g, gate))
 }
@@ -142,10 +144,10 @@ fn ms(s: Option<f64>) -> String {
 }
 
 /// `ebm-gate refine`.
-pub fn refine(a: &RefineArgs) -> Result<ExitCode> {
+pub fn refine(a: &RefineArgs, threads: usize) -> Result<ExitCode> {
     let RefineArgs { model, frames, out, batch, chain: args } = a;
     let batch = *batch;
-    let (mut g, mut gate) = open_both(model, args)?;
+    let (mut g, mut gate) = open_both(model, args, threads)?;
     let settings = args.settings(0.2, 0.005)?;
     let target = args.target(&g)?;
     let spec = g.input().clone();
@@ -338,7 +340,7 @@ pub struct SampleArgs {
 }
 
 /// `ebm-gate sample`.
-pub fn sample(s: &SampleArgs) -> Result<ExitCode> {
+pub fn sample(s: &SampleArgs, threads: usize) -> Result<ExitCode> {
     let (model, args) = (&s.model, &s.chain);
     // Outputs are checked before the chain runs, so that a run that fails leaves the buffer as it was.
     if !s.out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
@@ -350,7 +352,7 @@ pub fn sample(s: &SampleArgs) -> Result<ExitCode> {
     if let Some(dir) = s.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let (mut g, mut gate) = open_both(model, args)?;
+    let (mut g, mut gate) = open_both(model, args, threads)?;
     // JEM's step (2) is for models trained with SGLD, whose input gradients are large; on the
     // reference classifier it moved fresh noise by 0.15 in energy in 20 steps, 20 moves it.
     let settings = args.settings(20.0, 0.01)?;

@@ -23,7 +23,7 @@ pub struct ThreadsArg {
     /// Threads to run the model on: a batch's frames (SGLD chains) run on up to N threads at
     /// once, each with its own plan state, with the same results bit for bit (a build with
     /// `--features multithread` also splits one frame's matrix products over N threads); 1 to 256
-    #[arg(long = "threads", default_value_t = 1, value_name = "N", global = true)]
+    #[arg(long = "threads", default_value_t = 1, value_name = "N", global = true, value_parser = threads)]
     pub n: usize,
 }
 
@@ -53,9 +53,11 @@ pub struct GateArgs {
 }
 
 impl GateArgs {
-    /// The library's overrides, with `score`'s and `eval`'s default batch of 32.
-    pub fn overrides(&self) -> Overrides {
+    /// The library's overrides on `threads` threads, with `score`'s and `eval`'s default
+    /// batch of 32.
+    pub fn overrides(&self, threads: usize) -> Overrides {
         Overrides {
+            threads: Some(threads),
             threshold: self.threshold,
             temperature: self.temperature,
             alpha: self.alpha,
@@ -101,6 +103,16 @@ pub fn progress_bar(total: usize, enabled: bool) -> ProgressBar {
 pub fn count(s: &str) -> Result<usize, String> {
     let n: usize = s.parse().map_err(|e| format!("{e}"))?;
     at_least_one("the value", n).map_err(|e| e.to_string())
+}
+
+/// clap parser of `--threads`: 1 to [`ebm_gate::MAX_THREADS`].
+pub fn threads(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if (1..=ebm_gate::MAX_THREADS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("threads must be 1 to {}, got {n}", ebm_gate::MAX_THREADS))
+    }
 }
 
 /// clap parser of a temperature: finite and > 0 (the library's check).

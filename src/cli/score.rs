@@ -36,10 +36,10 @@ pub struct ScoreArgs {
 }
 
 /// `ebm-gate score`.
-pub fn run(a: &ScoreArgs) -> Result<ExitCode> {
+pub fn run(a: &ScoreArgs, threads: usize) -> Result<ExitCode> {
     let ScoreArgs { model, inputs, json, logits, set_alpha, gate: args } = a;
     let (json, logits, set_alpha) = (*json, *logits, *set_alpha);
-    let mut gate = open(model, &Overrides { set_alpha, ..args.overrides() })?;
+    let mut gate = open(model, &Overrides { set_alpha, ..args.overrides(threads) })?;
     let items = collect(inputs, None)?;
     if items.is_empty() {
         bail!(

@@ -159,7 +159,7 @@ fn signal_name(n: usize) -> &'static str {
 }
 
 /// `ebm-gate stream`.
-pub fn run(args: &StreamArgs) -> Result<ExitCode> {
+pub fn run(args: &StreamArgs, threads: usize) -> Result<ExitCode> {
     use std::sync::atomic::{AtomicBool, AtomicUsize};
     use std::sync::Arc;
 
@@ -182,7 +182,7 @@ pub fn run(args: &StreamArgs) -> Result<ExitCode> {
     let source_name =
         if args.input.as_os_str() == "-" { "stdin".to_string() } else { args.input.display().to_string() };
     let source = open_source(&args.input, format, args.size)?;
-    let overrides = Overrides { batch: Some(args.gate.batch.unwrap_or(4)), ..args.gate.overrides() };
+    let overrides = Overrides { batch: Some(args.gate.batch.unwrap_or(4)), ..args.gate.overrides(threads) };
     let mut gate = open(&args.model, &overrides)?;
     let options = StreamOptions {
         format,
