@@ -83,6 +83,55 @@ pub fn effective_temperature(given: Option<f32>, bundle: f32) -> f32 {
     }
 }
 
+/// The rule that decides a frame's verdict, from [`GateSettings::rule`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GateRule {
+    /// No rule: frames are scored without verdicts.
+    None,
+    /// Reject when `E(x) > threshold`.
+    Threshold(f32),
+    /// The conformal gate: reject when the p-value over `n` calibration energies is `<= alpha`,
+    /// the same as `E(x) > energy_threshold` (`None` when `n` is too small for `alpha`).
+    Conformal {
+        /// The level.
+        alpha: f32,
+        /// The energy the rule amounts to.
+        energy_threshold: Option<f32>,
+        /// Calibration energies.
+        n: usize,
+    },
+    /// Both rules: reject when `E(x) > threshold` or the p-value is `<= alpha`.
+    Both {
+        /// The explicit threshold.
+        threshold: f32,
+        /// The conformal level.
+        alpha: f32,
+    },
+}
+
+/// Counts of frames by outcome, as `score`'s summary gives them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VerdictCounts {
+    /// Frames.
+    pub frames: usize,
+    /// Accepted as in-distribution.
+    pub accepted: usize,
+    /// Rejected (including frames that could not be scored).
+    pub rejected: usize,
+    /// Frames that could not be scored.
+    pub unscored: usize,
+}
+
+impl VerdictCounts {
+    /// Counts one more frame.
+    pub fn add(&mut self, r: &FrameReport) {
+        self.frames += 1;
+        self.accepted += usize::from(r.verdict == Some(Verdict::InDistribution));
+        self.rejected += usize::from(r.verdict == Some(Verdict::OutOfDistribution));
+        self.unscored += usize::from(r.scores.is_none());
+    }
+}
+
 /// The gate's effective settings after overrides.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GateSettings {
@@ -111,6 +160,20 @@ impl GateSettings {
         match (self.threshold, conformal) {
             (Some(t), Some(c)) => Some(t.min(c)),
             (t, c) => t.or(c),
+        }
+    }
+
+    /// The rule in force, typed.
+    pub fn rule(&self) -> GateRule {
+        match (self.threshold, self.alpha) {
+            (None, None) => GateRule::None,
+            (Some(t), None) => GateRule::Threshold(t),
+            (None, Some(alpha)) => GateRule::Conformal {
+                alpha,
+                energy_threshold: self.energy_threshold(),
+                n: self.calibration_energies.len(),
+            },
+            (Some(threshold), Some(alpha)) => GateRule::Both { threshold, alpha },
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use ebm_gate::eval::{evaluate, EvalOptions, EvalProgress, EvalReport, ScoreKind};
-use ebm_gate::pipeline::FrameReport;
+use ebm_gate::pipeline::{FrameReport, GateRule};
 
 use super::{open, progress_bar, GateArgs};
 
@@ -110,8 +110,8 @@ fn write_eval_plots(
         sets.push((format!("OOD: {}", o.name), energies(reports)));
     }
     let thr = st.energy_threshold().map(|t| {
-        let rule = match st.alpha {
-            Some(a) if st.threshold.is_none() => format!("conformal threshold, alpha = {a}"),
+        let rule = match st.rule() {
+            GateRule::Conformal { alpha, .. } => format!("conformal threshold, alpha = {alpha}"),
             _ => "threshold".to_string(),
         };
         (t, format!("{rule}: E = {t:.3}"))

@@ -6,8 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use ebm_gate::core::gate::Verdict;
-use ebm_gate::pipeline::{EnergyGate, FrameReport, Overrides};
+use ebm_gate::pipeline::{EnergyGate, FrameReport, GateRule, Overrides, VerdictCounts};
 use ebm_gate::record::FrameRecord;
 use ebm_gate::source::collect;
 
@@ -51,7 +50,7 @@ pub fn run(a: &ScoreArgs, threads: usize) -> Result<ExitCode> {
     let bar = progress_bar(items.len(), items.len() > 256);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let mut counts = Counts::default();
+    let mut counts = VerdictCounts::default();
     if json {
         // Each line is written as its batch is done: memory stays bounded on any folder.
         let mut closed = false;
@@ -123,47 +122,30 @@ pub fn run(a: &ScoreArgs, threads: usize) -> Result<ExitCode> {
     Ok(summarise(&counts, &gate, set_alpha))
 }
 
-/// Frames by outcome, for the summary line.
-#[derive(Default)]
-struct Counts {
-    total: usize,
-    accepted: usize,
-    rejected: usize,
-    failed: usize,
-}
-
-impl Counts {
-    fn add(&mut self, r: &FrameReport) {
-        self.total += 1;
-        self.accepted += usize::from(r.verdict == Some(Verdict::InDistribution));
-        self.rejected += usize::from(r.verdict == Some(Verdict::OutOfDistribution));
-        self.failed += usize::from(r.scores.is_none());
-    }
-}
-
 /// Prints the summary to stderr; exit 1 when a frame was rejected.
-fn summarise(c: &Counts, gate: &EnergyGate, set_alpha: Option<f32>) -> ExitCode {
-    let (accepted, rejected, failed) = (c.accepted, c.rejected, c.failed);
+fn summarise(c: &VerdictCounts, gate: &EnergyGate, set_alpha: Option<f32>) -> ExitCode {
+    let (accepted, rejected, failed) = (c.accepted, c.rejected, c.unscored);
     let st = gate.settings();
-    let rule = match (st.threshold, st.alpha) {
-        (Some(t), None) => format!("threshold E <= {t}"),
-        (None, Some(a)) => format!(
-            "conformal gate: reject p <= {a} (E > {}, {} calibration energies)",
-            fmt_opt(st.energy_threshold(), 4),
-            st.calibration_energies.len()
-        ),
-        (Some(t), Some(a)) => format!("threshold E <= {t} and conformal p > {a}"),
-        (None, None) => String::new(),
+    let rule = match st.rule() {
+        GateRule::Threshold(t) => format!("threshold E <= {t}"),
+        GateRule::Conformal { alpha, energy_threshold, n } => {
+            format!(
+                "conformal gate: reject p <= {alpha} (E > {}, {n} calibration energies)",
+                fmt_opt(energy_threshold, 4)
+            )
+        }
+        GateRule::Both { threshold, alpha } => format!("threshold E <= {threshold} and conformal p > {alpha}"),
+        GateRule::None => String::new(),
     };
     if st.gates() {
         eprintln!(
             "{} frames: {accepted} in-distribution, {rejected} rejected ({failed} could not be scored); {rule}",
-            c.total
+            c.frames
         );
     } else {
         eprintln!(
             "{} frames scored without a threshold ({failed} could not be scored): give --threshold or a bundle with gate.json for verdicts",
-            c.total
+            c.frames
         );
     }
     if let Some(a) = set_alpha {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ebm_gate::pipeline::Overrides;
+use ebm_gate::pipeline::{GateRule, Overrides};
 use ebm_gate::raw::{PixelFormat, YuvSpec};
 use ebm_gate::stream::{run_stream, StopReason, StreamFormat, StreamOptions, StreamSource};
 
@@ -217,11 +217,13 @@ pub fn run(args: &StreamArgs, threads: usize) -> Result<ExitCode> {
         "stream: {} from {}, gate {}, window {}: out at >= {} rejected, back at <= {}; batches up to {}",
         format.name(),
         options.source_name,
-        match (st.threshold, st.alpha) {
-            (Some(t), None) => format!("E <= {t}"),
-            (None, Some(a)) => format!("p > {a} (E <= {})", fmt_opt(st.energy_threshold(), 4)),
-            (Some(t), Some(a)) => format!("E <= {t} and p > {a}"),
-            (None, None) => "none".into(),
+        match st.rule() {
+            GateRule::Threshold(t) => format!("E <= {t}"),
+            GateRule::Conformal { alpha, energy_threshold, .. } => {
+                format!("p > {alpha} (E <= {})", fmt_opt(energy_threshold, 4))
+            }
+            GateRule::Both { threshold, alpha } => format!("E <= {threshold} and p > {alpha}"),
+            GateRule::None => "none".into(),
         },
         options.window,
         options.enter,
