@@ -37,6 +37,8 @@ use crate::bundle::{sha256_file, BundlePaths, GateFile, InputSpec};
 pub use crate::core::langevin::{sgld_chain, sgld_step, Bounds, GradientSource, LangevinError, LangevinSettings};
 use crate::error::{Error, Result};
 use crate::model::{GradModel, GradNames};
+use crate::pipeline::{EnergyGate, FrameReport};
+use crate::source::FrameItem;
 
 /// Which energy a chain descends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,6 +343,132 @@ struct BufferHeader {
     /// Chains run through the buffer so far.
     #[serde(default)]
     draws: u64,
+}
+
+/// One frame of a [`refine_frames`] run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefinedFrame {
+    /// The frame's name (its path, or `FILE#index`).
+    pub name: String,
+    /// The frame before the chain, input space `[C, H, W]`.
+    pub before_x: Vec<f32>,
+    /// The frame after it.
+    pub after_x: Vec<f32>,
+    /// Its energy before each update and after the last (`n_steps + 1` values).
+    pub trace: Vec<f32>,
+    /// The gate's report of the frame before the chain (class, probability, energy, verdict).
+    pub before: FrameReport,
+    /// The gate's report after it.
+    pub after: FrameReport,
+    /// Mean and largest change of a pixel, in 8-bit levels of the pixel range.
+    pub pixel_change_8bit: (f64, f64),
+}
+
+/// Timing of one chain batch of a [`refine_frames`] run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BatchTiming {
+    /// Frames in the batch.
+    pub frames: usize,
+    /// Seconds a step, when the chain had steps.
+    pub seconds_per_step: Option<f64>,
+    /// Seconds for the whole chain.
+    pub seconds: f64,
+}
+
+/// What [`refine_frames`] did: every frame before and after, and each batch's timing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefineRun {
+    /// The frames, in input order.
+    pub frames: Vec<RefinedFrame>,
+    /// Each chain batch's timing, in order.
+    pub batches: Vec<BatchTiming>,
+}
+
+/// `refine`: decodes `items`, runs seeded SGLD chains on them in batches of `batch` (the noise
+/// from one `seed`, so the same items, batch and seed give the same run bit for bit), and
+/// judges each frame with `gate` before and after. `on_batch` is called after each batch.
+///
+/// # Errors
+/// [`Error::Decode`] / [`Error::Io`] for the first frame that cannot be read (a chain needs
+/// every frame), [`Error::NoFrames`] for no items, [`Error::Setting`] for a batch of 0, and
+/// the errors of [`EnergyGradient::refine`] and of the forward pass.
+#[allow(clippy::too_many_arguments)]
+pub fn refine_frames<R: RngCore>(
+    g: &mut EnergyGradient,
+    gate: &mut EnergyGate,
+    items: &[FrameItem],
+    target: EnergyTarget,
+    settings: &LangevinSettings,
+    batch: usize,
+    rng: &mut R,
+    mut on_batch: impl FnMut(&BatchTiming),
+) -> Result<RefineRun> {
+    crate::core::check::at_least_one("batch", batch)?;
+    if items.is_empty() {
+        return Err(Error::NoFrames { set: "refine".into(), path: PathBuf::new(), problem: "no image files found" });
+    }
+    let spec = g.input().clone();
+    let d = spec.frame_len();
+    let mut x = vec![0.0; items.len() * d];
+    for (item, dst) in items.iter().zip(x.chunks_exact_mut(d)) {
+        crate::frame::preprocess_into(&item.decode()?, &spec, dst)?;
+    }
+    let count = items.len();
+    let before_x = x.clone();
+    let mut traces: Vec<Vec<f32>> = vec![Vec::new(); count];
+    let mut batches = Vec::new();
+    for start in (0..count).step_by(batch) {
+        let n = batch.min(count - start);
+        let r = g.refine(&mut x[start * d..(start + n) * d], n, target, settings, rng)?;
+        for row in &r.trace {
+            for (i, e) in row.iter().enumerate() {
+                traces[start + i].push(*e);
+            }
+        }
+        let timing = BatchTiming { frames: n, seconds_per_step: r.seconds_per_step, seconds: r.seconds };
+        on_batch(&timing);
+        batches.push(timing);
+    }
+    let judge = |gate: &mut EnergyGate, x: &[f32]| -> Result<Vec<FrameReport>> {
+        let logits = gate.model_mut().logits(x, count)?;
+        let k = logits.len() / count;
+        Ok(items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| gate.judge_logits(&it.name, None, &logits[i * k..(i + 1) * k]))
+            .collect())
+    };
+    let before = judge(gate, &before_x)?;
+    let after = judge(gate, &x)?;
+    // a pixel's change in 8-bit levels: |dx| * std[c] * 255 / (hi - lo)
+    let plane = (spec.height * spec.width) as usize;
+    let span = (spec.pixel_range[1] - spec.pixel_range[0]) as f64;
+    let frames = items
+        .iter()
+        .zip(before.into_iter().zip(after))
+        .zip(traces)
+        .enumerate()
+        .map(|(i, ((item, (before, after)), trace))| {
+            let (b, a) = (&before_x[i * d..(i + 1) * d], &x[i * d..(i + 1) * d]);
+            let (mut sum, mut max) = (0.0f64, 0.0f64);
+            for j in 0..d {
+                let c = (j / plane) % spec.std.len();
+                let dl = ((a[j] - b[j]) * spec.std[c]).abs() as f64 * 255.0 / span;
+                sum += dl;
+                max = max.max(dl);
+            }
+            RefinedFrame {
+                name: item.name.clone(),
+                before_x: b.to_vec(),
+                after_x: a.to_vec(),
+                trace,
+                before,
+                after,
+                pixel_change_8bit: (sum / d as f64, max),
+            }
+        })
+        .collect();
+    Ok(RefineRun { frames, batches })
 }
 
 /// A persistent replay buffer of samples (JEM / IGEBM): `capacity` frames `[C, H, W]` in **pixel

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use ebm_gate::core::gate::Verdict;
-use ebm_gate::frame::{denormalise, preprocess_into};
+use ebm_gate::frame::denormalise;
 use ebm_gate::langevin::{
-    input_to_pixels, pixels_to_input, EnergyGradient, EnergyTarget, LangevinSettings, ReplayBuffer,
+    input_to_pixels, pixels_to_input, refine_frames, EnergyGradient, EnergyTarget, LangevinSettings, ReplayBuffer,
 };
 use ebm_gate::pipeline::{EnergyGate, FrameReport, Overrides};
 use ebm_gate::record::FrameRecord;
@@ -151,7 +151,6 @@ pub fn refine(a: &RefineArgs, threads: usize) -> Result<ExitCode> {
     let settings = args.settings(0.2, 0.005)?;
     let target = args.target(&g)?;
     let spec = g.input().clone();
-    let d = spec.frame_len();
     let items = collect(frames, None)?;
     if items.is_empty() {
         bail!(
@@ -159,39 +158,25 @@ pub fn refine(a: &RefineArgs, threads: usize) -> Result<ExitCode> {
             frames.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         );
     }
-    let mut x = vec![0.0; items.len() * d];
-    for (item, dst) in items.iter().zip(x.chunks_exact_mut(d)) {
-        let img = item.decode().context("cannot read a frame (refine stops at the first unreadable one)")?;
-        preprocess_into(&img, &spec, dst).with_context(|| format!("cannot preprocess frame {}", item.name))?;
-    }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let names: Vec<String> = items.iter().map(|i| i.name.clone()).collect();
-    let count = names.len();
+    let count = items.len();
     eprintln!("refine: {count} frames, {}", describe(&settings, target, &g));
-    let before_x = x.clone();
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(args.seed);
-    let mut traces: Vec<Vec<f32>> = vec![Vec::new(); count];
-    let mut step_times = Vec::new();
-    for start in (0..count).step_by(batch) {
-        let n = batch.min(count - start);
-        let chunk = &mut x[start * d..(start + n) * d];
-        let r = g.refine(chunk, n, target, &settings, &mut rng).context("refinement failed")?;
-        for row in &r.trace {
-            for (i, e) in row.iter().enumerate() {
-                traces[start + i].push(*e);
-            }
+    let run = refine_frames(&mut g, &mut gate, &items, target, &settings, batch, &mut rng, |b| {
+        if b.seconds_per_step.is_some() {
+            eprintln!(
+                "batch of {}: {} ms per step ({:.2} s for the chain)",
+                b.frames,
+                ms(b.seconds_per_step),
+                b.seconds
+            );
         }
-        if let Some(s) = r.seconds_per_step {
-            step_times.push(serde_json::json!({"frames": n, "ms_per_step": s * 1e3}));
-            eprintln!("batch of {n}: {} ms per step ({:.2} s for the chain)", ms(r.seconds_per_step), r.seconds);
-        }
-    }
-    let before = judge(&mut gate, &before_x, count, &names)?;
-    let after = judge(&mut gate, &x, count, &names)?;
+    })
+    .context("refinement failed (refine stops at the first frame it cannot read)")?;
     let classes = gate.class_names().to_vec();
     let mut rows = Vec::new();
     let mut pictures = Vec::new();
-    let width = names.iter().map(|n| n.len()).max().unwrap_or(5).max(5);
+    let width = run.frames.iter().map(|f| f.name.len()).max().unwrap_or(5).max(5);
     let stdout = std::io::stdout();
     let mut o = stdout.lock();
     let _ = writeln!(
@@ -199,23 +184,10 @@ pub fn refine(a: &RefineArgs, threads: usize) -> Result<ExitCode> {
         "{:<width$}  {:>9} {:>9}  {:<18} {:<18} {:<9} {:>6} {:>6}  written",
         "frame", "E before", "E after", "class before", "class after", "verdict", "|dpx|", "max"
     );
-    // pixel change in 8-bit levels: |dx| * std[c] * 255 / (hi - lo)
-    let plane = (spec.height * spec.width) as usize;
-    let levels = |i: usize| {
-        let (mut sum, mut max) = (0.0f64, 0.0f64);
-        for j in 0..d {
-            let c = (j / plane) % spec.std.len();
-            let dl = ((x[i * d + j] - before_x[i * d + j]) * spec.std[c]).abs() as f64 * 255.0
-                / (spec.pixel_range[1] - spec.pixel_range[0]) as f64;
-            sum += dl;
-            max = max.max(dl);
-        }
-        (sum / d as f64, max)
-    };
     let mut used = std::collections::HashSet::new();
-    for (i, name) in names.iter().enumerate() {
+    for (i, f) in run.frames.iter().enumerate() {
         // `FILE#index` for a frame inside an IDX file
-        let stem = Path::new(name)
+        let stem = Path::new(&f.name)
             .file_stem()
             .map(|s| s.to_string_lossy().replace('#', "_"))
             .unwrap_or_else(|| format!("frame{i}"));
@@ -225,35 +197,39 @@ pub fn refine(a: &RefineArgs, threads: usize) -> Result<ExitCode> {
             used.insert(file.clone());
         }
         let dst = out.join(&file);
-        let img0 = denormalise(&before_x[i * d..(i + 1) * d], &spec)?;
-        let img = denormalise(&x[i * d..(i + 1) * d], &spec)?;
+        let img = denormalise(&f.after_x, &spec)?;
         save_png(&img, &dst)?;
-        pictures.push(img0);
+        pictures.push(denormalise(&f.before_x, &spec)?);
         pictures.push(img);
-        let t = &traces[i];
-        let (mean_dl, max_dl) = levels(i);
+        let t = &f.trace;
+        let (mean_dl, max_dl) = f.pixel_change_8bit;
         let _ = writeln!(
             o,
             "{:<width$}  {:>9.4} {:>9.4}  {:<18} {:<18} {:<9} {:>6.2} {:>6.1}  {}",
-            names[i],
+            f.name,
             t[0],
             t[t.len() - 1],
-            class_str(&before[i], &classes),
-            class_str(&after[i], &classes),
-            format!("{}->{}", verdict_str(&before[i]), verdict_str(&after[i])),
+            class_str(&f.before, &classes),
+            class_str(&f.after, &classes),
+            format!("{}->{}", verdict_str(&f.before), verdict_str(&f.after)),
             mean_dl,
             max_dl,
             dst.display()
         );
         rows.push(serde_json::json!({
-            "path": names[i],
+            "path": f.name,
             "out": dst.display().to_string(),
             "energy": t,
             "pixel_change_8bit": {"mean": mean_dl, "max": max_dl},
-            "before": FrameRecord::new(&before[i], &classes),
-            "after": FrameRecord::new(&after[i], &classes),
+            "before": FrameRecord::new(&f.before, &classes),
+            "after": FrameRecord::new(&f.after, &classes),
         }));
     }
+    let step_times: Vec<serde_json::Value> = run
+        .batches
+        .iter()
+        .filter_map(|b| b.seconds_per_step.map(|s| serde_json::json!({"frames": b.frames, "ms_per_step": s * 1e3})))
+        .collect();
     // before/after pairs, side by side, four pairs a row
     let grid_path = out.join("refine_grid.png");
     save_png(&grid(&pictures, 8.min(pictures.len()), 4), &grid_path)?;
