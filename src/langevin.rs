@@ -384,6 +384,64 @@ pub struct RefineRun {
     pub batches: Vec<BatchTiming>,
 }
 
+/// What [`sample_from_buffer`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleRun {
+    /// The buffer entries drawn, refined and put back.
+    pub indices: Vec<usize>,
+    /// How many of them restarted from uniform noise.
+    pub reinitialised: usize,
+    /// The refined samples, input space `[n, C, H, W]`.
+    pub x: Vec<f32>,
+    /// The chain ([`EnergyGradient::refine`]): energies per step and timing.
+    pub refinement: Refinement,
+    /// The gate's report of each refined sample (named `buffer[i]`).
+    pub after: Vec<FrameReport>,
+}
+
+/// `sample` (JEM's persistent chains): draws `count` samples from `buffer` (of class `y` for
+/// [`EnergyTarget::Class`]`(y)`), refines them by SGLD, puts them back, records the model's
+/// sha256 in the buffer, and judges them with `gate`. The draws and the noise come from `seed`
+/// and the number of chains the buffer has seen, so successive calls go on where the last
+/// stopped and a rerun from a copy of the same buffer repeats. The buffer is not saved here.
+///
+/// # Errors
+/// The errors of [`ReplayBuffer::draw`], [`EnergyGradient::refine`], [`ReplayBuffer::put_back`]
+/// and of the forward pass.
+pub fn sample_from_buffer(
+    g: &mut EnergyGradient,
+    gate: &mut EnergyGate,
+    buffer: &mut ReplayBuffer,
+    count: usize,
+    target: EnergyTarget,
+    settings: &LangevinSettings,
+    seed: u64,
+) -> Result<SampleRun> {
+    let spec = g.input().clone();
+    let mut rng = <rand_xoshiro::Xoshiro256PlusPlus as rand_core::SeedableRng>::seed_from_u64(
+        seed.wrapping_add(buffer.draws().wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+    );
+    let class = match target {
+        EnergyTarget::Class(y) => Some(y),
+        EnergyTarget::Free => None,
+    };
+    let draw = buffer.draw(count, class, &mut rng)?;
+    let n = draw.indices.len();
+    let mut x = pixels_to_input(&draw.pixels, &spec);
+    let refinement = g.refine(&mut x, n, target, settings, &mut rng)?;
+    buffer.put_back(&draw.indices, &input_to_pixels(&x, &spec))?;
+    buffer.set_model_sha256(gate.model_sha256());
+    let logits = gate.model_mut().logits(&x, n)?;
+    let k = logits.len() / n.max(1);
+    let after = draw
+        .indices
+        .iter()
+        .enumerate()
+        .map(|(i, idx)| gate.judge_logits(&format!("buffer[{idx}]"), None, &logits[i * k..(i + 1) * k]))
+        .collect();
+    Ok(SampleRun { indices: draw.indices, reinitialised: draw.reinitialised, x, refinement, after })
+}
+
 /// `refine`: decodes `items`, runs seeded SGLD chains on them in batches of `batch` (the noise
 /// from one `seed`, so the same items, batch and seed give the same run bit for bit), and
 /// judges each frame with `gate` before and after. `on_batch` is called after each batch.

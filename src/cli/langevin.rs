@@ -9,7 +9,7 @@ use clap::Args;
 use ebm_gate::core::gate::Verdict;
 use ebm_gate::frame::denormalise;
 use ebm_gate::langevin::{
-    input_to_pixels, pixels_to_input, refine_frames, EnergyGradient, EnergyTarget, LangevinSettings, ReplayBuffer,
+    refine_frames, sample_from_buffer, EnergyGradient, EnergyTarget, LangevinSettings, ReplayBuffer,
 };
 use ebm_gate::pipeline::{EnergyGate, FrameReport, Overrides};
 use ebm_gate::record::FrameRecord;
@@ -96,13 +96,6 @@ fn open_both(model: &Path, args: &ChainArgs, threads: usize) -> Result<(EnergyGr
         Overrides { temperature: args.temperature, batch: Some(1), threads: Some(threads), ..Overrides::default() };
     let gate = EnergyGate::open(model, &overrides).with_context(|| format!("cannot load model {}", model.display()))?;
     Ok((g, gate))
-}
-
-/// Scores `n` input-space frames with the classifier: class, probability, energy, verdict.
-fn judge(gate: &mut EnergyGate, x: &[f32], n: usize, names: &[String]) -> Result<Vec<FrameReport>> {
-    let logits = gate.model_mut().logits(x, n).context("forward pass")?;
-    let k = logits.len() / n;
-    Ok((0..n).map(|i| gate.judge_logits(&names[i], None, &logits[i * k..(i + 1) * k])).collect())
 }
 
 fn verdict_str(r: &FrameReport) -> &'static str {
@@ -382,23 +375,10 @@ pub fn sample(s: &SampleArgs, threads: usize) -> Result<ExitCode> {
     if let Some(p) = s.reinit_prob {
         buffer.set_reinit_prob(p).with_context(|| format!("--reinit-prob {p}"))?;
     }
-    // The draws and noise depend on the seed and on how many chains the buffer has seen, so
-    // repeated calls go on from where the last one stopped and a rerun from the same file repeats.
-    let mut rng =
-        Xoshiro256PlusPlus::seed_from_u64(args.seed.wrapping_add(buffer.draws().wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-    let class = match target {
-        EnergyTarget::Class(y) => Some(y),
-        EnergyTarget::Free => None,
-    };
-    let draw = buffer.draw(s.count, class, &mut rng)?;
-    let n = draw.indices.len();
-    let mut x = pixels_to_input(&draw.pixels, &spec);
-    eprintln!("sample: {n} samples ({} restarted from noise), {}", draw.reinitialised, describe(&settings, target, &g));
-    let r = g.refine(&mut x, n, target, &settings, &mut rng).context("refinement failed")?;
-    buffer.put_back(&draw.indices, &input_to_pixels(&x, &spec))?;
-    buffer.set_model_sha256(gate.model_sha256());
-    let names: Vec<String> = draw.indices.iter().map(|i| format!("buffer[{i}]")).collect();
-    let after = judge(&mut gate, &x, n, &names)?;
+    let run = sample_from_buffer(&mut g, &mut gate, &mut buffer, s.count, target, &settings, args.seed)
+        .context("refinement failed")?;
+    let (n, x, r, after) = (run.indices.len(), &run.x, &run.refinement, &run.after);
+    eprintln!("sample: {n} samples ({} restarted from noise), {}", run.reinitialised, describe(&settings, target, &g));
     let classes = gate.class_names().to_vec();
     let pictures: Vec<RgbImage> = (0..n)
         .map(|i| denormalise(&x[i * spec.frame_len()..(i + 1) * spec.frame_len()], &spec))
@@ -412,7 +392,7 @@ pub fn sample(s: &SampleArgs, threads: usize) -> Result<ExitCode> {
     let mean = |v: &[f32]| v.iter().map(|&e| e as f64).sum::<f64>() / v.len() as f64;
     let accepted = after.iter().filter(|a| a.verdict == Some(Verdict::InDistribution)).count();
     let mut counts = vec![0usize; classes.len()];
-    for a in &after {
+    for a in after {
         if let Some(sc) = a.scores {
             counts[sc.class] += 1;
         }
