@@ -311,8 +311,7 @@ pub fn run_bench(model: &Path, opts: &BenchOptions, mut progress: impl FnMut(&st
                     g.energy_and_grad(&x, n, EnergyTarget::Free, &mut e, &mut grad)?;
                     for f in 0..n {
                         let r = f * d..(f + 1) * d;
-                        sgld_step(&mut x[r.clone()], &grad[r], &settings, &bounds, &mut rng)
-                            .map_err(|e| Error::Invalid(e.to_string()))?;
+                        sgld_step(&mut x[r.clone()], &grad[r], &settings, &bounds, &mut rng)?;
                     }
                     if run >= opts.warmup {
                         t_step.push(elapsed_ms(t));

@@ -70,6 +70,32 @@ pub enum Error {
         /// `no such file or folder`, `no image files found` or `no frame could be scored`.
         problem: &'static str,
     },
+    /// Langevin settings or buffers that do not fit (the core's check).
+    #[error("invalid setting: {0}")]
+    Langevin(#[from] crate::core::langevin::LangevinError),
+    /// A debouncer's window and thresholds that do not fit (`--window`, `--enter`, `--exit`).
+    #[error("invalid setting: --window {window} --enter {enter} --exit {exit}: {error}")]
+    Debounce {
+        /// The window.
+        window: usize,
+        /// Rejections that switch the state out.
+        enter: usize,
+        /// Rejections at or below which it switches back.
+        exit: usize,
+        /// The core's reason.
+        error: crate::core::debounce::DebounceError,
+    },
+    /// The calibration in `path` does not allow a level (too few calibration values for it, or
+    /// a level outside (0, 1)).
+    #[error("invalid setting: {path}: {what}{error}")]
+    Calibration {
+        /// The `gate.json` (or model) whose calibration it is.
+        path: PathBuf,
+        /// What the level is for: empty for the gate, `prediction sets: ` for the sets.
+        what: &'static str,
+        /// The reason.
+        error: crate::calibration::CalibrationError,
+    },
     /// A temperature, significance level or count out of its range.
     #[error("invalid setting: {0}")]
     Setting(#[from] crate::core::check::SettingError),

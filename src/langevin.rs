@@ -272,7 +272,7 @@ impl EnergyGradient {
         settings: &LangevinSettings,
         rng: &mut R,
     ) -> Result<Refinement> {
-        settings.validate().map_err(|e| Error::Invalid(e.to_string()))?;
+        settings.validate()?;
         self.prepare(n)?;
         let d = self.input.frame_len();
         let (mut energy, mut grad) = (vec![0.0; n], vec![0.0; n * d]);

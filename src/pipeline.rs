@@ -349,8 +349,11 @@ impl EnergyGate {
                     ),
                 }));
             }
-            crate::calibration::check_alpha(calibration_energies.len(), a)
-                .map_err(|e| Error::Invalid(format!("{src}: {e}")))?;
+            crate::calibration::check_alpha(calibration_energies.len(), a).map_err(|error| Error::Calibration {
+                path: where_(),
+                what: "",
+                error,
+            })?;
         }
         let set_quantile = match overrides.set_alpha {
             None => None,
@@ -365,7 +368,7 @@ impl EnergyGate {
                     })
                 })?;
                 crate::calibration::check_alpha(scores.calibration_scores.len(), a)
-                    .map_err(|e| Error::Invalid(format!("{src}: prediction sets: {e}")))?;
+                    .map_err(|error| Error::Calibration { path: where_(), what: "prediction sets: ", error })?;
                 Some(conformal_quantile(&scores.calibration_scores, a))
             }
         };

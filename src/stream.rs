@@ -126,8 +126,11 @@ impl StreamOptions {
             ));
         }
         crate::core::check::at_least_one("batch", self.max_batch)?;
-        Debouncer::new(self.window, self.enter, self.exit).map_err(|e: DebounceError| {
-            Error::Invalid(format!("--window {} --enter {} --exit {}: {e}", self.window, self.enter, self.exit))
+        Debouncer::new(self.window, self.enter, self.exit).map_err(|error: DebounceError| Error::Debounce {
+            window: self.window,
+            enter: self.enter,
+            exit: self.exit,
+            error,
         })
     }
 }
