@@ -62,6 +62,13 @@ fn unreadable_image_is_named_and_the_run_goes_on() {
     assert_eq!(bad["verdict"], "out_of_distribution");
     assert_eq!(bad["reason"], "decode_error");
     assert!(bad["error"].as_str().unwrap().contains("corrupt.jpg"), "{bad}");
+    // The table keeps the p column for a run where no frame could be scored: the gate has
+    // calibration energies, so the column is the gate's, not the frames'.
+    let only_bad = dir.path().join("corrupt.jpg");
+    let (code, stdout, _) = run(&["score", "models/cifar10-airnet", only_bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    let header: Vec<&str> = stdout.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["path", "class", "prob", "energy", "msp", "maxlogit", "p", "verdict", "reason"], "{stdout}");
 }
 
 #[test]

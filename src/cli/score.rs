@@ -71,7 +71,9 @@ pub fn run(a: &ScoreArgs, threads: usize) -> Result<ExitCode> {
     let reports = gate.score_items(&items, |n| bar.inc(n as u64));
     bar.finish_and_clear();
     reports.iter().for_each(|r| counts.add(r));
-    let has_p = reports.iter().any(|r| r.p_value.is_some());
+    // p-values come with calibration energies: the column is there whenever the gate has them,
+    // also when no frame of this run could be scored.
+    let has_p = !gate.settings().calibration_energies.is_empty();
     let width = reports.iter().map(|r| r.name.len()).max().unwrap_or(4).clamp(4, 60);
     let set_text = |r: &FrameReport| {
         r.prediction_set
