@@ -213,7 +213,7 @@ impl EnergyGradient {
     /// Runs the chains of a batch on `n` threads ([`crate::Model::set_threads`]).
     ///
     /// # Errors
-    /// [`Error::Invalid`] for `n = 0` or more than [`crate::MAX_THREADS`].
+    /// [`Error::Setting`] for `n = 0` or more than [`crate::MAX_THREADS`].
     pub fn set_threads(&mut self, n: usize) -> Result<()> {
         self.model.set_threads(n)
     }
@@ -431,14 +431,8 @@ pub fn sample_from_buffer(
     let refinement = g.refine(&mut x, n, target, settings, &mut rng)?;
     buffer.put_back(&draw.indices, &input_to_pixels(&x, &spec))?;
     buffer.set_model_sha256(gate.model_sha256());
-    let logits = gate.model_mut().logits(&x, n)?;
-    let k = logits.len() / n.max(1);
-    let after = draw
-        .indices
-        .iter()
-        .enumerate()
-        .map(|(i, idx)| gate.judge_logits(&format!("buffer[{idx}]"), None, &logits[i * k..(i + 1) * k]))
-        .collect();
+    let names: Vec<String> = draw.indices.iter().map(|i| format!("buffer[{i}]")).collect();
+    let after = gate.judge_inputs(&x, &names)?;
     Ok(SampleRun { indices: draw.indices, reinitialised: draw.reinitialised, x, refinement, after })
 }
 
@@ -487,17 +481,9 @@ pub fn refine_frames<R: RngCore>(
         on_batch(&timing);
         batches.push(timing);
     }
-    let judge = |gate: &mut EnergyGate, x: &[f32]| -> Result<Vec<FrameReport>> {
-        let logits = gate.model_mut().logits(x, count)?;
-        let k = logits.len() / count;
-        Ok(items
-            .iter()
-            .enumerate()
-            .map(|(i, it)| gate.judge_logits(&it.name, None, &logits[i * k..(i + 1) * k]))
-            .collect())
-    };
-    let before = judge(gate, &before_x)?;
-    let after = judge(gate, &x)?;
+    let names: Vec<String> = items.iter().map(|it| it.name.clone()).collect();
+    let before = gate.judge_inputs(&before_x, &names)?;
+    let after = gate.judge_inputs(&x, &names)?;
     // a pixel's change in 8-bit levels: |dx| * std[c] * 255 / (hi - lo)
     let plane = (spec.height * spec.width) as usize;
     let span = (spec.pixel_range[1] - spec.pixel_range[0]) as f64;

@@ -22,26 +22,7 @@ type Plan = Arc<TypedRunnableModel>;
 /// One frame-level thread's running states, each with its plan's batch ([`Plans::spread`]).
 type WorkerStates = Vec<(usize, TypedSimpleState)>;
 
-/// The most threads [`Model::set_threads`] takes (rayon panics when it cannot start a pool).
-pub const MAX_THREADS: usize = 256;
-
-/// Checks a thread count (1 to [`MAX_THREADS`]) and, in a build with the `multithread`
-/// feature, sets tract-linalg's rayon pool to it.
-///
-/// Frame-level threads are a setting of each model ([`Model::set_threads`]); tract-linalg's pool
-/// for one frame's matrix products (feature `multithread`) is the process's, so with that feature
-/// the last count set holds for every model's single-run batches.
-fn apply_threads(n: usize) -> Result<usize> {
-    if n == 0 || n > MAX_THREADS {
-        return Err(Error::Invalid(format!("threads must be 1 to {MAX_THREADS}, got {n}")));
-    }
-    #[cfg(feature = "multithread")]
-    {
-        use tract_linalg::multithread::{set_default_executor, Executor};
-        set_default_executor(if n == 1 { Executor::SingleThread } else { Executor::multithread(n) });
-    }
-    Ok(n)
-}
+pub use crate::core::check::MAX_THREADS;
 
 /// Runs `f` with tract's matrix products on the calling thread alone (a frame-level worker:
 /// the threads are already busy with other frames).
@@ -238,6 +219,19 @@ impl Plans {
     fn set_forward_batch(&mut self, max: Option<usize>) -> Result<()> {
         max.map(|n| crate::core::check::at_least_one("forward batch", n)).transpose()?;
         self.forward_batch = max;
+        Ok(())
+    }
+
+    /// Spreads a batch's tract runs over `n` threads (1 to [`MAX_THREADS`]) and, in a build
+    /// with the `multithread` feature, sets tract-linalg's rayon pool to `n` (the process's, so
+    /// the last count set holds for every model's single-run batches).
+    fn set_threads(&mut self, n: usize) -> Result<()> {
+        self.threads = crate::core::check::threads(n)?;
+        #[cfg(feature = "multithread")]
+        {
+            use tract_linalg::multithread::{set_default_executor, Executor};
+            set_default_executor(if n == 1 { Executor::SingleThread } else { Executor::multithread(n) });
+        }
         Ok(())
     }
 
@@ -457,10 +451,9 @@ impl Model {
     /// thread.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for `n = 0` or more than [`MAX_THREADS`].
+    /// [`Error::Setting`] for `n = 0` or more than [`MAX_THREADS`].
     pub fn set_threads(&mut self, n: usize) -> Result<()> {
-        self.plans.threads = apply_threads(n)?;
-        Ok(())
+        self.plans.set_threads(n)
     }
 
     /// The threads this model's batches run on.
@@ -738,21 +731,12 @@ impl GradModel {
         self.plans.set_forward_batch(max)
     }
 
-    /// Runs this model's batches on `n` threads (1 to [`MAX_THREADS`]; 1 by default).
-    ///
-    /// A batch that is split into several tract runs (by default every batch of a
-    /// convolutional network, which runs frame by frame: [`Model::forward_batch`]) has its runs
-    /// spread over `n` threads, each with its own plan state (frame-level parallelism; any
-    /// build). In a build with the `multithread` feature, a batch that is one tract run (a single
-    /// frame) also splits its matrix products over tract-linalg's rayon pool of `n` threads,
-    /// which is the process's. Results do not depend on `n`: a frame gives the same bits on any
-    /// thread.
+    /// Runs the graph's batches on `n` threads ([`Model::set_threads`]).
     ///
     /// # Errors
-    /// [`Error::Invalid`] for `n = 0` or more than [`MAX_THREADS`].
+    /// [`Error::Setting`] for `n = 0` or more than [`MAX_THREADS`].
     pub fn set_threads(&mut self, n: usize) -> Result<()> {
-        self.plans.threads = apply_threads(n)?;
-        Ok(())
+        self.plans.set_threads(n)
     }
 
     /// The threads this model's batches run on.

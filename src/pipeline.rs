@@ -424,6 +424,18 @@ impl EnergyGate {
         &mut self.model
     }
 
+    /// Runs and judges frames already in the model's input space: `x` is `[n, C, H, W]` with `n`
+    /// the number of `names`, one report per name, in order (labels unknown).
+    ///
+    /// # Errors
+    /// The forward pass's ([`Model::logits`]).
+    pub fn judge_inputs(&mut self, x: &[f32], names: &[String]) -> Result<Vec<FrameReport>> {
+        let n = names.len();
+        let logits = self.model.logits(x, n)?;
+        let k = self.model.num_classes();
+        Ok(names.iter().zip(logits.chunks_exact(k)).map(|(name, z)| self.judge_logits(name, None, z)).collect())
+    }
+
     /// Scores and judges one frame's logits `[K]`. Logits that cannot be scored (NaN, say)
     /// give `OutOfDistribution` with `non_finite_energy`.
     pub fn judge_logits(&self, name: &str, label: Option<usize>, logits: &[f32]) -> FrameReport {

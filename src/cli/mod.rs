@@ -13,7 +13,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ebm_gate::core::check::{self, at_least_one};
+use ebm_gate::core::check::{self, SettingError};
 use ebm_gate::pipeline::{EnergyGate, Overrides};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -99,32 +99,33 @@ pub fn progress_bar(total: usize, enabled: bool) -> ProgressBar {
     bar
 }
 
-/// clap parser of a count that must be at least 1 (`--batch`, `--runs`, ...): the library's check.
+/// Parses `s` and applies one of the library's checks (`ebm_gate::core::check`): the clap
+/// parsers below, so that a flag is refused with the library's own words.
+fn checked<T: std::str::FromStr>(s: &str, check: impl Fn(T) -> Result<T, SettingError>) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    check(s.parse().map_err(|e: T::Err| e.to_string())?).map_err(|e| e.to_string())
+}
+
+/// clap parser of a count that must be at least 1 (`--batch`, `--runs`, ...).
 pub fn count(s: &str) -> Result<usize, String> {
-    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
-    at_least_one("the value", n).map_err(|e| e.to_string())
+    checked(s, |n| check::at_least_one("the value", n))
 }
 
-/// clap parser of `--threads`: 1 to [`ebm_gate::MAX_THREADS`].
+/// clap parser of `--threads`: 1 to `MAX_THREADS`.
 pub fn threads(s: &str) -> Result<usize, String> {
-    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
-    if (1..=ebm_gate::MAX_THREADS).contains(&n) {
-        Ok(n)
-    } else {
-        Err(format!("threads must be 1 to {}, got {n}", ebm_gate::MAX_THREADS))
-    }
+    checked(s, check::threads)
 }
 
-/// clap parser of a temperature: finite and > 0 (the library's check).
+/// clap parser of a temperature: finite and > 0.
 pub fn temperature(s: &str) -> Result<f32, String> {
-    let t: f32 = s.parse().map_err(|e| format!("{e}"))?;
-    check::temperature(t).map_err(|e| e.to_string())
+    checked(s, check::temperature)
 }
 
-/// clap parser of a significance level in (0, 1) (the library's check).
+/// clap parser of a significance level in (0, 1).
 pub fn alpha(s: &str) -> Result<f32, String> {
-    let a: f32 = s.parse().map_err(|e| format!("{e}"))?;
-    check::alpha(a).map_err(|e| e.to_string())
+    checked(s, check::alpha)
 }
 
 /// `v` with `prec` decimals, or `-` when absent.

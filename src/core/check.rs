@@ -11,6 +11,8 @@ pub enum SettingError {
     Alpha(f32),
     /// A count that must be at least 1 (`batch`, `runs`, ...), named.
     Zero(&'static str),
+    /// A thread count outside 1 to [`MAX_THREADS`].
+    Threads(usize),
 }
 
 impl ::core::fmt::Display for SettingError {
@@ -19,11 +21,15 @@ impl ::core::fmt::Display for SettingError {
             SettingError::Temperature(t) => write!(f, "temperature must be finite and > 0, got {t}"),
             SettingError::Alpha(a) => write!(f, "alpha must be in (0, 1), got {a}"),
             SettingError::Zero(name) => write!(f, "{name} must be at least 1"),
+            SettingError::Threads(n) => write!(f, "threads must be 1 to {MAX_THREADS}, got {n}"),
         }
     }
 }
 
 impl ::core::error::Error for SettingError {}
+
+/// The most threads a model runs on (rayon panics when it cannot start a pool).
+pub const MAX_THREADS: usize = 256;
 
 /// `t` when it is a usable temperature: finite and > 0.
 ///
@@ -68,5 +74,20 @@ pub fn at_least_one(name: &'static str, n: usize) -> Result<usize, SettingError>
         Ok(n)
     } else {
         Err(SettingError::Zero(name))
+    }
+}
+
+/// `n` when it is a thread count: 1 to [`MAX_THREADS`].
+///
+/// ```
+/// use ebm_gate::core::check::{threads, MAX_THREADS};
+/// assert_eq!(threads(2), Ok(2));
+/// assert!(threads(0).is_err() && threads(MAX_THREADS + 1).is_err());
+/// ```
+pub fn threads(n: usize) -> Result<usize, SettingError> {
+    if (1..=MAX_THREADS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(SettingError::Threads(n))
     }
 }
