@@ -111,8 +111,8 @@ pub fn calibration_frames(gate_file: &GateFile, folder: &Path, items: &[FrameIte
 /// `progress(k)` is called as frames are scored.
 ///
 /// # Errors
-/// [`Error::Invalid`] naming the folder when a frame cannot be scored (calibration data must be
-/// clean), when its energy is not finite, when there are too few calibration frames for
+/// [`Error::Invalid`] naming the folder and every frame that cannot be scored, with its reason
+/// (calibration data must be clean), when a frame's energy is not finite, when there are too few calibration frames for
 /// `alpha` (`n + 1 < 1 / alpha`), or when `holdout` is not in `[0, 1)`.
 pub fn calibrate(
     gate: &mut EnergyGate,
@@ -134,18 +134,18 @@ pub fn calibrate(
     let failed: Vec<String> = reports
         .iter()
         .filter(|r| r.scores.is_none())
-        .take(3)
         .map(|r| match &r.error {
             Some(e) => e.clone(), // names the file
             None => format!("{}: non-finite energy", r.name),
         })
         .collect();
     if !failed.is_empty() {
-        let n = reports.iter().filter(|r| r.scores.is_none()).count();
         return Err(bad(format!(
-            "{n} of {} frames could not be scored, and calibration data must score cleanly; first: {}",
+            "{} of {} frames could not be scored, and calibration data must score cleanly (remove or fix \
+             them):\n  {}",
+            failed.len(),
             reports.len(),
-            failed.join("; ")
+            failed.join("\n  ")
         )));
     }
     let k = gate.class_names().len();

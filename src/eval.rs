@@ -19,7 +19,7 @@ use crate::core::gate::Verdict;
 use crate::error::{Error, Result};
 use crate::metrics::{accuracy, CalibrationMetrics, OodMetrics};
 use crate::pipeline::{stack_logits, EnergyGate, FrameReport};
-use crate::source::collect;
+use crate::source::collect_with;
 
 /// An OOD-detection score `eval` compares; each is "higher = more in-distribution".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -457,7 +457,8 @@ pub fn evaluate(
     if let Some((name, path)) = ood.iter().find(|(_, p)| !p.exists()) {
         return Err(no_frames(&format!("OOD set {name}"), path, "no such file or folder"));
     }
-    let all_id = collect(&[id.to_path_buf()], Some(&names))?;
+    let limits = *gate.limits();
+    let all_id = collect_with(&[id.to_path_buf()], Some(&names), &limits)?;
     let (all_id, excluded) = match gate.gate_file().and_then(|g| calibration_frames(g, id, &all_id)) {
         Some(mask) => {
             let excluded = mask.iter().filter(|m| **m).count();
@@ -471,7 +472,7 @@ pub fn evaluate(
     }
     let mut ood_items = Vec::new();
     for (name, path) in ood {
-        let items = spread_evenly(collect(std::slice::from_ref(path), None)?, options.limit);
+        let items = spread_evenly(collect_with(std::slice::from_ref(path), None, &limits)?, options.limit);
         if items.is_empty() {
             return Err(no_frames(&format!("OOD set {name}"), path, "no image files found"));
         }

@@ -1,7 +1,8 @@
 //! Decoding and preprocessing: image files and in-memory frames to `[C, H, W]` model input.
 //!
 //! The steps, each a function of its own:
-//! 1. [`decode_file`] / [`decode_bytes`]: any format the `image` crate reads here (PNG, JPEG,
+//! 1. [`decode_file`] / [`decode_bytes`] (under [`InputLimits`], checked before anything is
+//!    allocated; a decoder panic becomes an error): any format the `image` crate reads here (PNG, JPEG,
 //!    BMP, GIF, TIFF, WebP, PNM, TGA, ICO, QOI, HDR, DDS, farbfeld), EXIF orientation applied,
 //!    converted to 8-bit RGB: gray is replicated to three channels, **alpha is discarded**
 //!    (not composited; the same as Pillow's `convert("RGB")`), 16-bit and float samples are
@@ -37,9 +38,155 @@ pub fn is_image_path(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn decode_reader<R: std::io::BufRead + std::io::Seek>(reader: ImageReader<R>, path: &Path) -> Result<RgbImage> {
-    let err = |e: image::ImageError| Error::Decode { path: path.into(), message: e.to_string() };
-    let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
+/// Limits every outside input is checked against before memory is allocated for it.
+///
+/// Defaults are sized for cameras (up to 8K video and 50-megapixel stills fit): sides of at
+/// most 8,192 pixels and 256 MiB for any one input buffer. The CLI's global `--max-image-side`
+/// and `--max-input-mib` raise or lower them.
+///
+/// | input | checked before allocating |
+/// |---|---|
+/// | image file | its size on disk `<= max_input_bytes`; empty is an error |
+/// | encoded image (file or MJPEG frame) | width, height `<= max_side` from the header; the decoder's working memory `<= max_input_bytes` (`image::Limits::max_alloc`; JPEG counted at 9 bytes a pixel: 3 output, 6 for progressive coefficients) |
+/// | IDX file | compressed and decompressed size `<= max_input_bytes`; rows, cols `<= max_side`, with checked arithmetic |
+/// | MJPEG stream | a frame's bytes `<= max_input_bytes` (else skipped to the next start-of-image) |
+/// | inputs of a run | at most `max_frames` frames from folders and IDX files (`--max-frames`) |
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    /// Largest width or height of an image, in pixels.
+    pub max_side: u32,
+    /// Largest input buffer: an encoded file, a decoded image's working memory, a decompressed
+    /// IDX file or an MJPEG frame, in bytes.
+    pub max_input_bytes: u64,
+    /// Most frames one run takes from its inputs (folders walked, IDX images).
+    pub max_frames: usize,
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        InputLimits { max_side: 8192, max_input_bytes: 256 << 20, max_frames: 1_000_000 }
+    }
+}
+
+impl InputLimits {
+    /// The same limits for the `image` crate's decoders.
+    pub fn image_limits(&self) -> image::Limits {
+        let mut l = image::Limits::default();
+        l.max_image_width = Some(self.max_side);
+        l.max_image_height = Some(self.max_side);
+        l.max_alloc = Some(self.max_input_bytes);
+        l
+    }
+
+    /// `Err(message)` when a `width x height` image is larger than the limits.
+    pub fn check_size(&self, width: u64, height: u64) -> std::result::Result<(), String> {
+        if width > self.max_side as u64 || height > self.max_side as u64 {
+            return Err(format!(
+                "{width}x{height} pixels exceeds the limit of {} pixels a side (--max-image-side)",
+                self.max_side
+            ));
+        }
+        Ok(())
+    }
+
+    /// `Err(message)` when `bytes` of `what` exceed [`max_input_bytes`](Self::max_input_bytes).
+    pub fn check_bytes(&self, what: &str, bytes: u64) -> std::result::Result<(), String> {
+        if bytes > self.max_input_bytes {
+            return Err(format!(
+                "{what} of {bytes} bytes exceeds the limit of {} MiB (--max-input-mib)",
+                self.max_input_bytes >> 20
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f`, turning a panic into [`Error::Decode`] for `name` ("decoder panicked: ...").
+///
+/// Decoders of outside bytes are third-party code; a panic in one must cost its frame, not
+/// the run.
+pub fn catch_decoder_panic<T>(name: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            Err(Error::Decode { path: name.into(), message: format!("decoder panicked: {}", panic_text(&*payload)) })
+        }
+    }
+}
+
+/// The message of a panic's payload (`&str` or `String`), or `no message`.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}
+
+/// Decodes a JPEG with zune-jpeg in strict mode: data that ends before the last scan is
+/// complete is an error ("truncated"), not filled with gray.
+fn decode_jpeg(bytes: &[u8], name: &Path, limits: &InputLimits) -> Result<DynamicImage> {
+    use zune_core::{bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions};
+    use zune_jpeg::errors::DecodeErrors;
+    let fail = |message: String| Error::Decode { path: name.into(), message };
+    let jpeg_err = |e: DecodeErrors| match e {
+        DecodeErrors::ExhaustedData | DecodeErrors::FormatStatic("Premature end of buffer") => {
+            fail("truncated JPEG: the data ends before the image is complete".into())
+        }
+        DecodeErrors::FormatStatic("Premature End of image") => {
+            fail("truncated JPEG: the end-of-image marker comes before any scan data".into())
+        }
+        e => fail(format!("JPEG: {e}")),
+    };
+    let options = DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(limits.max_side as usize)
+        .set_max_height(limits.max_side as usize)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    decoder.decode_headers().map_err(|e| match e {
+        DecodeErrors::LargeDimensions(_) => fail(format!(
+            "the JPEG's frame header declares a size beyond the limit of {} pixels a side (--max-image-side)",
+            limits.max_side
+        )),
+        e => jpeg_err(e),
+    })?;
+    let (w, h) = decoder.dimensions().ok_or_else(|| fail("JPEG: no frame header".into()))?;
+    limits.check_size(w as u64, h as u64).map_err(fail)?;
+    limits.check_bytes(&format!("a {w}x{h} JPEG's decoding memory"), 9 * w as u64 * h as u64).map_err(fail)?;
+    let orientation = decoder
+        .exif()
+        .and_then(|exif| image::metadata::Orientation::from_exif_chunk(exif))
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let pixels = decoder.decode().map_err(jpeg_err)?;
+    let rgb = RgbImage::from_raw(w as u32, h as u32, pixels)
+        .ok_or_else(|| fail(format!("JPEG: the decoder gave a buffer of the wrong size for {w}x{h} RGB")))?;
+    let mut img = DynamicImage::ImageRgb8(rgb);
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+fn decode_limited(bytes: &[u8], name: &Path, limits: &InputLimits) -> Result<RgbImage> {
+    let err = |e: image::ImageError| {
+        let message = match e {
+            image::ImageError::Limits(e) => format!(
+                "{e}: the limits are {} pixels a side (--max-image-side) and {} MiB of decoding memory (--max-input-mib)",
+                limits.max_side,
+                limits.max_input_bytes >> 20
+            ),
+            e => e.to_string(),
+        };
+        Error::Decode { path: name.into(), message }
+    };
+    if bytes.is_empty() {
+        return Err(Error::Decode { path: name.into(), message: "empty file".into() });
+    }
+    let mut reader =
+        ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| Error::io(name, e))?;
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        return Ok(decode_jpeg(bytes, name, limits)?.into_rgb8());
+    }
+    reader.limits(limits.image_limits());
     let mut decoder = reader.into_decoder().map_err(err)?;
     let orientation = decoder.orientation().map_err(err)?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(err)?;
@@ -47,24 +194,53 @@ fn decode_reader<R: std::io::BufRead + std::io::Seek>(reader: ImageReader<R>, pa
     Ok(img.into_rgb8())
 }
 
-/// Decodes an image file to 8-bit RGB, EXIF orientation applied, alpha discarded.
+/// Decodes an image file to 8-bit RGB, EXIF orientation applied, alpha discarded, under the
+/// default [`InputLimits`].
 ///
 /// The format is guessed from the content, not the extension.
 ///
 /// # Errors
-/// [`Error::Io`] when the file cannot be read, [`Error::Decode`] naming the file when its
-/// content is not a readable image.
+/// As [`decode_file_with`].
 pub fn decode_file(path: &Path) -> Result<RgbImage> {
-    let reader = ImageReader::open(path).map_err(|e| Error::io(path, e))?;
-    decode_reader(reader, path)
+    decode_file_with(path, &InputLimits::default())
 }
 
-/// Decodes an encoded image held in memory; `name` is used in error messages.
+/// [`decode_file`] under `limits`: the file's size is checked before it is read, its header
+/// before pixels are allocated.
 ///
 /// # Errors
-/// [`Error::Decode`] naming `name` when the bytes are not a readable image.
+/// [`Error::Io`] when the file cannot be read; [`Error::Decode`] naming the file when it is
+/// empty, larger than the limits, truncated (a JPEG without its end, a PNG cut short), not a
+/// readable image, or its decoder panicked.
+pub fn decode_file_with(path: &Path, limits: &InputLimits) -> Result<RgbImage> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let fail = |message: String| Error::Decode { path: path.into(), message };
+    limits.check_bytes("a file", len).map_err(fail)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    // The file may grow after the size check: read at most one byte past the limit.
+    file.take(limits.max_input_bytes + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    limits.check_bytes("a file", bytes.len() as u64).map_err(fail)?;
+    decode_bytes_with(&bytes, path, limits)
+}
+
+/// Decodes an encoded image held in memory under the default [`InputLimits`]; `name` is used
+/// in error messages.
+///
+/// # Errors
+/// As [`decode_bytes_with`].
 pub fn decode_bytes(bytes: &[u8], name: &Path) -> Result<RgbImage> {
-    decode_reader(ImageReader::new(std::io::Cursor::new(bytes)), name)
+    decode_bytes_with(bytes, name, &InputLimits::default())
+}
+
+/// [`decode_bytes`] under `limits`.
+///
+/// # Errors
+/// [`Error::Decode`] naming `name` when the bytes are empty, larger than the limits, truncated,
+/// not a readable image, or the decoder panicked.
+pub fn decode_bytes_with(bytes: &[u8], name: &Path, limits: &InputLimits) -> Result<RgbImage> {
+    catch_decoder_panic(name, || decode_limited(bytes, name, limits))
 }
 
 /// Brings `img` to `width x height` by `mode` (see the module docs); unchanged when it already
@@ -215,6 +391,32 @@ mod tests {
         for (o, w) in out.iter().zip(want) {
             assert!((o - w).abs() < 1e-6, "{out:?}");
         }
+    }
+
+    #[test]
+    fn a_decoder_panic_becomes_a_decode_error_naming_the_frame() {
+        let r: Result<()> = catch_decoder_panic(Path::new("cam#7"), || panic!("index out of bounds: {}", 9));
+        match r {
+            Err(Error::Decode { path, message }) => {
+                assert_eq!(path, Path::new("cam#7"));
+                assert_eq!(message, "decoder panicked: index out of bounds: 9");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn limits_refuse_sizes_beyond_them_and_accept_the_edge() {
+        let l = InputLimits { max_side: 100, max_input_bytes: 1 << 20, max_frames: 10 };
+        assert!(l.check_size(100, 100).is_ok());
+        assert!(l.check_size(101, 1).unwrap_err().contains("101x1 pixels exceeds the limit of 100"));
+        assert!(l.check_bytes("a file", 1 << 20).is_ok());
+        assert!(l
+            .check_bytes("a file", (1 << 20) + 1)
+            .unwrap_err()
+            .contains("1048577 bytes exceeds the limit of 1 MiB"));
+        let il = l.image_limits();
+        assert_eq!((il.max_image_width, il.max_image_height, il.max_alloc), (Some(100), Some(100), Some(1 << 20)));
     }
 
     #[test]

@@ -462,8 +462,9 @@ pub fn refine_frames<R: RngCore>(
     let spec = g.input().clone();
     let d = spec.frame_len();
     let mut x = vec![0.0; items.len() * d];
+    let limits = *gate.limits();
     for (item, dst) in items.iter().zip(x.chunks_exact_mut(d)) {
-        crate::frame::preprocess_into(&item.decode()?, &spec, dst)?;
+        crate::frame::preprocess_into(&item.decode_with(&limits)?, &spec, dst)?;
     }
     let count = items.len();
     let before_x = x.clone();

@@ -18,6 +18,8 @@ struct Cli {
     command: Command,
     #[command(flatten)]
     threads: cli::ThreadsArg,
+    #[command(flatten)]
+    limits: cli::LimitsArg,
 }
 
 #[derive(Subcommand)]
@@ -45,15 +47,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let threads = cli.threads.n;
+    let g = cli::Globals { threads: cli.threads.n, limits: cli.limits.limits() };
     let result = match &cli.command {
-        Command::Score(args) => cli::score::run(args, threads),
-        Command::Calibrate(args) => cli::calibrate::run(args, threads),
-        Command::Stream(args) => cli::stream::run(args, threads),
-        Command::Refine(args) => cli::langevin::refine(args, threads),
-        Command::Sample(args) => cli::langevin::sample(args, threads),
-        Command::Bench(args) => cli::bench::run(args, threads),
-        Command::Eval(args) => cli::eval::run(args, threads),
+        Command::Score(args) => cli::score::run(args, &g),
+        Command::Calibrate(args) => cli::calibrate::run(args, &g),
+        Command::Stream(args) => cli::stream::run(args, &g),
+        Command::Refine(args) => cli::langevin::refine(args, &g),
+        Command::Sample(args) => cli::langevin::sample(args, &g),
+        Command::Bench(args) => cli::bench::run(args, &g),
+        Command::Eval(args) => cli::eval::run(args, &g),
     };
     match result {
         Ok(code) => code,

@@ -15,6 +15,7 @@ use crate::core::conformal::{conformal_quantile, in_prediction_set, p_value};
 use crate::core::energy::Scores;
 use crate::core::gate::{decide, Reason, Verdict};
 use crate::error::{Error, Result};
+use crate::frame::InputLimits;
 use crate::model::Model;
 use crate::source::FrameItem;
 
@@ -45,6 +46,8 @@ pub struct Overrides {
     pub forward_batch: Option<usize>,
     /// Threads a batch's frames run on ([`crate::Model::set_threads`]; default 1).
     pub threads: Option<usize>,
+    /// Limits decoded frames are checked against (default [`InputLimits::default`]).
+    pub limits: Option<InputLimits>,
     /// Accept a `gate.json` written for another model (sha256 mismatch): keep its preprocessing
     /// and class names, set its gate and prediction sets aside. For recalibrating a retrained
     /// model; off by default, when such a bundle is refused.
@@ -235,6 +238,7 @@ pub struct EnergyGate {
     paths: BundlePaths,
     gate_file: Option<GateFile>,
     model_sha256: String,
+    limits: InputLimits,
 }
 
 impl EnergyGate {
@@ -381,7 +385,8 @@ impl EnergyGate {
             set_quantile,
             gate_set_aside,
         };
-        Ok(EnergyGate { model, input, class_names, settings, batch, paths, gate_file, model_sha256 })
+        let limits = overrides.limits.unwrap_or_default();
+        Ok(EnergyGate { model, input, class_names, settings, batch, paths, gate_file, model_sha256, limits })
     }
 
     /// The preprocessing spec.
@@ -394,7 +399,12 @@ impl EnergyGate {
         &self.class_names
     }
 
-    /// The effective gate settings.
+    /// The limits frames are decoded under ([`Overrides::limits`]).
+    pub fn limits(&self) -> &InputLimits {
+        &self.limits
+    }
+
+    /// The gate's settings.
     pub fn settings(&self) -> &GateSettings {
         &self.settings
     }
@@ -497,6 +507,7 @@ impl EnergyGate {
         let batch = self.batch;
         let len = self.input.frame_len();
         let spec = self.input.clone();
+        let limits = self.limits;
         std::thread::scope(|scope| {
             let (tx, rx) = mpsc::sync_channel::<(usize, Vec<f32>, Vec<Option<String>>)>(2);
             scope.spawn(move || {
@@ -504,7 +515,8 @@ impl EnergyGate {
                     let mut data = vec![0.0f32; chunk.len() * len];
                     let mut errors = Vec::with_capacity(chunk.len());
                     for (item, out) in chunk.iter().zip(data.chunks_mut(len)) {
-                        let r = item.decode().and_then(|img| crate::frame::preprocess_into(&img, &spec, out));
+                        let r =
+                            item.decode_with(&limits).and_then(|img| crate::frame::preprocess_into(&img, &spec, out));
                         errors.push(r.err().map(|e| e.to_string()));
                     }
                     if tx.send((b * batch, data, errors)).is_err() {

@@ -232,6 +232,16 @@ pub enum StreamError {
         /// How many bytes were skipped.
         len: u64,
     },
+    /// A frame longer than the limit (from `offset`, `len` bytes were skipped to the next
+    /// start-of-image marker).
+    TooLarge {
+        /// Where the frame starts in the stream.
+        offset: u64,
+        /// How many bytes were skipped.
+        len: u64,
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// The stream ended inside a frame.
     Truncated {
         /// Where the unfinished frame starts.
@@ -250,6 +260,11 @@ impl std::fmt::Display for StreamError {
             StreamError::Corrupt { offset, len } => {
                 write!(f, "corrupt JPEG frame at offset {offset}: broken marker structure, {len} bytes skipped")
             }
+            StreamError::TooLarge { offset, len, limit } => write!(
+                f,
+                "the frame at offset {offset} grew past the limit of {} MiB a frame (--max-input-mib): {len} bytes skipped",
+                limit >> 20
+            ),
             StreamError::Truncated { offset, len } => {
                 write!(f, "the stream ended inside a frame: it had {len} bytes from offset {offset}")
             }
@@ -270,15 +285,46 @@ enum Scan {
     Broken(usize),
 }
 
-/// Walks the marker segments of the JPEG at the start of `buf` (which begins with FF D8).
-fn scan_jpeg(buf: &[u8]) -> Scan {
-    let mut i = 2;
+/// Where [`scan_jpeg`] stopped in a frame it has not finished, so that the next call goes on
+/// from there: each byte of a frame is looked at once (linear time however it arrives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ScanPos {
+    /// Index of the next byte to look at.
+    at: usize,
+    /// Inside entropy-coded data (after a start-of-scan segment).
+    entropy: bool,
+}
+
+impl ScanPos {
+    const START: ScanPos = ScanPos { at: 2, entropy: false };
+}
+
+/// Walks the marker segments of the JPEG at the start of `buf` (which begins with FF D8) from
+/// `pos`, updating it where more bytes are needed.
+fn scan_jpeg(buf: &[u8], pos: &mut ScanPos) -> Scan {
+    let mut i = pos.at;
     loop {
+        if pos.entropy {
+            // Entropy-coded data: ends at the first FF not followed by 00 (stuffing) or a
+            // restart marker.
+            loop {
+                if i + 1 >= buf.len() {
+                    pos.at = i;
+                    return Scan::Incomplete;
+                }
+                if buf[i] == 0xFF && buf[i + 1] != 0x00 && !(0xD0..=0xD7).contains(&buf[i + 1]) {
+                    break;
+                }
+                i += 1;
+            }
+            pos.entropy = false;
+        }
         // Markers may be preceded by fill bytes FF.
         while i + 1 < buf.len() && buf[i] == 0xFF && buf[i + 1] == 0xFF {
             i += 1;
         }
         if i + 1 >= buf.len() {
+            pos.at = i;
             return Scan::Incomplete;
         }
         if buf[i] != 0xFF {
@@ -291,6 +337,7 @@ fn scan_jpeg(buf: &[u8]) -> Scan {
             0x01 | 0xD0..=0xD7 => i += 2,
             _ => {
                 if i + 3 >= buf.len() {
+                    pos.at = i;
                     return Scan::Incomplete;
                 }
                 let len = u16::from_be_bytes([buf[i + 2], buf[i + 3]]) as usize;
@@ -298,19 +345,7 @@ fn scan_jpeg(buf: &[u8]) -> Scan {
                     return Scan::Broken(i);
                 }
                 i += 2 + len;
-                if marker == 0xDA {
-                    // Entropy-coded data: ends at the first FF not followed by 00 (stuffing)
-                    // or a restart marker.
-                    loop {
-                        if i + 1 >= buf.len() {
-                            return Scan::Incomplete;
-                        }
-                        if buf[i] == 0xFF && buf[i + 1] != 0x00 && !(0xD0..=0xD7).contains(&buf[i + 1]) {
-                            break;
-                        }
-                        i += 1;
-                    }
-                }
+                pos.entropy = marker == 0xDA;
             }
         }
     }
@@ -318,9 +353,10 @@ fn scan_jpeg(buf: &[u8]) -> Scan {
 
 /// Splits a stream of concatenated JPEG images into frames (see the module docs).
 ///
-/// Each item is one JPEG's bytes, or an [`StreamError`] for garbage or a truncated last frame;
-/// after an error the reader goes on with the next frame. Memory holds at most one frame (or
-/// 1 MiB of garbage) plus one read chunk.
+/// Each item is one JPEG's bytes, or a [`StreamError`] for garbage, a frame larger than the
+/// limit, or a truncated last frame; after an error the reader goes on with the next frame.
+/// Memory holds at most one frame of up to `max_frame_bytes` (or 1 MiB of garbage) plus one
+/// read chunk, and each byte is scanned once.
 #[derive(Debug)]
 pub struct MjpegReader<R: Read> {
     reader: R,
@@ -328,12 +364,36 @@ pub struct MjpegReader<R: Read> {
     /// Stream offset of `buf[0]`.
     offset: u64,
     eof: bool,
+    /// Where the scan of the frame at the start of `buf` goes on.
+    pos: ScanPos,
+    /// Bytes at the start of `buf` already searched for a start-of-image (garbage).
+    searched: usize,
+    max_frame_bytes: usize,
 }
 
+/// Largest MJPEG frame [`MjpegReader::new`] accepts: 256 MiB, the default
+/// [`InputLimits`](crate::frame::InputLimits)' `max_input_bytes`.
+pub const MAX_MJPEG_FRAME_BYTES: usize = 256 << 20;
+
 impl<R: Read> MjpegReader<R> {
-    /// Reads from `reader` (a file, stdin, a pipe).
+    /// Reads from `reader` (a file, stdin, a pipe), with frames of at most
+    /// [`MAX_MJPEG_FRAME_BYTES`].
     pub fn new(reader: R) -> Self {
-        MjpegReader { reader, buf: Vec::new(), offset: 0, eof: false }
+        Self::with_max_frame(reader, MAX_MJPEG_FRAME_BYTES)
+    }
+
+    /// Reads from `reader`; a frame that grows past `max_frame_bytes` without ending is
+    /// reported as [`StreamError::TooLarge`] and skipped to the next start-of-image.
+    pub fn with_max_frame(reader: R, max_frame_bytes: usize) -> Self {
+        MjpegReader {
+            reader,
+            buf: Vec::new(),
+            offset: 0,
+            eof: false,
+            pos: ScanPos::START,
+            searched: 0,
+            max_frame_bytes: max_frame_bytes.max(4),
+        }
     }
 
     fn fill(&mut self) -> std::result::Result<bool, StreamError> {
@@ -363,7 +423,22 @@ impl<R: Read> MjpegReader<R> {
     fn consume(&mut self, n: usize) -> Vec<u8> {
         let rest = self.buf.split_off(n);
         self.offset += n as u64;
+        self.pos = ScanPos::START;
+        self.searched = 0;
         std::mem::replace(&mut self.buf, rest)
+    }
+
+    /// Drops the frame at the start of `buf` and everything up to the next start-of-image
+    /// after `from` (or all of `buf`), returning the offset and length dropped.
+    fn skip_frame(&mut self, from: usize) -> (u64, u64) {
+        let skip = find_soi(&self.buf, from.max(2)).unwrap_or(self.buf.len());
+        let offset = self.offset;
+        let rest = self.buf.split_off(skip);
+        self.buf = rest;
+        self.offset += skip as u64;
+        self.pos = ScanPos::START;
+        self.searched = 0;
+        (offset, skip as u64)
     }
 }
 
@@ -377,7 +452,7 @@ impl<R: Read> Iterator for MjpegReader<R> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             // Bytes before the next start-of-image are garbage.
-            match find_soi(&self.buf, 0) {
+            match find_soi(&self.buf, self.searched) {
                 Some(0) => {}
                 Some(p) => {
                     let offset = self.offset;
@@ -390,6 +465,7 @@ impl<R: Read> Iterator for MjpegReader<R> {
                     // of garbage does not pile up in memory. A trailing FF may start an SOI.
                     let keep = usize::from(self.buf.last() == Some(&0xFF));
                     let junk = self.buf.len() - keep;
+                    self.searched = junk;
                     if junk > 1 << 20 {
                         let offset = self.offset;
                         self.consume(junk);
@@ -407,14 +483,25 @@ impl<R: Read> Iterator for MjpegReader<R> {
                     }
                 }
             }
-            match scan_jpeg(&self.buf) {
+            let mut pos = self.pos;
+            let scan = scan_jpeg(&self.buf, &mut pos);
+            self.pos = pos;
+            match scan {
+                Scan::Complete(n) if n > self.max_frame_bytes => {
+                    let (offset, len) = self.skip_frame(n);
+                    return Some(Err(StreamError::TooLarge { offset, len, limit: self.max_frame_bytes as u64 }));
+                }
                 Scan::Complete(n) => return Some(Ok(self.consume(n))),
                 Scan::Broken(at) => {
                     // Skip to the next SOI after this one's start.
-                    let skip = find_soi(&self.buf, at.max(2)).unwrap_or(self.buf.len());
-                    let offset = self.offset;
-                    self.consume(skip);
-                    return Some(Err(StreamError::Corrupt { offset, len: skip as u64 }));
+                    let (offset, len) = self.skip_frame(at);
+                    return Some(Err(StreamError::Corrupt { offset, len }));
+                }
+                Scan::Incomplete if self.buf.len() > self.max_frame_bytes => {
+                    // A frame that never ends (a scan that never reaches a marker, say): drop
+                    // what it had, resynchronise on the next start-of-image.
+                    let (offset, len) = self.skip_frame(self.buf.len());
+                    return Some(Err(StreamError::TooLarge { offset, len, limit: self.max_frame_bytes as u64 }));
                 }
                 Scan::Incomplete => match self.fill() {
                     Ok(true) => continue,

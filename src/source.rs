@@ -8,21 +8,30 @@ use std::sync::Arc;
 use image::RgbImage;
 
 use crate::error::{Error, Result};
-use crate::frame;
+use crate::frame::{self, InputLimits};
 
 /// Gray images held in memory, `[n, height, width]` row-major, one byte per pixel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GrayStack {
     /// The file they came from.
     pub path: PathBuf,
-    /// Number of images.
+    /// Number of images the header declares (the body may hold fewer: see `pixels`).
     pub n: usize,
     /// Rows per image.
     pub height: u32,
     /// Columns per image.
     pub width: u32,
-    /// `n * height * width` bytes.
+    /// The body's whole images: `n * height * width` bytes, or fewer (a multiple of
+    /// `height * width`) when the file ends early; the missing images fail to decode.
     pub pixels: Vec<u8>,
+}
+
+impl GrayStack {
+    /// Images the body holds in full.
+    pub fn complete(&self) -> usize {
+        let len = self.height as usize * self.width as usize;
+        self.pixels.len().checked_div(len).unwrap_or(0)
+    }
 }
 
 /// One frame to score: where to get it, and its class label when known.
@@ -43,25 +52,42 @@ pub enum Origin {
     File(PathBuf),
     /// Image `index` of a stack of gray images.
     Stacked(Arc<GrayStack>, usize),
+    /// An input that cannot give frames (an IDX file with a bad header, say): it fails to
+    /// decode with this message, as one rejected frame, and the run goes on.
+    Unreadable(String),
 }
 
 impl FrameItem {
-    /// Decodes the frame to 8-bit RGB (gray replicated).
+    /// Decodes the frame to 8-bit RGB (gray replicated) under the default [`InputLimits`].
     ///
     /// # Errors
-    /// As [`frame::decode_file`].
+    /// As [`decode_with`](Self::decode_with).
     pub fn decode(&self) -> Result<RgbImage> {
+        self.decode_with(&InputLimits::default())
+    }
+
+    /// Decodes the frame to 8-bit RGB (gray replicated) under `limits`.
+    ///
+    /// # Errors
+    /// As [`frame::decode_file_with`]; [`Error::Decode`] naming `FILE#index` for an image past
+    /// the end of a short IDX body, and naming the file for an [`Origin::Unreadable`] input.
+    pub fn decode_with(&self, limits: &InputLimits) -> Result<RgbImage> {
+        let fail = |message: String| Error::Decode { path: self.name.clone().into(), message };
         match &self.origin {
-            Origin::File(path) => frame::decode_file(path),
+            Origin::File(path) => frame::decode_file_with(path, limits),
             Origin::Stacked(stack, i) => {
-                let len = (stack.height * stack.width) as usize;
-                let px = &stack.pixels[i * len..(i + 1) * len];
+                let len = stack.height as usize * stack.width as usize;
+                let px = stack.pixels.get(i * len..(i + 1) * len).ok_or_else(|| {
+                    fail(format!(
+                        "truncated IDX file: the body ends after {} of the {} images its header declares",
+                        stack.complete(),
+                        stack.n
+                    ))
+                })?;
                 let rgb: Vec<u8> = px.iter().flat_map(|&v| [v, v, v]).collect();
-                RgbImage::from_raw(stack.width, stack.height, rgb).ok_or_else(|| Error::Decode {
-                    path: self.name.clone().into(),
-                    message: "short pixel buffer".into(),
-                })
+                RgbImage::from_raw(stack.width, stack.height, rgb).ok_or_else(|| fail("short pixel buffer".into()))
             }
+            Origin::Unreadable(message) => Err(fail(message.clone())),
         }
     }
 }
@@ -69,34 +95,72 @@ impl FrameItem {
 /// Reads an IDX file of unsigned bytes with 3 dimensions `[n, rows, cols]` (magic `0x00000803`),
 /// gzip-compressed when its name ends in `.gz`. Format: LeCun et al., the MNIST database page.
 ///
+/// Checked against `limits` before allocating: the file's size, the decompressed size (read
+/// at most one byte past the limit), rows and cols, and `n * rows * cols` (checked arithmetic).
+/// A body shorter than the header declares is kept: the images it holds decode, the missing
+/// ones fail with their own error (see [`FrameItem::decode_with`]).
+///
 /// # Errors
-/// [`Error::Io`] when unreadable, [`Error::Decode`] naming the file for a bad magic number or
-/// a short body.
-pub fn read_idx_images(path: &Path) -> Result<GrayStack> {
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bytes = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz")) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| Error::Decode { path: path.into(), message: format!("gzip: {e}") })?;
-        out
-    } else {
-        raw
-    };
+/// [`Error::Io`] when unreadable, [`Error::Decode`] naming the file for a bad magic number, a
+/// header beyond the limits, or a file larger than them.
+pub fn read_idx_images(path: &Path, limits: &InputLimits) -> Result<GrayStack> {
     let bad = |message: String| Error::Decode { path: path.into(), message };
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let on_disk = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    limits.check_bytes("an IDX file", on_disk).map_err(bad)?;
+    let cap = limits.max_input_bytes + 1;
+    let mut bytes = Vec::new();
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz")) {
+        flate2::read::GzDecoder::new(std::io::BufReader::new(file))
+            .take(cap)
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(format!("gzip: {e}")))?;
+        limits.check_bytes("a decompressed IDX file", bytes.len() as u64).map_err(bad)?;
+    } else {
+        file.take(cap).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+        limits.check_bytes("an IDX file", bytes.len() as u64).map_err(bad)?;
+    }
+    if bytes.is_empty() {
+        return Err(bad("empty file".into()));
+    }
     if bytes.len() < 16 {
-        return Err(bad(format!("{} bytes is too short for an IDX header", bytes.len())));
+        return Err(bad(format!("truncated IDX file: {} bytes is too short for an IDX header", bytes.len())));
     }
     let word = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     if word(0) != 0x0803 {
         return Err(bad(format!("IDX magic {:#010x} is not 0x00000803 (3-D unsigned bytes)", word(0))));
     }
-    let (n, height, width) = (word(4) as usize, word(8), word(12));
-    let need = 16 + n * (height * width) as usize;
-    if bytes.len() < need {
-        return Err(bad(format!("IDX body is {} bytes, header says {need}", bytes.len())));
+    let (n, height, width) = (word(4), word(8), word(12));
+    if height == 0 || width == 0 {
+        return Err(bad(format!("IDX images of {width}x{height} pixels: rows and cols must be at least 1")));
     }
-    Ok(GrayStack { path: path.into(), n, height, width, pixels: bytes[16..need].to_vec() })
+    limits.check_size(width as u64, height as u64).map_err(|m| bad(format!("IDX images of {m}")))?;
+    if n as u64 > limits.max_frames as u64 {
+        return Err(bad(format!(
+            "the IDX header declares {n} images, more than the limit of {} frames (--max-frames)",
+            limits.max_frames
+        )));
+    }
+    let len = width as u64 * height as u64;
+    let declared = (n as u64).checked_mul(len).filter(|&b| b <= limits.max_input_bytes).ok_or_else(|| {
+        bad(format!(
+            "the IDX header declares {n} images of {width}x{height} pixels, more than the limit of {} MiB \
+             (--max-input-mib)",
+            limits.max_input_bytes >> 20
+        ))
+    })? as usize;
+    let body = &bytes[16..];
+    let whole = body.len().min(declared) / len as usize * len as usize;
+    bytes.truncate(16 + whole);
+    bytes.drain(..16);
+    Ok(GrayStack { path: path.into(), n: n as usize, height, width, pixels: bytes })
+}
+
+/// `message` without a leading `PATH: ` (the frame's name carries the path).
+fn strip_path(message: &str, path: &Path) -> String {
+    let prefix = format!("{}: ", path.display());
+    let m = message.strip_prefix(&prefix).unwrap_or(message);
+    m.strip_prefix("cannot decode image: ").unwrap_or(m).to_string()
 }
 
 fn is_idx(path: &Path) -> bool {
@@ -112,10 +176,34 @@ fn is_idx(path: &Path) -> bool {
 /// With `class_names`, a folder whose files all sit in `<class>/` subfolders named after the
 /// classes (ImageFolder layout) gives labelled frames.
 ///
+/// An IDX file that cannot be read becomes one frame that fails with the reason
+/// ([`Origin::Unreadable`]); the other inputs are unaffected.
+///
+/// Under the default [`InputLimits`]; see [`collect_with`].
+///
 /// # Errors
-/// [`Error::Io`] for a folder that cannot be read; IDX errors as
-/// [`read_idx_images`].
+/// As [`collect_with`].
 pub fn collect(inputs: &[PathBuf], class_names: Option<&[String]>) -> Result<Vec<FrameItem>> {
+    collect_with(inputs, class_names, &InputLimits::default())
+}
+
+/// [`collect`] under `limits`: IDX files are read under them, and there are at most
+/// `limits.max_frames` frames in all.
+///
+/// # Errors
+/// [`Error::Io`] for a folder that cannot be read; [`Error::Invalid`] for more frames than
+/// `limits.max_frames`.
+pub fn collect_with(
+    inputs: &[PathBuf],
+    class_names: Option<&[String]>,
+    limits: &InputLimits,
+) -> Result<Vec<FrameItem>> {
+    let too_many = || {
+        Error::Invalid(format!(
+            "the inputs give more than {} frames (--max-frames); raise the limit or score them in parts",
+            limits.max_frames
+        ))
+    };
     let mut items = Vec::new();
     for input in inputs {
         if input.is_dir() {
@@ -126,6 +214,9 @@ pub fn collect(inputs: &[PathBuf], class_names: Option<&[String]>) -> Result<Vec
                     Error::io(path, e.into_io_error().unwrap_or_else(|| std::io::Error::other("walk error")))
                 })?;
                 if entry.file_type().is_file() && frame::is_image_path(entry.path()) {
+                    if items.len() + files.len() >= limits.max_frames {
+                        return Err(too_many());
+                    }
                     files.push(entry.into_path());
                 }
             }
@@ -146,7 +237,21 @@ pub fn collect(inputs: &[PathBuf], class_names: Option<&[String]>) -> Result<Vec
                 items.push(FrameItem { name: f.display().to_string(), label, origin: Origin::File(f) });
             }
         } else if input.is_file() && is_idx(input) {
-            let stack = Arc::new(read_idx_images(input)?);
+            let stack = match read_idx_images(input, limits) {
+                Ok(stack) => Arc::new(stack),
+                Err(e @ (Error::Decode { .. } | Error::Io { .. })) => {
+                    items.push(FrameItem {
+                        name: input.display().to_string(),
+                        label: None,
+                        origin: Origin::Unreadable(strip_path(&e.to_string(), input)),
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if items.len() + stack.n > limits.max_frames {
+                return Err(too_many());
+            }
             for i in 0..stack.n {
                 items.push(FrameItem {
                     name: format!("{}#{i}", input.display()),
@@ -155,6 +260,9 @@ pub fn collect(inputs: &[PathBuf], class_names: Option<&[String]>) -> Result<Vec
                 });
             }
         } else {
+            if items.len() >= limits.max_frames {
+                return Err(too_many());
+            }
             // A missing or unreadable file becomes a frame that fails to decode: it is rejected
             // with its reason and the run goes on.
             items.push(FrameItem {

@@ -58,7 +58,7 @@ use crate::bundle::{InputSpec, ResizeMode};
 use crate::core::debounce::{DebounceError, Debouncer, State};
 use crate::core::gate::{Reason, Verdict};
 use crate::error::{Error, Result};
-use crate::frame::{decode_bytes, preprocess_into};
+use crate::frame::{catch_decoder_panic, decode_bytes_with, panic_text, preprocess_into, InputLimits};
 use crate::pipeline::{EnergyGate, FrameReport};
 pub use crate::raw::StreamFormat;
 use crate::raw::{raw_to_rgb, MjpegReader, RawReader, StreamError, TimedFrame as Item};
@@ -287,7 +287,7 @@ enum Prepared {
 }
 
 /// The frames of `source` (built on the reader thread: a camera's buffers stay there).
-fn frames(source: StreamSource, format: StreamFormat) -> Result<Box<dyn Iterator<Item = Item>>> {
+fn frames(source: StreamSource, format: StreamFormat, limits: &InputLimits) -> Result<Box<dyn Iterator<Item = Item>>> {
     let stamp = |r| (r, Instant::now());
     Ok(match source {
         StreamSource::Bytes(reader) => match format {
@@ -295,7 +295,10 @@ fn frames(source: StreamSource, format: StreamFormat) -> Result<Box<dyn Iterator
                 let len = format.frame_len(width, height)?;
                 Box::new(RawReader::new(reader, len).map(stamp))
             }
-            StreamFormat::Mjpeg => Box::new(MjpegReader::new(reader).map(stamp)),
+            StreamFormat::Mjpeg => {
+                let max = usize::try_from(limits.max_input_bytes).unwrap_or(usize::MAX);
+                Box::new(MjpegReader::with_max_frame(reader, max).map(stamp))
+            }
         },
         #[cfg(feature = "v4l2")]
         StreamSource::Camera(camera) => Box::new(camera.frames()),
@@ -303,24 +306,39 @@ fn frames(source: StreamSource, format: StreamFormat) -> Result<Box<dyn Iterator
 }
 
 /// Converts one frame's bytes to RGB at its own size.
-fn to_rgb(bytes: &[u8], format: StreamFormat, name: &str) -> Result<RgbImage> {
+fn to_rgb(bytes: &[u8], format: StreamFormat, name: &str, limits: &InputLimits) -> Result<RgbImage> {
     match format {
         StreamFormat::Raw { format, width, height, yuv } => raw_to_rgb(bytes, format, width, height, yuv),
-        StreamFormat::Mjpeg => decode_bytes(bytes, Path::new(name)),
+        StreamFormat::Mjpeg => decode_bytes_with(bytes, Path::new(name), limits),
     }
 }
 
 /// Converts, resizes and normalises one frame.
-fn prepare(bytes: &[u8], options: &StreamOptions, spec: &InputSpec, index: u64) -> Result<(Vec<f32>, RgbImage)> {
+/// A panic in a converter or decoder costs this frame only.
+fn prepare(
+    bytes: &[u8],
+    options: &StreamOptions,
+    spec: &InputSpec,
+    limits: &InputLimits,
+    index: u64,
+) -> Result<(Vec<f32>, RgbImage)> {
     let name = format!("{}#{index}", options.source_name);
-    let rgb = to_rgb(bytes, options.format, &name)?;
-    let mut input = vec![0.0f32; spec.frame_len()];
-    preprocess_into(&rgb, spec, &mut input)?;
-    Ok((input, rgb))
+    catch_decoder_panic(Path::new(&name), || {
+        let rgb = to_rgb(bytes, options.format, &name, limits)?;
+        let mut input = vec![0.0f32; spec.frame_len()];
+        preprocess_into(&rgb, spec, &mut input)?;
+        Ok((input, rgb))
+    })
 }
 
-fn reader_thread(source: StreamSource, options: StreamOptions, spec: InputSpec, tx: mpsc::SyncSender<Prepared>) {
-    let items = match frames(source, options.format) {
+fn reader_thread(
+    source: StreamSource,
+    options: StreamOptions,
+    spec: InputSpec,
+    limits: InputLimits,
+    tx: mpsc::SyncSender<Prepared>,
+) {
+    let items = match frames(source, options.format, &limits) {
         Ok(items) => items,
         Err(e) => {
             let _ = tx.send(Prepared::ReadError(e.to_string()));
@@ -334,12 +352,12 @@ fn reader_thread(source: StreamSource, options: StreamOptions, spec: InputSpec, 
             Ok(bytes) => {
                 let i = index;
                 index += 1;
-                match prepare(&bytes, &options, &spec, i) {
+                match prepare(&bytes, &options, &spec, &limits, i) {
                     Ok((input, rgb)) => Prepared::Frame { index: i, input, rgb: keep_rgb.then_some(rgb), received },
                     Err(e) => Prepared::Failed { index: i, message: e.to_string().trim_end().to_string(), received },
                 }
             }
-            Err(e @ (StreamError::Corrupt { .. } | StreamError::Truncated { .. })) => {
+            Err(e @ (StreamError::Corrupt { .. } | StreamError::TooLarge { .. } | StreamError::Truncated { .. })) => {
                 let i = index;
                 index += 1;
                 let mut message = e.to_string();
@@ -456,13 +474,21 @@ pub fn run_stream(
 
     let (tx, rx) = mpsc::sync_channel::<Prepared>(2 * max_batch);
     {
-        let (options, spec) = (options.clone(), spec.clone());
+        let (options, spec, limits) = (options.clone(), spec.clone(), *gate.limits());
         // Not scoped: a reader blocked on a stalled pipe must not keep a stopped run waiting.
         // It ends by itself at the end of its input, or when its next send finds the channel
-        // closed.
+        // closed. A panic in it (in a camera or reader, say) is reported as a read error: the
+        // run stops as failed, never as the end of the input.
         std::thread::Builder::new()
             .name("ebm-gate-reader".into())
-            .spawn(move || reader_thread(source, options, spec, tx))
+            .spawn(move || {
+                let report = tx.clone();
+                let run = std::panic::AssertUnwindSafe(|| reader_thread(source, options, spec, limits, tx));
+                if let Err(payload) = std::panic::catch_unwind(run) {
+                    let _ = report
+                        .send(Prepared::ReadError(format!("the reader thread panicked: {}", panic_text(&*payload))));
+                }
+            })
             .map_err(|e| Error::Invalid(format!("cannot start the reader thread: {e}")))?;
     }
 

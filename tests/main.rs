@@ -1,6 +1,7 @@
 //! Integration tests: one binary of modules.
 
 mod agreement;
+mod bad_input;
 mod bench;
 mod bundle_errors;
 mod calibration_golden;

@@ -224,6 +224,11 @@ def main() -> None:
     ap.add_argument("--m-out", type=float, default=-4.0,
                     help="outlier energy margin (Liu et al.'s WRN: -5; tuned for AirNet: -4)")
     ap.add_argument("--energy-weight", type=float, default=0.1, help="weight of the energy hinge (Liu et al.: 0.1)")
+    ap.add_argument("--distill-weight", type=float, default=0.0,
+                    help="weight of a distillation term that keeps the in-distribution predictions of the starting "
+                         "model (a frozen copy): KL(teacher || student) at --distill-temperature, times its square "
+                         "(Hinton et al. 2015); 0 = off")
+    ap.add_argument("--distill-temperature", type=float, default=4.0)
     ap.add_argument("--val-per-source", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
@@ -277,6 +282,14 @@ def main() -> None:
               "--lr 0.1 --epochs 15 reached 95.6%): raise --lr and --epochs", flush=True)
         net.head = torch.nn.Linear(net.head.in_features, len(class_names), bias=False)
     net.whiten.weight.requires_grad_(False)
+    teacher = None
+    if args.distill_weight > 0:
+        if net.head.out_features != len(class_names):
+            raise SystemExit("--distill-weight needs the starting model's classes (a new head has no teacher)")
+        import copy
+        teacher = copy.deepcopy(net).to(device).to(memory_format=torch.channels_last).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
     model = net.to(device).to(memory_format=torch.channels_last)
     model.train()
 
@@ -359,6 +372,13 @@ def main() -> None:
             e = free_energy(logits)
             hinge = F.relu(e[:n_in] - args.m_in).pow(2).mean() + F.relu(args.m_out - e[n_in:]).pow(2).mean()
             loss = ce + args.energy_weight * hinge
+            if teacher is not None:
+                tau = args.distill_temperature
+                with torch.no_grad(), torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+                    t_logits = teacher(xb[:n_in]).float()
+                kd = F.kl_div(F.log_softmax(logits[:n_in] / tau, 1), F.log_softmax(t_logits / tau, 1),
+                              reduction="batchmean", log_target=True) * tau * tau
+                loss = loss + args.distill_weight * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,5 +1,6 @@
 //! `bench`: per-stage latency on this machine.
 
+use super::Globals;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -41,7 +42,8 @@ pub struct BenchArgs {
 }
 
 /// `ebm-gate bench`.
-pub fn run(a: &BenchArgs, threads: usize) -> Result<ExitCode> {
+pub fn run(a: &BenchArgs, g: &Globals) -> Result<ExitCode> {
+    let threads = g.threads;
     let BenchArgs { model, batch, forward_batch, frames, runs, warmup, no_gradient, ops, json } = a;
     let (batch, forward_batch, frames, runs, warmup, gradient, ops) =
         (*batch, *forward_batch, frames.clone(), *runs, *warmup, !*no_gradient, *ops);

@@ -9,9 +9,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use ebm_gate::calibrate::{calibrate, CalibrateOptions};
 use ebm_gate::pipeline::Overrides;
-use ebm_gate::source::collect;
+use ebm_gate::source::collect_with;
 
-use super::{open, progress_bar};
+use super::{open, progress_bar, Globals};
 
 /// Arguments of `ebm-gate calibrate`.
 #[derive(Args)]
@@ -47,13 +47,20 @@ pub struct CalibrateArgs {
 }
 
 /// `ebm-gate calibrate`.
-pub fn run(a: &CalibrateArgs, threads: usize) -> Result<ExitCode> {
+pub fn run(a: &CalibrateArgs, g: &Globals) -> Result<ExitCode> {
+    let threads = g.threads;
     let CalibrateArgs { model, id, alpha, holdout, seed, out, plots, batch, new_model } = a;
     let (alpha, holdout, seed, batch, new_model) = (*alpha, *holdout, *seed, *batch, *new_model);
     let (out, plots) = (out.clone(), plots.as_deref());
     let mut gate = open(
         model,
-        &Overrides { batch: Some(batch), accept_new_model: new_model, threads: Some(threads), ..Overrides::default() },
+        &Overrides {
+            batch: Some(batch),
+            accept_new_model: new_model,
+            threads: Some(threads),
+            limits: Some(g.limits),
+            ..Overrides::default()
+        },
     )?;
     if let Some(why) = &gate.settings().gate_set_aside {
         eprintln!("note: {why}; refitting the gate for {}", gate.paths().model.display());
@@ -71,7 +78,8 @@ pub fn run(a: &CalibrateArgs, threads: usize) -> Result<ExitCode> {
         std::fs::create_dir_all(dir).with_context(|| format!("--plots {}: cannot create the folder", dir.display()))?;
     }
     let names = gate.class_names().to_vec();
-    let items = collect(&[id.to_path_buf()], Some(&names)).with_context(|| format!("reading {}", id.display()))?;
+    let items = collect_with(&[id.to_path_buf()], Some(&names), &g.limits)
+        .with_context(|| format!("reading {}", id.display()))?;
     let opts = CalibrateOptions { alpha, holdout, seed, data: id.display().to_string(), root: id.to_path_buf() };
     let bar = progress_bar(items.len(), true);
     bar.set_message("calibrate");

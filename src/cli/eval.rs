@@ -9,7 +9,7 @@ use clap::Args;
 use ebm_gate::eval::{evaluate, EvalOptions, EvalProgress, EvalReport, ScoreKind};
 use ebm_gate::pipeline::{FrameReport, GateRule};
 
-use super::{open, progress_bar, GateArgs};
+use super::{open, progress_bar, GateArgs, Globals};
 
 /// Arguments of `ebm-gate eval`.
 #[derive(Args)]
@@ -46,9 +46,9 @@ fn parse_named(s: &str) -> Result<(String, PathBuf), String> {
 }
 
 /// `ebm-gate eval`.
-pub fn run(a: &EvalArgs, threads: usize) -> Result<ExitCode> {
+pub fn run(a: &EvalArgs, g: &Globals) -> Result<ExitCode> {
     let t_load = Instant::now();
-    let mut gate = open(&a.model, &a.gate.overrides(threads))?;
+    let mut gate = open(&a.model, &a.gate.overrides(g))?;
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let options = EvalOptions { limit: a.limit.map(|n| n as usize), splits: a.splits as usize };
     let mut bar = progress_bar(0, false);

@@ -1,5 +1,6 @@
 //! `refine` and `sample`: SGLD on the bundle's energy-gradient graph.
 
+use super::Globals;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,7 +14,7 @@ use ebm_gate::langevin::{
 };
 use ebm_gate::pipeline::{EnergyGate, FrameReport, Overrides};
 use ebm_gate::record::FrameRecord;
-use ebm_gate::source::collect;
+use ebm_gate::source::collect_with;
 use image::{imageops, Rgb, RgbImage};
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -88,12 +89,17 @@ fn describe(settings: &LangevinSettings, target: EnergyTarget, g: &EnergyGradien
     )
 }
 
-fn open_both(model: &Path, args: &ChainArgs, threads: usize) -> Result<(EnergyGradient, EnergyGate)> {
+fn open_both(model: &Path, args: &ChainArgs, globals: &Globals) -> Result<(EnergyGradient, EnergyGate)> {
     let mut g = EnergyGradient::open(model, args.temperature)
         .with_context(|| format!("cannot load the energy-gradient graph of {}", model.display()))?;
-    g.set_threads(threads)?;
-    let overrides =
-        Overrides { temperature: args.temperature, batch: Some(1), threads: Some(threads), ..Overrides::default() };
+    g.set_threads(globals.threads)?;
+    let overrides = Overrides {
+        temperature: args.temperature,
+        batch: Some(1),
+        threads: Some(globals.threads),
+        limits: Some(globals.limits),
+        ..Overrides::default()
+    };
     let gate = EnergyGate::open(model, &overrides).with_context(|| format!("cannot load model {}", model.display()))?;
     Ok((g, gate))
 }
@@ -137,14 +143,14 @@ fn ms(s: Option<f64>) -> String {
 }
 
 /// `ebm-gate refine`.
-pub fn refine(a: &RefineArgs, threads: usize) -> Result<ExitCode> {
+pub fn refine(a: &RefineArgs, globals: &Globals) -> Result<ExitCode> {
     let RefineArgs { model, frames, out, batch, chain: args } = a;
     let batch = *batch;
-    let (mut g, mut gate) = open_both(model, args, threads)?;
+    let (mut g, mut gate) = open_both(model, args, globals)?;
     let settings = args.settings(0.2, 0.005)?;
     let target = args.target(&g)?;
     let spec = g.input().clone();
-    let items = collect(frames, None)?;
+    let items = collect_with(frames, None, &globals.limits)?;
     if items.is_empty() {
         bail!(
             "no image files found in {}",
@@ -309,7 +315,7 @@ pub struct SampleArgs {
 }
 
 /// `ebm-gate sample`.
-pub fn sample(s: &SampleArgs, threads: usize) -> Result<ExitCode> {
+pub fn sample(s: &SampleArgs, globals: &Globals) -> Result<ExitCode> {
     let (model, args) = (&s.model, &s.chain);
     // Outputs are checked before the chain runs, so that a run that fails leaves the buffer as it was.
     if !s.out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
@@ -321,7 +327,7 @@ pub fn sample(s: &SampleArgs, threads: usize) -> Result<ExitCode> {
     if let Some(dir) = s.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let (mut g, mut gate) = open_both(model, args, threads)?;
+    let (mut g, mut gate) = open_both(model, args, globals)?;
     // JEM's step (2) is for models trained with SGLD, whose input gradients are large; on the
     // reference classifier it moved fresh noise by 0.15 in energy in 20 steps, 20 moves it.
     let settings = args.settings(20.0, 0.01)?;

@@ -14,6 +14,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use ebm_gate::core::check::{self, SettingError};
+use ebm_gate::frame::InputLimits;
 use ebm_gate::pipeline::{EnergyGate, Overrides};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -25,6 +26,43 @@ pub struct ThreadsArg {
     /// `--features multithread` also splits one frame's matrix products over N threads); 1 to 256
     #[arg(long = "threads", default_value_t = 1, value_name = "N", global = true, value_parser = threads)]
     pub n: usize,
+}
+
+/// The limits outside input is checked against before memory is allocated for it: global
+/// flags (`ebm_gate::frame::InputLimits`).
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct LimitsArg {
+    /// Largest width or height of an image or frame, in pixels; larger ones are rejected from
+    /// their header, before decoding
+    #[arg(long, default_value_t = InputLimits::default().max_side, value_name = "PX", global = true, value_parser = side)]
+    pub max_image_side: u32,
+    /// Largest input buffer, in MiB: an image file, a decoded image's working memory, a
+    /// decompressed IDX file, an MJPEG frame
+    #[arg(long, default_value_t = InputLimits::default().max_input_bytes >> 20, value_name = "MIB", global = true, value_parser = mib)]
+    pub max_input_mib: u64,
+    /// Most frames one run takes from its inputs (folders, IDX files)
+    #[arg(long, default_value_t = InputLimits::default().max_frames, value_name = "N", global = true, value_parser = count)]
+    pub max_frames: usize,
+}
+
+impl LimitsArg {
+    /// The library's limits.
+    pub fn limits(&self) -> InputLimits {
+        InputLimits {
+            max_side: self.max_image_side,
+            max_input_bytes: self.max_input_mib << 20,
+            max_frames: self.max_frames,
+        }
+    }
+}
+
+/// What the global flags give every command.
+#[derive(Clone, Copy, Debug)]
+pub struct Globals {
+    /// `--threads`.
+    pub threads: usize,
+    /// `--max-image-side`, `--max-input-mib`, `--max-frames`.
+    pub limits: InputLimits,
 }
 
 /// The gate's flags of `score`, `eval` and `stream`.
@@ -53,11 +91,12 @@ pub struct GateArgs {
 }
 
 impl GateArgs {
-    /// The library's overrides on `threads` threads, with `score`'s and `eval`'s default
+    /// The library's overrides with the global flags `g`, with `score`'s and `eval`'s default
     /// batch of 32.
-    pub fn overrides(&self, threads: usize) -> Overrides {
+    pub fn overrides(&self, g: &Globals) -> Overrides {
         Overrides {
-            threads: Some(threads),
+            threads: Some(g.threads),
+            limits: Some(g.limits),
             threshold: self.threshold,
             temperature: self.temperature,
             alpha: self.alpha,
@@ -111,6 +150,22 @@ where
 /// clap parser of a count that must be at least 1 (`--batch`, `--runs`, ...).
 pub fn count(s: &str) -> Result<usize, String> {
     checked(s, |n| check::at_least_one("the value", n))
+}
+
+/// clap parser of `--max-image-side`: 1 to 65,535 pixels (the largest JPEG side).
+fn side(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>().map_err(|e| e.to_string())? {
+        n @ 1..=65_535 => Ok(n),
+        n => Err(format!("must be 1 to 65535 pixels, got {n}")),
+    }
+}
+
+/// clap parser of `--max-input-mib`: 1 to 65,536 MiB.
+fn mib(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>().map_err(|e| e.to_string())? {
+        n @ 1..=65_536 => Ok(n),
+        n => Err(format!("must be 1 to 65536 MiB, got {n}")),
+    }
 }
 
 /// clap parser of `--threads`: 1 to `MAX_THREADS`.

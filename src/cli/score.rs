@@ -8,9 +8,9 @@ use anyhow::{bail, Result};
 use clap::Args;
 use ebm_gate::pipeline::{EnergyGate, FrameReport, GateRule, Overrides, VerdictCounts};
 use ebm_gate::record::FrameRecord;
-use ebm_gate::source::collect;
+use ebm_gate::source::collect_with;
 
-use super::{fmt_opt, open, progress_bar, GateArgs};
+use super::{fmt_opt, open, progress_bar, GateArgs, Globals};
 
 /// Arguments of `ebm-gate score`.
 #[derive(Args)]
@@ -35,11 +35,11 @@ pub struct ScoreArgs {
 }
 
 /// `ebm-gate score`.
-pub fn run(a: &ScoreArgs, threads: usize) -> Result<ExitCode> {
+pub fn run(a: &ScoreArgs, g: &Globals) -> Result<ExitCode> {
     let ScoreArgs { model, inputs, json, logits, set_alpha, gate: args } = a;
     let (json, logits, set_alpha) = (*json, *logits, *set_alpha);
-    let mut gate = open(model, &Overrides { set_alpha, ..args.overrides(threads) })?;
-    let items = collect(inputs, None)?;
+    let mut gate = open(model, &Overrides { set_alpha, ..args.overrides(g) })?;
+    let items = collect_with(inputs, None, &g.limits)?;
     if items.is_empty() {
         bail!(
             "no image files found in {}",

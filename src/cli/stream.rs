@@ -10,7 +10,7 @@ use ebm_gate::pipeline::{GateRule, Overrides};
 use ebm_gate::raw::{PixelFormat, YuvSpec};
 use ebm_gate::stream::{run_stream, StopReason, StreamFormat, StreamOptions, StreamSource};
 
-use super::{fmt_opt, open, GateArgs};
+use super::{fmt_opt, open, GateArgs, Globals};
 
 /// `--format` of `stream`: a raw pixel format or MJPEG.
 #[derive(Clone, Copy, Debug)]
@@ -159,7 +159,7 @@ fn signal_name(n: usize) -> &'static str {
 }
 
 /// `ebm-gate stream`.
-pub fn run(args: &StreamArgs, threads: usize) -> Result<ExitCode> {
+pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
     use std::sync::atomic::{AtomicBool, AtomicUsize};
     use std::sync::Arc;
 
@@ -182,7 +182,7 @@ pub fn run(args: &StreamArgs, threads: usize) -> Result<ExitCode> {
     let source_name =
         if args.input.as_os_str() == "-" { "stdin".to_string() } else { args.input.display().to_string() };
     let source = open_source(&args.input, format, args.size)?;
-    let overrides = Overrides { batch: Some(args.gate.batch.unwrap_or(4)), ..args.gate.overrides(threads) };
+    let overrides = Overrides { batch: Some(args.gate.batch.unwrap_or(4)), ..args.gate.overrides(g) };
     let mut gate = open(&args.model, &overrides)?;
     let options = StreamOptions {
         format,
