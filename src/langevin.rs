@@ -14,7 +14,7 @@
 //! Mordatch 2019): chains start from stored samples, a fraction `reinit_prob` restarts from
 //! uniform noise, and the refined samples go back; it is saved to and loaded from a file.
 //!
-//! ```no_run
+//! ```
 //! use ebm_gate::langevin::{EnergyGradient, EnergyTarget, LangevinSettings};
 //! use rand_core::SeedableRng;
 //! let mut g = EnergyGradient::open("models/cifar10-airnet".as_ref(), None).unwrap();

@@ -160,10 +160,16 @@ fn eval_writes_a_report_with_every_score() {
     let scores: Vec<&str> =
         r["ood"][0]["metrics"].as_array().unwrap().iter().map(|m| m["score"].as_str().unwrap()).collect();
     assert_eq!(scores, ["energy", "msp", "max_logit", "energy_t1"], "T != 1 adds energy at T = 1");
-    // The golden energy metrics were computed at T = 1.
+    // scikit-learn's metrics (the golden; its energy at T = 1, so against energy_t1; MaxLogit
+    // does not depend on T).
     let golden = read_json("tests/data/golden_cifar10_airnet.json");
-    let want = golden["eval_frames"]["metrics"]["energy"]["auroc"].as_f64().unwrap();
-    assert!((r["ood"][0]["metrics"][3]["auroc"].as_f64().unwrap() - want).abs() < 1e-9);
+    for (i, score) in [(3, "energy"), (2, "max_logit")] {
+        for key in ["auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr"] {
+            let want = golden["eval_frames"]["metrics"][score][key].as_f64().unwrap();
+            let got = r["ood"][0]["metrics"][i][key].as_f64().unwrap();
+            assert!((got - want).abs() < 1e-9, "{score} {key}: {got} vs scikit-learn {want}");
+        }
+    }
     assert!(r["calibration"].as_array().unwrap().len() == 2, "NLL/ECE at T = 1 and at the bundle's T");
     assert!(!r["conformal"].as_array().unwrap().is_empty());
 }
@@ -185,13 +191,6 @@ fn bundle_copy() -> tempfile::TempDir {
     dir
 }
 
-fn sorted_energies_from_score(model: &str, frames: &str) -> Vec<f64> {
-    let (_, stdout, stderr) = run(&["score", model, frames, "--json"]);
-    let mut e: Vec<f64> = lines(&stdout).iter().map(|r| r["energy"].as_f64().expect(&stderr)).collect();
-    e.sort_by(f64::total_cmp);
-    e
-}
-
 #[test]
 fn calibrate_unlabelled_folder_writes_the_conformal_gate() {
     let b = bundle_copy();
@@ -205,13 +204,17 @@ fn calibrate_unlabelled_folder_writes_the_conformal_gate() {
     // Unlabelled: the temperature is kept, no prediction sets.
     assert_eq!(g["temperature"].as_f64().unwrap(), t_before);
     assert!(g.get("prediction_sets").is_none());
-    // The calibration energies are the frames' energies as `score` gives them, ascending.
-    let want = sorted_energies_from_score(model, "tests/data/frames");
+    // The calibration energies are the frames' energies at the bundle's T from onnxruntime's
+    // logits (the golden), ascending.
+    let golden = read_json("tests/data/golden_cifar10_airnet.json");
+    let mut want: Vec<f64> =
+        golden["frames"].as_array().unwrap().iter().map(|f| energy_at(&f32s(&f["ort_logits"]), t_before)).collect();
+    want.sort_by(f64::total_cmp);
     let got: Vec<f64> =
         g["gate"]["calibration_energies"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-    assert_eq!(got.len(), 24);
+    assert_eq!((got.len(), want.len()), (24, 24));
     for (a, b) in got.iter().zip(&want) {
-        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        assert!((a - b).abs() < 1e-4, "{a} vs onnxruntime's {b}");
     }
     // Threshold: the ceil((n + 1)(1 - alpha)) = ceil(25 * 0.95) = 24th smallest energy.
     assert_eq!(g["gate"]["threshold"].as_f64().unwrap(), got[23]);
@@ -294,8 +297,16 @@ fn prediction_sets_follow_the_lac_rule() {
     // q: the ceil((n + 1) * 0.9)-th smallest calibration score.
     let k = ((scores.len() as f64 + 1.0) * 0.9).ceil() as usize;
     let q = scores[k - 1] as f64;
-    for row in lines(&stdout) {
+    let rows = lines(&stdout);
+    let golden = read_json("tests/data/golden_cifar10_airnet.json");
+    let samples = golden["samples"].as_array().unwrap();
+    assert_eq!(rows.len(), samples.len());
+    for (row, sample) in rows.iter().zip(samples) {
         let z = f32s(&row["logits"]);
+        // The logits the rule is applied to are onnxruntime's (to the resize's tolerance).
+        for (a, b) in z.iter().zip(f32s(&sample["ort_logits"])) {
+            assert!((a - b).abs() < 0.05, "{row}: logit {a} vs onnxruntime's {b}");
+        }
         let m = z.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
         let sum: f64 = z.iter().map(|&v| ((v as f64 - m) / t).exp()).sum();
         let want: Vec<&str> =

@@ -4,7 +4,6 @@
 use ebm_gate::core::energy::free_energy;
 use ebm_gate::frame::load_frame;
 use ebm_gate::langevin::{EnergyGradient, EnergyTarget, LangevinSettings, ReplayBuffer};
-use ebm_gate::Model;
 use rand_core::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -34,28 +33,34 @@ fn energies(g: &mut EnergyGradient, x: &[f32], n: usize, target: EnergyTarget) -
     (e, grad)
 }
 
-/// The gradient graph's energy is the classifier's: `-T logsumexp(f / T)` of `model.onnx`'s
-/// logits at the bundle's temperature, and `-f_y` for the class-conditional energy.
-#[test]
+/// The gradient graph's energy is the classifier's: `-T logsumexp(f / T)` of onnxruntime's
+/// logits of `model.onnx` (the golden, on four committed 32x32 frames, so no resize is
+/// involved) at the bundle's temperature, and `-f_y` for the class-conditional energy.
 ///
 /// Both ways a batch can run: frame by frame (the default for this convolutional model) and
-/// as one tract run of 4 frames, for the gradient graph and the classifier alike.
+/// as one tract run of 4 frames; the gradients of the two agree.
+#[test]
 fn gradient_graph_energy_is_the_classifier_energy() {
     let n = 4;
+    let golden = crate::common::read_json("tests/data/golden_cifar10_airnet.json");
+    let golden = &golden["frames"].as_array().unwrap()[..n];
+    let logits: Vec<f32> = golden.iter().flat_map(|f| crate::common::f32s(&f["ort_logits"])).collect();
     let mut grads = Vec::new();
     for forward_batch in [None, Some(n)] {
         let mut g = EnergyGradient::open(&bundle(), None).unwrap();
         g.set_forward_batch(forward_batch).unwrap();
-        assert_eq!(g.forward_batch(), forward_batch.unwrap_or(1), "runs of the gradient graph");
-        let (_, x) = sample_frames(&g);
-        let mut model = Model::load(&bundle().join("model.onnx"), n, forward_batch).unwrap();
-        assert_eq!(model.forward_batch(), forward_batch.unwrap_or(1), "runs of model.onnx");
-        let logits = model.logits(&x[..n * 3 * 32 * 32], n).unwrap();
+        if forward_batch.is_none() {
+            assert_eq!(g.forward_batch(), 1, "a convolutional graph runs frame by frame by default");
+        }
+        let x: Vec<f32> = golden
+            .iter()
+            .flat_map(|f| load_frame(&root().join(f["path"].as_str().unwrap()), g.input()).unwrap())
+            .collect();
         let (e, grad) = energies(&mut g, &x, n, EnergyTarget::Free);
         for i in 0..n {
             let z = &logits[i * 10..(i + 1) * 10];
             let want = free_energy(z, g.temperature()).unwrap();
-            assert!((e[i] - want).abs() < 1e-4, "{forward_batch:?}, frame {i}: graph {} vs model.onnx {want}", e[i]);
+            assert!((e[i] - want).abs() < 1e-4, "{forward_batch:?}, frame {i}: graph {} vs onnxruntime {want}", e[i]);
         }
         grads.push(grad);
         for y in [0usize, 7] {
@@ -276,12 +281,22 @@ fn refine_writes_frames_grid_and_an_energy_trace_starting_at_score_s_energy() {
     let (code, score_out, _) =
         run(&["score", b.to_str().unwrap(), chelsea.to_str().unwrap(), rocket.to_str().unwrap(), "--json"]);
     assert!(code == 0 || code == 1, "score could not run: exit {code}");
-    for (frame, line) in trace["frames"].as_array().unwrap().iter().zip(score_out.lines()) {
-        let scored: serde_json::Value = serde_json::from_str(line).unwrap();
+    let frames = trace["frames"].as_array().unwrap();
+    let scored: Vec<serde_json::Value> = score_out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!((frames.len(), scored.len()), (2, 2));
+    let golden = crate::common::read_json("tests/data/golden_cifar10_airnet.json");
+    let t = crate::common::read_json("models/cifar10-airnet/gate.json")["temperature"].as_f64().unwrap();
+    for ((frame, scored), file) in frames.iter().zip(&scored).zip(["chelsea.png", "rocket.jpg"]) {
         let e = crate::common::f32s(&frame["energy"]);
         assert_eq!(e.len(), 4);
         let want = scored["energy"].as_f64().unwrap() as f32;
         assert!((e[0] - want).abs() < 1e-4, "trace starts at {} but score says {want}", e[0]);
+        // ... which is onnxruntime's energy of the frame (to the resize's tolerance).
+        let g = golden["samples"].as_array().unwrap().iter().find(|s| s["path"].as_str().unwrap().ends_with(file));
+        let z = crate::common::f32s(&g.unwrap()["ort_logits"]);
+        let m = z.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let ort = -t * (m / t + z.iter().map(|&v| ((v as f64 - m) / t).exp()).sum::<f64>().ln());
+        assert!((e[0] as f64 - ort).abs() < 0.05, "{file}: trace starts at {} but onnxruntime gives {ort}", e[0]);
         assert!(e[3] < e[0], "{e:?}");
         assert!((frame["after"]["energy"].as_f64().unwrap() as f32 - e[3]).abs() < 1e-3);
     }

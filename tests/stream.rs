@@ -306,7 +306,7 @@ fn every_format_gives_the_score_path_energy_for_the_same_picture() {
         assert_eq!(code, 0, "{}: {err}", fmt.arg());
         let got: Vec<f64> = of_type(&lines, "frame").iter().map(|l| l["energy"].as_f64().unwrap()).collect();
         let want = score_energies(dir.path());
-        assert_eq!(got.len(), frames.len(), "{}", fmt.arg());
+        assert_eq!((got.len(), want.len()), (frames.len(), frames.len()), "{}", fmt.arg());
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             // The same model input; only the batch it ran in differs.
             assert!((g - w).abs() < 1e-4, "{} frame {i}: stream {g} vs score {w}", fmt.arg());

@@ -123,8 +123,12 @@ mod tests {
             -9.0, -8.0, -8.0, -7.5, -7.0, -6.0, -6.0, -6.0, -5.0, -4.0, -3.5, -3.0, -2.0, -2.0, -1.0, 0.0, 1.0, 2.0,
             3.0,
         ];
-        for alpha in [0.05f32, 0.06, 0.1, 0.15, 0.2, 0.23, 0.5, 0.9] {
+        // q = the k-th smallest value, k = ceil(20 (1 - alpha)), by hand: 19, 19, 18, 17, 16, 16,
+        // 10, 2.
+        let want = [3.0f32, 3.0, 2.0, 1.0, 0.0, 0.0, -4.0, -8.0];
+        for (alpha, want) in [0.05f32, 0.06, 0.1, 0.15, 0.2, 0.23, 0.5, 0.9].into_iter().zip(want) {
             let q = conformal_quantile(&cal, alpha).unwrap();
+            assert_eq!(q, want, "alpha {alpha}");
             let mut e = -10.0f32;
             while e < 4.0 {
                 assert_eq!(p_value(&cal, e) <= alpha, e > q, "alpha {alpha} energy {e} q {q}");
