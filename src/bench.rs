@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::core::check::at_least_one;
+use crate::core::check::{count_up_to, MAX_BATCH, MAX_RUNS};
 use crate::error::{Error, Result};
 use crate::frame::{decode_bytes, preprocess_into};
 use crate::langevin::{sgld_step, EnergyGradient, EnergyTarget, LangevinSettings};
@@ -211,8 +211,13 @@ pub fn peak_rss_mb() -> Option<f64> {
 /// [`EnergyGate::open`]; [`Error::Decode`] / [`Error::Io`] for a frame that cannot be read or
 /// decoded (a benchmark needs frames that work).
 pub fn run_bench(model: &Path, opts: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<BenchReport> {
-    at_least_one("batch", opts.batch)?;
-    at_least_one("runs", opts.runs)?;
+    count_up_to("batch", opts.batch, MAX_BATCH)?;
+    count_up_to("runs", opts.runs, MAX_RUNS)?;
+    if opts.warmup > MAX_RUNS {
+        return Err(
+            crate::core::check::SettingError::TooLarge { name: "warmup", max: MAX_RUNS, got: opts.warmup }.into()
+        );
+    }
     let t = Instant::now();
     let overrides = Overrides {
         batch: Some(opts.batch),

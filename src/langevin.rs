@@ -262,7 +262,7 @@ impl EnergyGradient {
     /// from `rng`: the same seed gives the same chain.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for bad settings or a non-finite energy or gradient (naming the frame
+    /// [`Error::Langevin`] for bad settings or a non-finite energy or gradient (naming the frame
     /// and step), and the errors of [`EnergyGradient::energy_and_grad`].
     pub fn refine<R: RngCore>(
         &mut self,
@@ -273,6 +273,10 @@ impl EnergyGradient {
         rng: &mut R,
     ) -> Result<Refinement> {
         settings.validate()?;
+        use crate::core::check::{SettingError, MAX_STEPS};
+        if settings.n_steps > MAX_STEPS {
+            return Err(SettingError::TooLarge { name: "n_steps", max: MAX_STEPS, got: settings.n_steps }.into());
+        }
         self.prepare(n)?;
         let d = self.input.frame_len();
         let (mut energy, mut grad) = (vec![0.0; n], vec![0.0; n * d]);
@@ -289,7 +293,16 @@ impl EnergyGradient {
         let seconds = start.elapsed().as_secs_f64();
         r.map_err(|e| match e {
             LangevinError::Gradient(inner) => inner,
-            other => Error::Invalid(other.to_string()),
+            LangevinError::BadSettings { step_size, noise_scale } => {
+                Error::Langevin(LangevinError::BadSettings { step_size, noise_scale })
+            }
+            LangevinError::LengthMismatch { expected, got } => {
+                Error::Langevin(LangevinError::LengthMismatch { expected, got })
+            }
+            LangevinError::BoundsMismatch { bounds, channels } => {
+                Error::Langevin(LangevinError::BoundsMismatch { bounds, channels })
+            }
+            LangevinError::NonFinite { frame, step } => Error::Langevin(LangevinError::NonFinite { frame, step }),
         })?;
         let seconds_per_step = match (stamps.first(), stamps.last()) {
             (Some(a), Some(b)) if settings.n_steps > 0 => Some((*b - *a).as_secs_f64() / settings.n_steps as f64),
@@ -455,7 +468,7 @@ pub fn refine_frames<R: RngCore>(
     rng: &mut R,
     mut on_batch: impl FnMut(&BatchTiming),
 ) -> Result<RefineRun> {
-    crate::core::check::at_least_one("batch", batch)?;
+    crate::core::check::count_up_to("batch", batch, crate::core::check::MAX_BATCH)?;
     if items.is_empty() {
         return Err(Error::NoFrames { set: "refine".into(), path: PathBuf::new(), problem: "no image files found" });
     }
@@ -757,16 +770,18 @@ impl ReplayBuffer {
             )));
         }
         check_header(&header).map_err(|m| bad(format!("invalid replay buffer header: {m}")))?;
-        let d = header.shape.iter().product::<usize>();
+        let d = header.shape.iter().product::<usize>(); // checked by check_header
         let want = (header.capacity as u64) * (d as u64) * 4;
+        // Read at most one byte past what the header needs: a longer file is refused without
+        // being read whole.
         let mut data = Vec::new();
-        f.read_to_end(&mut data).map_err(|e| Error::io(path, e))?;
+        f.take(want + 1).read_to_end(&mut data).map_err(|e| Error::io(path, e))?;
         if data.len() as u64 != want {
+            let have =
+                if data.len() as u64 > want { "longer than".to_string() } else { format!("{} bytes,", data.len()) };
             return Err(bad(format!(
-                "replay buffer data is {} bytes, its header ({} samples of {:?}) needs {want}",
-                data.len(),
-                header.capacity,
-                header.shape
+                "replay buffer data is {have} its header ({} samples of {:?}) needs {want}",
+                header.capacity, header.shape
             )));
         }
         let samples: Vec<f32> = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
@@ -787,7 +802,11 @@ fn tmp_path(path: &Path) -> PathBuf {
 const MAX_BUFFER_VALUES: usize = 1 << 30;
 
 fn check_header(h: &BufferHeader) -> std::result::Result<(), String> {
-    let d = h.shape.iter().product::<usize>();
+    let d = h
+        .shape
+        .iter()
+        .try_fold(1usize, |acc, &v| acc.checked_mul(v))
+        .ok_or_else(|| format!("shape {:?} has more values than memory can address", h.shape))?;
     if h.capacity == 0 || d == 0 {
         return Err(format!("capacity {} and shape {:?} must be non-zero", h.capacity, h.shape));
     }

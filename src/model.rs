@@ -217,7 +217,7 @@ impl Plans {
     /// # Errors
     /// [`Error::Setting`] for `Some(0)`.
     fn set_forward_batch(&mut self, max: Option<usize>) -> Result<()> {
-        max.map(|n| crate::core::check::at_least_one("forward batch", n)).transpose()?;
+        max.map(|n| crate::core::check::count_up_to("forward batch", n, crate::core::check::MAX_BATCH)).transpose()?;
         self.forward_batch = max;
         Ok(())
     }

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::mpsc;
 
 use crate::bundle::{sha256_file, BundlePaths, Color, GateFile, InputSpec};
-use crate::core::check::{self, at_least_one};
+use crate::core::check;
 use crate::core::conformal::{conformal_quantile, in_prediction_set, p_value};
 use crate::core::energy::Scores;
 use crate::core::gate::{decide, Reason, Verdict};
@@ -275,7 +275,7 @@ impl EnergyGate {
                 }
             }
         }
-        let batch = at_least_one("batch", overrides.batch.unwrap_or(32))?;
+        let batch = check::count_up_to("batch", overrides.batch.unwrap_or(32), check::MAX_BATCH)?;
         let mut model = Model::load(&paths.model, batch, overrides.forward_batch)?;
         model.set_threads(overrides.threads.unwrap_or(1))?;
         let batch = model.fixed_batch().unwrap_or(batch);

@@ -125,7 +125,7 @@ impl StreamOptions {
                     .into(),
             ));
         }
-        crate::core::check::at_least_one("batch", self.max_batch)?;
+        crate::core::check::count_up_to("batch", self.max_batch, crate::core::check::MAX_BATCH)?;
         Debouncer::new(self.window, self.enter, self.exit).map_err(|error: DebounceError| Error::Debounce {
             window: self.window,
             enter: self.enter,

@@ -232,3 +232,42 @@ fn a_reader_that_panics_ends_the_stream_as_a_read_error() {
     }
     assert_eq!(summary.errors, 1);
 }
+
+#[test]
+fn size_flags_are_bounded_before_anything_is_allocated() {
+    let b = bundle();
+    let m = b.to_str().unwrap();
+    let samples = b.join("samples");
+    let s = samples.to_str().unwrap();
+    let cases: [(&[&str], &str); 7] = [
+        (&["score", m, s, "--batch", "100000000"], "the batch must be at most 4096, got 100000000"),
+        (&["score", m, s, "--forward-batch", "5000"], "the batch must be at most 4096"),
+        (&["stream", m, "--format", "mjpeg", "--batch", "1000000000"], "the batch must be at most 4096"),
+        (&["refine", m, s, "--out", "/nonexistent", "--steps", "100000000"], "steps must be at most 10000"),
+        (&["sample", m, "--buffer", "/nonexistent/b", "--out", "/nonexistent/g.png", "-n", "99999"], "at most 4096"),
+        (&["bench", m, "--runs", "1000000000"], "runs must be at most 100000"),
+        (&["--max-image-side", "70000", "score", m, s], "must be 1 to 65535 pixels"),
+    ];
+    for (args, want) in cases {
+        let out = ebm_gate().args(args).current_dir(root()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_replay_buffer_longer_than_its_header_says_is_refused_unread() {
+    use ebm_gate::langevin::ReplayBuffer;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.bin");
+    let mut rng = <rand_xoshiro::Xoshiro256PlusPlus as rand_core::SeedableRng>::seed_from_u64(0);
+    let buf = ReplayBuffer::new(2, [3, 4, 4], [0.0, 1.0], 10, 0.05, &mut rng).unwrap();
+    buf.save(&path).unwrap();
+    assert!(ReplayBuffer::load(&path).is_ok());
+    let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(&[0u8; 4096]).unwrap();
+    drop(f);
+    let e = ReplayBuffer::load(&path).unwrap_err().to_string();
+    assert!(e.contains("replay buffer data is longer than its header (2 samples of [3, 4, 4]) needs 384"), "{e}");
+}

@@ -13,22 +13,22 @@ use ebm_gate::bench::{run_bench, BenchOptions, BenchReport};
 pub struct BenchArgs {
     /// Bundle directory (model.onnx [+ gate.json]) or an .onnx file
     pub model: PathBuf,
-    /// Frames per forward pass
-    #[arg(long, default_value_t = 1, value_parser = super::count)]
+    /// Frames per forward pass (1 to 4096)
+    #[arg(long, default_value_t = 1, value_parser = super::batch)]
     pub batch: usize,
     /// Most frames per tract run [default: 1 for a network with spatial convolutions,
     /// else the whole batch]
-    #[arg(long, value_name = "N", value_parser = super::count)]
+    #[arg(long, value_name = "N", value_parser = super::batch)]
     pub forward_batch: Option<usize>,
     /// Image files or folders to time (default: the bundle's samples/); cycled through
     #[arg(long, value_name = "PATH")]
     pub frames: Vec<PathBuf>,
     /// Measured batches per stage
-    #[arg(long, default_value_t = 30, value_parser = super::count)]
+    #[arg(long, default_value_t = 30, value_parser = super::runs)]
     pub runs: usize,
     /// Batches run first and not measured
-    #[arg(long, default_value_t = 3)]
-    pub warmup: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=ebm_gate::core::check::MAX_RUNS as u64))]
+    pub warmup: u64,
     /// Skip the SGLD step (timed when the bundle has an energy-gradient graph)
     #[arg(long)]
     pub no_gradient: bool,
@@ -46,7 +46,7 @@ pub fn run(a: &BenchArgs, g: &Globals) -> Result<ExitCode> {
     let threads = g.threads;
     let BenchArgs { model, batch, forward_batch, frames, runs, warmup, no_gradient, ops, json } = a;
     let (batch, forward_batch, frames, runs, warmup, gradient, ops) =
-        (*batch, *forward_batch, frames.clone(), *runs, *warmup, !*no_gradient, *ops);
+        (*batch, *forward_batch, frames.clone(), *runs, *warmup as usize, !*no_gradient, *ops);
     let json = json.as_deref();
     let frames = if frames.is_empty() {
         let dir = if model.is_dir() { model.join("samples") } else { model.with_file_name("samples") };

@@ -37,8 +37,8 @@ pub struct CalibrateArgs {
     /// Write the reliability diagram (reliability.png/.svg) into DIR
     #[arg(long, value_name = "DIR")]
     pub plots: Option<PathBuf>,
-    /// Frames per forward pass
-    #[arg(long, default_value_t = 32, value_parser = super::count)]
+    /// Frames per forward pass (1 to 4096)
+    #[arg(long, default_value_t = 32, value_parser = super::batch)]
     pub batch: usize,
     /// The model changed since gate.json was written (sha256 mismatch): keep gate.json's
     /// preprocessing and class names, refit everything else

@@ -32,7 +32,7 @@ pub struct EvalArgs {
     #[arg(long, value_name = "DIR")]
     pub plots: Option<PathBuf>,
     /// Random half/half splits of the ID energies for the split-conformal check
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=ebm_gate::core::check::MAX_RUNS as u64))]
     pub splits: u64,
     #[command(flatten)]
     pub gate: GateArgs,

@@ -22,8 +22,8 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 /// The chain's settings, shared by `refine` and `sample`.
 #[derive(Args, Clone, Debug)]
 pub struct ChainArgs {
-    /// Number of SGLD updates (n_steps)
-    #[arg(long, default_value_t = 20)]
+    /// Number of SGLD updates (n_steps), 0 to 10000
+    #[arg(long, default_value_t = 20, value_parser = super::steps)]
     steps: usize,
     /// step_size: each update moves x by -(STEP_SIZE / 2) * dE/dx, in the model's input
     /// (normalised) units [default: refine 0.2, sample 20]
@@ -281,8 +281,8 @@ pub struct RefineArgs {
     /// Output directory
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Frames per chain batch
-    #[arg(long, default_value_t = 16, value_parser = super::count)]
+    /// Frames per chain batch (1 to 4096)
+    #[arg(long, default_value_t = 16, value_parser = super::batch)]
     pub batch: usize,
     #[command(flatten)]
     pub chain: ChainArgs,
@@ -301,7 +301,7 @@ pub struct SampleArgs {
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     /// Samples to draw and refine
-    #[arg(short = 'n', long = "count", default_value_t = 16, value_parser = super::count)]
+    #[arg(short = 'n', long = "count", default_value_t = 16, value_parser = super::batch)]
     pub count: usize,
     /// Capacity of a new buffer [default: 10000, JEM's]; an existing buffer keeps its own
     #[arg(long)]

@@ -78,13 +78,13 @@ pub struct GateArgs {
     /// needs calibration energies; with --threshold, both rules apply)
     #[arg(long, value_parser = alpha)]
     pub alpha: Option<f32>,
-    /// Frames per forward pass [default: 32; stream: at most 4, of the frames ready]
-    #[arg(long, value_parser = count)]
+    /// Frames per forward pass, 1 to 4096 [default: 32; stream: at most 4, of the frames ready]
+    #[arg(long, value_parser = batch)]
     pub batch: Option<usize>,
     /// Most frames per tract run: a forward pass is run in pieces of at most this many
     /// [default: 1 for a network with spatial convolutions, where tract is fastest frame by
     /// frame; else the whole pass]
-    #[arg(long, value_name = "N", value_parser = count)]
+    #[arg(long, value_name = "N", value_parser = batch)]
     pub forward_batch: Option<usize>,
     #[command(flatten)]
     pub threads: ThreadsArg,
@@ -166,6 +166,25 @@ fn mib(s: &str) -> Result<u64, String> {
         n @ 1..=65_536 => Ok(n),
         n => Err(format!("must be 1 to 65536 MiB, got {n}")),
     }
+}
+
+/// clap parser of a batch size (`--batch`, `--forward-batch`, `sample -n`): 1 to `MAX_BATCH`.
+pub fn batch(s: &str) -> Result<usize, String> {
+    checked(s, |n| check::count_up_to("the batch", n, check::MAX_BATCH))
+}
+
+/// clap parser of a number of SGLD steps: 0 to `MAX_STEPS`.
+pub fn steps(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e: std::num::ParseIntError| e.to_string())?;
+    if n > check::MAX_STEPS {
+        return Err(SettingError::TooLarge { name: "steps", max: check::MAX_STEPS, got: n }.to_string());
+    }
+    Ok(n)
+}
+
+/// clap parser of a number of runs (`bench --runs`): 1 to `MAX_RUNS`.
+pub fn runs(s: &str) -> Result<usize, String> {
+    checked(s, |n| check::count_up_to("runs", n, check::MAX_RUNS))
 }
 
 /// clap parser of `--threads`: 1 to `MAX_THREADS`.

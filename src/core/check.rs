@@ -13,6 +13,16 @@ pub enum SettingError {
     Zero(&'static str),
     /// A thread count outside 1 to [`MAX_THREADS`].
     Threads(usize),
+    /// A count above its limit (a batch, SGLD steps, runs), named: such a count sizes
+    /// buffers, so it is bounded before anything is allocated from it.
+    TooLarge {
+        /// What is counted.
+        name: &'static str,
+        /// The limit.
+        max: usize,
+        /// The value given.
+        got: usize,
+    },
 }
 
 impl ::core::fmt::Display for SettingError {
@@ -22,6 +32,7 @@ impl ::core::fmt::Display for SettingError {
             SettingError::Alpha(a) => write!(f, "alpha must be in (0, 1), got {a}"),
             SettingError::Zero(name) => write!(f, "{name} must be at least 1"),
             SettingError::Threads(n) => write!(f, "threads must be 1 to {MAX_THREADS}, got {n}"),
+            SettingError::TooLarge { name, max, got } => write!(f, "{name} must be at most {max}, got {got}"),
         }
     }
 }
@@ -75,6 +86,31 @@ pub fn at_least_one(name: &'static str, n: usize) -> Result<usize, SettingError>
     } else {
         Err(SettingError::Zero(name))
     }
+}
+
+/// Most frames in one batch (`--batch`, `--forward-batch`, `sample -n`): 4,096.
+pub const MAX_BATCH: usize = 4096;
+
+/// Most SGLD steps of one chain (`--steps`): 10,000 (a trace of one energy a frame a step).
+pub const MAX_STEPS: usize = 10_000;
+
+/// Most timed runs or warm-up runs of `bench` (and random splits of `eval`): 100,000.
+pub const MAX_RUNS: usize = 100_000;
+
+/// `n` when it is 1 to `max`; `name` names it in the error.
+///
+/// ```
+/// use ebm_gate::core::check::{count_up_to, MAX_BATCH};
+/// assert_eq!(count_up_to("batch", 32, MAX_BATCH), Ok(32));
+/// assert_eq!(count_up_to("batch", 5000, MAX_BATCH).unwrap_err().to_string(), "batch must be at most 4096, got 5000");
+/// assert!(count_up_to("batch", 0, MAX_BATCH).is_err());
+/// ```
+pub fn count_up_to(name: &'static str, n: usize, max: usize) -> Result<usize, SettingError> {
+    at_least_one(name, n)?;
+    if n > max {
+        return Err(SettingError::TooLarge { name, max, got: n });
+    }
+    Ok(n)
 }
 
 /// `n` when it is a thread count: 1 to [`MAX_THREADS`].
