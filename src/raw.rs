@@ -62,49 +62,143 @@ impl PixelFormat {
         }
     }
 
-    /// Bytes in one frame of `width x height`.
+    /// Bytes in one frame of `width x height` without padding ([`RawLayout::tight`]): odd
+    /// sizes of the subsampled formats round their chroma up, as ffmpeg does.
     ///
     /// ```
     /// use ebm_gate::raw::PixelFormat;
     /// assert_eq!(PixelFormat::Rgb24.frame_len(640, 480).unwrap(), 921_600);
     /// assert_eq!(PixelFormat::I420.frame_len(640, 480).unwrap(), 460_800);
-    /// assert!(PixelFormat::Nv12.frame_len(641, 480).is_err()); // 4:2:0 needs even sizes
+    /// // 641x481: chroma planes of 321x241
+    /// assert_eq!(PixelFormat::I420.frame_len(641, 481).unwrap(), 641 * 481 + 2 * 321 * 241);
+    /// assert_eq!(PixelFormat::Nv12.frame_len(641, 481).unwrap(), 641 * 481 + 642 * 241);
     /// ```
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a zero size, an odd width (4:2:2, 4:2:0) or height (4:2:0), or a
-    /// frame larger than [`MAX_FRAME_BYTES`].
+    /// As [`RawLayout::frame_len`].
     pub fn frame_len(self, width: u32, height: u32) -> Result<usize> {
-        let (w, h) = (width as usize, height as usize);
-        if w == 0 || h == 0 {
+        RawLayout::tight(self, width, height).frame_len()
+    }
+
+    /// Whether the format has a separate chroma plane (NV12, I420).
+    pub fn is_planar(self) -> bool {
+        matches!(self, PixelFormat::Nv12 | PixelFormat::I420)
+    }
+}
+
+/// Where a raw frame's pixels sit in its buffer: the format and size, and the padding cameras
+/// add. V4L2 describes a single-planar buffer by `bytesperline` (the stride of the first plane;
+/// NV12's chroma plane has the same, I420's chroma planes half of it), and libcamera (the
+/// Raspberry Pi's camera stack) by a stride aligned to 32 or 64 bytes and, for some sensors,
+/// planes of more rows than the image. Padding is skipped, never passed to the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawLayout {
+    /// The pixel format.
+    pub format: PixelFormat,
+    /// Frame width in pixels.
+    pub width: u32,
+    /// Frame height in pixels.
+    pub height: u32,
+    /// Bytes from the start of one row to the next in the first plane (the only one of RGB,
+    /// BGR, gray and YUYV; the luma plane of NV12 and I420); `None`: rows without padding.
+    pub stride: Option<u32>,
+    /// Rows of the luma plane before the chroma plane starts (NV12, I420); `None`: `height`.
+    pub plane_rows: Option<u32>,
+}
+
+impl RawLayout {
+    /// A frame without padding.
+    pub fn tight(format: PixelFormat, width: u32, height: u32) -> RawLayout {
+        RawLayout { format, width, height, stride: None, plane_rows: None }
+    }
+
+    /// Bytes a row of the first plane needs.
+    fn row_bytes(&self) -> u64 {
+        let w = self.width as u64;
+        match self.format {
+            PixelFormat::Rgb24 | PixelFormat::Bgr24 => 3 * w,
+            PixelFormat::Gray8 | PixelFormat::Nv12 | PixelFormat::I420 => w,
+            PixelFormat::Yuyv422 => 4 * w.div_ceil(2),
+        }
+    }
+
+    /// Stride of the first plane, in bytes.
+    fn luma_stride(&self) -> u64 {
+        self.stride.map_or(self.row_bytes(), u64::from)
+    }
+
+    /// Stride of a chroma plane (NV12: interleaved U V; I420: U or V), in bytes.
+    fn chroma_stride(&self) -> u64 {
+        let cw = (self.width as u64).div_ceil(2);
+        match (self.format, self.stride) {
+            (PixelFormat::Nv12, Some(s)) => s as u64,
+            (PixelFormat::Nv12, None) => 2 * cw,
+            (PixelFormat::I420, Some(s)) => (s as u64).div_ceil(2),
+            (PixelFormat::I420, None) => cw,
+            _ => 0,
+        }
+    }
+
+    /// Rows of the luma plane, and of each chroma plane.
+    fn rows(&self) -> (u64, u64) {
+        let rows = self.plane_rows.unwrap_or(self.height) as u64;
+        (rows, rows.div_ceil(2))
+    }
+
+    /// Bytes in one frame: `stride * rows` for the first plane, plus NV12's chroma plane
+    /// (`stride * ceil(rows / 2)`) or I420's two (`ceil(stride / 2) * ceil(rows / 2)` each).
+    ///
+    /// ```
+    /// use ebm_gate::raw::{PixelFormat, RawLayout};
+    /// // A Raspberry Pi camera's 1920x1080 YUV420: stride 1920, planes of 1088 rows.
+    /// let l = RawLayout { plane_rows: Some(1088), ..RawLayout::tight(PixelFormat::I420, 1920, 1080) };
+    /// assert_eq!(l.frame_len().unwrap(), 1920 * 1088 + 2 * 960 * 544);
+    /// // A V4L2 driver that pads 638-pixel YUYV rows to 1280 bytes.
+    /// let l = RawLayout { stride: Some(1280), ..RawLayout::tight(PixelFormat::Yuyv422, 638, 480) };
+    /// assert_eq!(l.frame_len().unwrap(), 1280 * 480);
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a zero size, a stride shorter than a row, plane rows fewer than
+    /// the height (or given for a packed format), or a frame larger than [`MAX_FRAME_BYTES`].
+    pub fn frame_len(&self) -> Result<usize> {
+        let (width, height, name) = (self.width, self.height, self.format.name());
+        if width == 0 || height == 0 {
             return Err(Error::Invalid(format!("frame size must be positive, got {width}x{height}")));
         }
-        let odd = match self {
-            PixelFormat::Yuyv422 => w % 2 != 0,
-            PixelFormat::Nv12 | PixelFormat::I420 => w % 2 != 0 || h % 2 != 0,
-            _ => false,
-        };
-        if odd {
-            return Err(Error::Invalid(format!(
-                "{} needs an even width{}, got {width}x{height}",
-                self.name(),
-                if matches!(self, PixelFormat::Yuyv422) { "" } else { " and height" }
-            )));
+        let row = self.row_bytes();
+        if let Some(s) = self.stride {
+            let least = if self.format == PixelFormat::Nv12 { row.max(2 * (width as u64).div_ceil(2)) } else { row };
+            if (s as u64) < least {
+                return Err(Error::Invalid(format!(
+                    "a stride of {s} bytes is less than the {least} bytes a {name} row of {width} pixels needs"
+                )));
+            }
         }
-        let len = match self {
-            PixelFormat::Rgb24 | PixelFormat::Bgr24 => 3 * w * h,
-            PixelFormat::Gray8 => w * h,
-            PixelFormat::Yuyv422 => 2 * w * h,
-            PixelFormat::Nv12 | PixelFormat::I420 => w * h + w * h / 2,
+        match self.plane_rows {
+            Some(r) if !self.format.is_planar() => {
+                return Err(Error::Invalid(format!("plane rows ({r}) apply to nv12 and i420, not {name}")));
+            }
+            Some(r) if r < height => {
+                return Err(Error::Invalid(format!("{r} plane rows are fewer than the frame's {height} rows")));
+            }
+            _ => {}
+        }
+        let (rows, chroma_rows) = self.rows();
+        let chroma_planes = match self.format {
+            PixelFormat::Nv12 => 1,
+            PixelFormat::I420 => 2,
+            _ => 0,
         };
-        if len > MAX_FRAME_BYTES {
+        // At most (2^32 - 1)^2 * 3: no overflow in u64.
+        let len = self.luma_stride() * rows + chroma_planes * self.chroma_stride() * chroma_rows;
+        if len > MAX_FRAME_BYTES as u64 {
             return Err(Error::Invalid(format!(
-                "a {} frame of {width}x{height} is {len} bytes, more than the limit of {} MiB",
-                self.name(),
+                "a {name} frame of {width}x{height} is {len} bytes, more than the limit of {} MiB",
                 MAX_FRAME_BYTES >> 20
             )));
         }
-        Ok(len)
+        Ok(len as usize)
     }
 }
 
@@ -143,20 +237,26 @@ impl Default for YuvSpec {
     }
 }
 
-/// Converts one raw frame to RGB.
+/// Converts one raw frame to RGB, skipping the padding its layout describes.
 ///
 /// ```
-/// use ebm_gate::raw::{raw_to_rgb, PixelFormat, YuvSpec};
+/// use ebm_gate::raw::{raw_to_rgb, PixelFormat, RawLayout, YuvSpec};
 /// let bgr = [0u8, 0, 255, 255, 0, 0]; // a red pixel, a blue pixel
-/// let img = raw_to_rgb(&bgr, PixelFormat::Bgr24, 2, 1, YuvSpec::default()).unwrap();
+/// let img = raw_to_rgb(&bgr, &RawLayout::tight(PixelFormat::Bgr24, 2, 1), YuvSpec::default()).unwrap();
 /// assert_eq!(img.as_raw(), &[255, 0, 0, 0, 0, 255]);
+/// // Rows padded to 4 bytes: the padding (9, 9) is not part of the image.
+/// let gray = [10u8, 20, 9, 9, 30, 40, 9, 9];
+/// let layout = RawLayout { stride: Some(4), ..RawLayout::tight(PixelFormat::Gray8, 2, 2) };
+/// let img = raw_to_rgb(&gray, &layout, YuvSpec::default()).unwrap();
+/// assert_eq!(img.as_raw(), &[10, 10, 10, 20, 20, 20, 30, 30, 30, 40, 40, 40]);
 /// ```
 ///
 /// # Errors
-/// [`Error::Shape`] naming `name` when `data` is not exactly one frame long; the errors of
-/// [`PixelFormat::frame_len`]; [`Error::Decode`] if the YUV converter refuses the buffer.
-pub fn raw_to_rgb(data: &[u8], format: PixelFormat, width: u32, height: u32, yuv: YuvSpec) -> Result<RgbImage> {
-    let len = format.frame_len(width, height)?;
+/// [`Error::Shape`] when `data` is not exactly one frame long; the errors of
+/// [`RawLayout::frame_len`]; [`Error::Decode`] if the YUV converter refuses the buffer.
+pub fn raw_to_rgb(data: &[u8], layout: &RawLayout, yuv: YuvSpec) -> Result<RgbImage> {
+    let RawLayout { format, width, height, .. } = *layout;
+    let len = layout.frame_len()?;
     if data.len() != len {
         return Err(Error::Shape {
             path: format!("{} frame", format.name()).into(),
@@ -165,6 +265,9 @@ pub fn raw_to_rgb(data: &[u8], format: PixelFormat, width: u32, height: u32, yuv
         });
     }
     let (w, h) = (width as usize, height as usize);
+    let stride = layout.luma_stride() as usize;
+    let cstride = layout.chroma_stride() as usize;
+    let luma_len = stride * layout.rows().0 as usize;
     let mut rgb = vec![0u8; 3 * w * h];
     let matrix = if yuv.bt709 { YuvStandardMatrix::Bt709 } else { YuvStandardMatrix::Bt601 };
     let range = if yuv.full_range { YuvRange::Full } else { YuvRange::Limited };
@@ -172,38 +275,78 @@ pub fn raw_to_rgb(data: &[u8], format: PixelFormat, width: u32, height: u32, yuv
         path: format!("{} frame", format.name()).into(),
         message: e.to_string(),
     };
+    let rows = data.chunks(stride).take(h);
     match format {
-        PixelFormat::Rgb24 => rgb.copy_from_slice(data),
+        PixelFormat::Rgb24 => {
+            for (o, i) in rgb.chunks_exact_mut(3 * w).zip(rows) {
+                o.copy_from_slice(&i[..3 * w]);
+            }
+        }
         PixelFormat::Bgr24 => {
-            for (o, i) in rgb.chunks_exact_mut(3).zip(data.chunks_exact(3)) {
-                o.copy_from_slice(&[i[2], i[1], i[0]]);
+            for (o, i) in rgb.chunks_exact_mut(3 * w).zip(rows) {
+                for (o, i) in o.chunks_exact_mut(3).zip(i.chunks_exact(3)) {
+                    o.copy_from_slice(&[i[2], i[1], i[0]]);
+                }
             }
         }
         PixelFormat::Gray8 => {
-            for (o, &v) in rgb.chunks_exact_mut(3).zip(data) {
-                o.fill(v);
+            for (o, i) in rgb.chunks_exact_mut(3 * w).zip(rows) {
+                for (o, &v) in o.chunks_exact_mut(3).zip(&i[..w]) {
+                    o.fill(v);
+                }
             }
         }
         PixelFormat::Yuyv422 => {
-            let img = YuvPackedImage { yuy: data, yuy_stride: 2 * width, width, height };
+            // yuvutils-rs 0.8 checks a packed frame's length against its tight size whatever
+            // the stride: padded rows are packed first.
+            let row = layout.row_bytes() as usize;
+            let packed: Vec<u8>;
+            let yuy = if stride == row {
+                data
+            } else {
+                packed = rows.flat_map(|r| &r[..row]).copied().collect();
+                &packed
+            };
+            let img = YuvPackedImage { yuy, yuy_stride: row as u32, width, height };
             yuvutils_rs::yuyv422_to_rgb(&img, &mut rgb, 3 * width, range, matrix).map_err(fail)?;
         }
         PixelFormat::Nv12 => {
-            let (y, uv) = data.split_at(w * h);
-            let img = YuvBiPlanarImage { y_plane: y, y_stride: width, uv_plane: uv, uv_stride: width, width, height };
+            let (y, uv) = data.split_at(luma_len);
+            // yuvutils-rs 0.8 takes an interleaved chroma plane only at its tight size: padded
+            // rows and plane rows are packed first.
+            let (row, chroma_rows) = (2 * w.div_ceil(2), h.div_ceil(2));
+            let packed: Vec<u8>;
+            let uv = if cstride == row && uv.len() == row * chroma_rows {
+                uv
+            } else {
+                packed = uv.chunks(cstride).take(chroma_rows).flat_map(|r| &r[..row]).copied().collect();
+                &packed
+            };
+            let img = YuvBiPlanarImage {
+                // Exactly the frame's rows: yuvutils-rs 0.8 finds an odd last row as the
+                // remainder of the plane.
+                y_plane: &y[..stride * h],
+                y_stride: stride as u32,
+                uv_plane: uv,
+                uv_stride: row as u32,
+                width,
+                height,
+            };
             yuvutils_rs::yuv_nv12_to_rgb(&img, &mut rgb, 3 * width, range, matrix, YuvConversionMode::Balanced)
                 .map_err(fail)?;
         }
         PixelFormat::I420 => {
-            let (y, uv) = data.split_at(w * h);
-            let (u, v) = uv.split_at(w * h / 4);
+            let (y, uv) = data.split_at(luma_len);
+            let (u, v) = uv.split_at(uv.len() / 2);
+            let chroma_len = cstride * h.div_ceil(2);
             let img = YuvPlanarImage {
-                y_plane: y,
-                y_stride: width,
-                u_plane: u,
-                u_stride: width / 2,
-                v_plane: v,
-                v_stride: width / 2,
+                // Exactly the frame's rows (see NV12).
+                y_plane: &y[..stride * h],
+                y_stride: stride as u32,
+                u_plane: &u[..chroma_len],
+                u_stride: cstride as u32,
+                v_plane: &v[..chroma_len],
+                v_stride: cstride as u32,
                 width,
                 height,
             };
@@ -587,6 +730,10 @@ pub enum StreamFormat {
         width: u32,
         /// Frame height in pixels.
         height: u32,
+        /// Bytes from one row to the next ([`RawLayout::stride`]; `None`: no padding).
+        stride: Option<u32>,
+        /// Rows of the luma plane ([`RawLayout::plane_rows`]; `None`: `height`).
+        plane_rows: Option<u32>,
         /// YUV matrix and range (ignored for RGB, BGR and gray).
         yuv: YuvSpec,
     },
@@ -595,6 +742,16 @@ pub enum StreamFormat {
 }
 
 impl StreamFormat {
+    /// The raw frames' layout; `None` for MJPEG.
+    pub fn layout(&self) -> Option<RawLayout> {
+        match *self {
+            StreamFormat::Raw { format, width, height, stride, plane_rows, .. } => {
+                Some(RawLayout { format, width, height, stride, plane_rows })
+            }
+            StreamFormat::Mjpeg => None,
+        }
+    }
+
     /// Short name for messages: the pixel format's name, or `mjpeg`.
     pub fn name(&self) -> String {
         match self {

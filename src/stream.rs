@@ -33,7 +33,14 @@
 //!
 //! let mut gate = EnergyGate::open("models/cifar10-airnet".as_ref(), &Overrides::default())?;
 //! // 640x480 I420 frames on stdin, e.g. from `rpicam-vid --codec yuv420 -o -`.
-//! let format = StreamFormat::Raw { format: PixelFormat::I420, width: 640, height: 480, yuv: YuvSpec::default() };
+//! let format = StreamFormat::Raw {
+//!     format: PixelFormat::I420,
+//!     width: 640,
+//!     height: 480,
+//!     stride: None,
+//!     plane_rows: None,
+//!     yuv: YuvSpec::default(),
+//! };
 //! let stop = AtomicUsize::new(0); // a signal handler may store a signal number here
 //! let source = StreamSource::Bytes(Box::new(std::io::stdin()));
 //! let summary = run_stream(&mut gate, source, &StreamOptions::new(format), &stop, |event| {
@@ -61,7 +68,7 @@ use crate::error::{Error, Result};
 use crate::frame::{catch_decoder_panic, decode_bytes_with, panic_text, preprocess_into, InputLimits};
 use crate::pipeline::{EnergyGate, FrameReport};
 pub use crate::raw::StreamFormat;
-use crate::raw::{raw_to_rgb, MjpegReader, RawReader, StreamError, TimedFrame as Item};
+use crate::raw::{raw_to_rgb, MjpegReader, RawLayout, RawReader, StreamError, TimedFrame as Item};
 use crate::record::FrameRecord;
 
 /// Largest debouncing window `--window` can ask for.
@@ -291,8 +298,8 @@ fn frames(source: StreamSource, format: StreamFormat, limits: &InputLimits) -> R
     let stamp = |r| (r, Instant::now());
     Ok(match source {
         StreamSource::Bytes(reader) => match format {
-            StreamFormat::Raw { format, width, height, .. } => {
-                let len = format.frame_len(width, height)?;
+            StreamFormat::Raw { .. } => {
+                let len = format.layout().map_or(Ok(0), |l| l.frame_len())?;
                 Box::new(RawReader::new(reader, len).map(stamp))
             }
             StreamFormat::Mjpeg => {
@@ -308,7 +315,9 @@ fn frames(source: StreamSource, format: StreamFormat, limits: &InputLimits) -> R
 /// Converts one frame's bytes to RGB at its own size.
 fn to_rgb(bytes: &[u8], format: StreamFormat, name: &str, limits: &InputLimits) -> Result<RgbImage> {
     match format {
-        StreamFormat::Raw { format, width, height, yuv } => raw_to_rgb(bytes, format, width, height, yuv),
+        StreamFormat::Raw { format: pf, width, height, stride, plane_rows, yuv } => {
+            raw_to_rgb(bytes, &RawLayout { format: pf, width, height, stride, plane_rows }, yuv)
+        }
         StreamFormat::Mjpeg => decode_bytes_with(bytes, Path::new(name), limits),
     }
 }
@@ -450,8 +459,8 @@ pub fn run_stream(
         gate.model_mut().prepare(n)?;
         gate.model_mut().logits(&blank[..n * frame_len], n)?;
     }
-    if let StreamFormat::Raw { format, width, height, .. } = options.format {
-        format.frame_len(width, height)?;
+    if let Some(layout) = options.format.layout() {
+        layout.frame_len()?;
     }
     let mut latencies = Latencies::new()?;
     let len = spec.frame_len();

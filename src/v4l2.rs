@@ -3,8 +3,8 @@
 //!
 //! The camera is asked for the stream's format and size (`--format`, `--size`); the driver may
 //! pick another size, which is refused with the size it offers. Rows a driver pads
-//! (`bytesperline` wider than the pixels) are packed again for the packed formats (rgb24,
-//! bgr24, gray8, yuyv422); padded planar frames (nv12, i420) are refused. V4L2 fourccs used:
+//! (`bytesperline` wider than the pixels) are described to the converter as the stream's
+//! stride ([`crate::raw::RawLayout`]), which skips the padding. V4L2 fourccs used:
 //! `RGB3`, `BGR3`, `GREY`, `YUYV`, `NV12`, `YU12`, `MJPG`.
 //!
 //! Building needs libclang (the `v4l2-sys-mit` crate runs bindgen on the kernel headers):
@@ -42,8 +42,8 @@ fn fourcc(format: StreamFormat) -> FourCC {
 /// An opened camera, set to the stream's format.
 pub struct Camera {
     device: Device,
-    /// Bytes per row the driver uses, when it pads rows of a packed format.
-    padded_row: Option<(usize, usize)>,
+    /// The stream's format as the driver delivers it (its `bytesperline` as the stride).
+    format: StreamFormat,
 }
 
 /// Opens `path` and sets its capture format to `format` (for MJPEG, at `size` when given).
@@ -80,47 +80,42 @@ pub fn open(path: &Path, format: StreamFormat, size: Option<(u32, u32)>) -> Resu
             )));
         }
     }
-    let padded_row = match format {
-        StreamFormat::Raw { format: pf, width, .. } => {
-            let bpp = match pf {
-                PixelFormat::Rgb24 | PixelFormat::Bgr24 => 3,
-                PixelFormat::Gray8 => 1,
-                PixelFormat::Yuyv422 => 2,
-                PixelFormat::Nv12 | PixelFormat::I420 => 1,
-            };
-            let row = width as usize * bpp;
-            let stride = got.stride as usize;
-            if stride > row {
-                if matches!(pf, PixelFormat::Nv12 | PixelFormat::I420) {
-                    return Err(Error::Invalid(format!(
-                        "{name}: the driver pads {} rows to {stride} bytes, which this reader does not unpack; \
-                         use yuyv422 or mjpeg",
-                        pf.name()
-                    )));
-                }
-                Some((row, stride))
-            } else {
-                None
+    let format = match format {
+        StreamFormat::Raw { format: pf, width, height, plane_rows, yuv, .. } => {
+            let stride = Some(got.stride).filter(|&s| s > 0);
+            let f = StreamFormat::Raw { format: pf, width, height, stride, plane_rows, yuv };
+            if let Some(layout) = f.layout() {
+                layout.frame_len().map_err(|e| Error::Invalid(format!("{name}: the driver's layout: {e}")))?;
             }
+            f
         }
-        StreamFormat::Mjpeg => None,
+        StreamFormat::Mjpeg => StreamFormat::Mjpeg,
     };
-    Ok(Camera { device, padded_row })
+    Ok(Camera { device, format })
 }
 
 impl std::fmt::Debug for Camera {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Camera").field("fd", &self.device.handle().fd()).field("padded_row", &self.padded_row).finish()
+        f.debug_struct("Camera").field("fd", &self.device.handle().fd()).field("format", &self.format).finish()
     }
 }
 
 impl Camera {
-    /// The frames, as the stream reader takes them: each buffer's bytes (rows packed) and the
-    /// time it was dequeued. A capture error ends the iterator after reporting it.
+    /// The stream's format as the driver delivers it: for raw frames, its `bytesperline` as
+    /// the stride.
+    pub fn format(&self) -> StreamFormat {
+        self.format
+    }
+
+    /// The frames, as the stream reader takes them: each buffer's bytes (as the driver lays
+    /// them out) and the time it was dequeued. A capture error ends the iterator after
+    /// reporting it.
     pub(crate) fn frames(self) -> impl Iterator<Item = TimedFrame> {
         let mut stream = Stream::with_buffers(&self.device, Type::VideoCapture, BUFFERS)
             .map_err(|e| StreamError::Io(format!("cannot start capture: {e}")));
-        let padded = self.padded_row;
+        // A driver's buffer may end in bytes past the frame (sizeimage rounded up): cut them;
+        // a buffer shorter than the frame stays short and is rejected by the converter.
+        let need = self.format.layout().and_then(|l| l.frame_len().ok());
         let mut done = false;
         std::iter::from_fn(move || {
             if done {
@@ -135,15 +130,8 @@ impl Camera {
             };
             Some(match s.next() {
                 Ok((buf, meta)) => {
-                    let used = (meta.bytesused as usize).min(buf.len());
-                    let data = &buf[..used];
-                    let bytes = match padded {
-                        Some((row, stride)) => {
-                            data.chunks(stride).flat_map(|r| &r[..row.min(r.len())]).copied().collect()
-                        }
-                        None => data.to_vec(),
-                    };
-                    (Ok(bytes), Instant::now())
+                    let used = (meta.bytesused as usize).min(buf.len()).min(need.unwrap_or(usize::MAX));
+                    (Ok(buf[..used].to_vec()), Instant::now())
                 }
                 Err(e) => {
                     done = true;

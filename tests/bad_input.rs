@@ -271,3 +271,80 @@ fn a_replay_buffer_longer_than_its_header_says_is_refused_unread() {
     let e = ReplayBuffer::load(&path).unwrap_err().to_string();
     assert!(e.contains("replay buffer data is longer than its header (2 samples of [3, 4, 4]) needs 384"), "{e}");
 }
+
+#[test]
+fn padded_camera_rows_and_planes_are_read_with_stride_and_plane_rows() {
+    // The same two pictures as tight i420 frames and as a Raspberry Pi camera lays them out
+    // (stride aligned to 64 bytes, luma planes of 16-aligned rows): the same energies.
+    let (w, h) = (90usize, 60usize);
+    let (stride, rows) = (128usize, 64usize);
+    let mut tight = Vec::new();
+    let mut padded = Vec::new();
+    for seed in [1u8, 2] {
+        let img = image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
+            image::Rgb([(x * 2) as u8 ^ seed, (y * 4) as u8, 90 + seed * 40])
+        });
+        // BT.601 limited-range i420 of the picture (2x2 chroma averages), by the formulas.
+        let luma: Vec<u8> = img
+            .pixels()
+            .map(|p| {
+                (16.0 + 65.481 * p[0] as f64 / 255.0 + 128.553 * p[1] as f64 / 255.0 + 24.966 * p[2] as f64 / 255.0)
+                    .round() as u8
+            })
+            .collect();
+        let chroma = |k: usize| -> Vec<u8> {
+            let mut out = Vec::new();
+            for by in 0..h / 2 {
+                for bx in 0..w / 2 {
+                    let mut acc = 0.0;
+                    for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                        let p = img.get_pixel((2 * bx + dx) as u32, (2 * by + dy) as u32);
+                        let (r, g, b) = (p[0] as f64 / 255.0, p[1] as f64 / 255.0, p[2] as f64 / 255.0);
+                        acc += if k == 0 {
+                            128.0 - 37.797 * r - 74.203 * g + 112.0 * b
+                        } else {
+                            128.0 + 112.0 * r - 93.786 * g - 18.214 * b
+                        };
+                    }
+                    out.push((acc / 4.0).round() as u8);
+                }
+            }
+            out
+        };
+        let (u, v) = (chroma(0), chroma(1));
+        tight.extend(&luma);
+        tight.extend(&u);
+        tight.extend(&v);
+        for r in 0..rows {
+            let row: &[u8] = if r < h { &luma[r * w..(r + 1) * w] } else { &[] };
+            padded.extend(row);
+            padded.extend(std::iter::repeat_n(0xEE, stride - row.len()));
+        }
+        for plane in [&u, &v] {
+            for r in 0..rows / 2 {
+                let row: &[u8] = if r < h / 2 { &plane[r * w / 2..(r + 1) * w / 2] } else { &[] };
+                padded.extend(row);
+                padded.extend(std::iter::repeat_n(0xEE, stride / 2 - row.len()));
+            }
+        }
+    }
+    let m = bundle();
+    let args = ["stream", m.to_str().unwrap(), "--format", "i420", "--size", "90x60"];
+    let (code, a, err) = run_limited(&args, tight);
+    assert_eq!(code, 0, "{err}");
+    let mut padded_args = args.to_vec();
+    padded_args.extend(["--stride", "128", "--plane-rows", "64"]);
+    let (code, b, err) = run_limited(&padded_args, padded.clone());
+    assert_eq!(code, 0, "{err}");
+    let energies = |lines: &[Value]| -> Vec<f64> {
+        lines.iter().filter(|l| l["type"] == "frame").map(|l| l["energy"].as_f64().unwrap()).collect()
+    };
+    let (ea, eb) = (energies(&a), energies(&b));
+    assert_eq!((ea.len(), eb.len()), (2, 2));
+    assert_eq!(ea, eb, "padding must not reach the model");
+    // Read at the nominal size instead, the padded stream is torn: its frames are sheared and
+    // it ends inside a frame.
+    let (code, c, _) = run_limited(&args, padded);
+    assert_eq!(code, 1);
+    assert!(c.iter().any(|l| l["reason"] == "decode_error"), "{c:?}");
+}

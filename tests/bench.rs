@@ -64,7 +64,7 @@ fn bench_without_a_gradient_graph_times_the_rest_and_refuses_bad_flags() {
         (vec!["--threads", "0"], "threads must be 1 to 256"),
         (vec!["--threads", "257"], "'--threads <N>': threads must be 1 to 256, got 257"),
         (vec!["--batch", "0"], "at least 1"),
-        (vec!["--forward-batch", "0"], "'--forward-batch <N>': the value must be at least 1"),
+        (vec!["--forward-batch", "0"], "'--forward-batch <N>': the batch must be at least 1"),
         (vec!["--frames", "/nonexistent/dir"], "/nonexistent/dir"),
     ] {
         let out = ebm_gate().arg("bench").arg(bundle()).args(&args).output().unwrap();

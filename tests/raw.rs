@@ -7,7 +7,7 @@ use std::io::Read;
 
 use ebm_gate::bundle::GateFile;
 use ebm_gate::frame::{decode_bytes, decode_file, preprocess_into};
-use ebm_gate::raw::{raw_to_rgb, MjpegReader, PixelFormat, RawReader, StreamError, YuvSpec};
+use ebm_gate::raw::{raw_to_rgb, MjpegReader, PixelFormat, RawLayout, RawReader, StreamError, YuvSpec};
 
 use crate::common::{bundle, root};
 
@@ -26,14 +26,14 @@ fn rgb_bgr_gray_buffers_give_the_image_file_path_result() {
     let rgb = img.as_raw().clone();
     let bgr: Vec<u8> = rgb.chunks_exact(3).flat_map(|p| [p[2], p[1], p[0]]).collect();
     for (format, data) in [(PixelFormat::Rgb24, &rgb), (PixelFormat::Bgr24, &bgr)] {
-        let got = raw_to_rgb(data, format, w, h, YuvSpec::default()).unwrap();
+        let got = raw_to_rgb(data, &RawLayout::tight(format, w, h), YuvSpec::default()).unwrap();
         assert_eq!(got, img, "{}", format.name());
         let mut x = vec![0f32; spec.frame_len()];
         preprocess_into(&got, &spec, &mut x).unwrap();
         assert_eq!(x, want, "{}: model input differs from the file path", format.name());
     }
     let luma: Vec<u8> = rgb.chunks_exact(3).map(|p| p[1]).collect();
-    let gray = raw_to_rgb(&luma, PixelFormat::Gray8, w, h, YuvSpec::default()).unwrap();
+    let gray = raw_to_rgb(&luma, &RawLayout::tight(PixelFormat::Gray8, w, h), YuvSpec::default()).unwrap();
     for (p, &l) in gray.pixels().zip(&luma) {
         assert_eq!(p.0, [l, l, l]);
     }
@@ -100,7 +100,7 @@ fn yuv_layouts_follow_bt601_and_bt709() {
         for format in [PixelFormat::Yuyv422, PixelFormat::Nv12, PixelFormat::I420] {
             let data = yuv_frame(format, ys, a, b);
             assert_eq!(data.len(), format.frame_len(4, 2).unwrap());
-            let img = raw_to_rgb(&data, format, 4, 2, spec).unwrap();
+            let img = raw_to_rgb(&data, &RawLayout::tight(format, 4, 2), spec).unwrap();
             for (i, p) in img.pixels().enumerate() {
                 let (x, y) = (i % 4, i / 4);
                 let (u, v) = if x < 2 { a } else { b };
@@ -117,13 +117,108 @@ fn yuv_layouts_follow_bt601_and_bt709() {
 
 #[test]
 fn wrong_sizes_are_errors_naming_both_sizes() {
-    let e = raw_to_rgb(&[0u8; 10], PixelFormat::Rgb24, 2, 2, YuvSpec::default()).unwrap_err().to_string();
+    let e = raw_to_rgb(&[0u8; 10], &RawLayout::tight(PixelFormat::Rgb24, 2, 2), YuvSpec::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("12 bytes for 2x2") && e.contains("10 bytes"), "{e}");
-    assert!(PixelFormat::Nv12.frame_len(3, 2).is_err());
-    assert!(PixelFormat::Yuyv422.frame_len(2, 3).is_ok() && PixelFormat::I420.frame_len(2, 3).is_err());
+    // Odd sizes: chroma rounded up (ffmpeg's layout).
+    assert_eq!(PixelFormat::Nv12.frame_len(3, 2).unwrap(), 6 + 4);
+    assert_eq!(PixelFormat::I420.frame_len(2, 3).unwrap(), 6 + 2 * 2);
+    assert_eq!(PixelFormat::Yuyv422.frame_len(3, 1).unwrap(), 8);
     assert!(PixelFormat::Gray8.frame_len(0, 3).is_err());
+    let short = RawLayout { stride: Some(5), ..RawLayout::tight(PixelFormat::Rgb24, 2, 2) };
+    assert!(short.frame_len().unwrap_err().to_string().contains("less than the 6 bytes"));
+    let rows = RawLayout { plane_rows: Some(1), ..RawLayout::tight(PixelFormat::I420, 2, 2) };
+    assert!(rows.frame_len().unwrap_err().to_string().contains("fewer than the frame's 2 rows"));
+    let packed = RawLayout { plane_rows: Some(4), ..RawLayout::tight(PixelFormat::Gray8, 2, 2) };
+    assert!(packed.frame_len().is_err());
     assert_eq!("yuv420p".parse::<PixelFormat>().unwrap(), PixelFormat::I420);
     assert!("rgb565".parse::<PixelFormat>().unwrap_err().contains("rgb24"));
+}
+
+/// The planes of a frame laid out with `stride` and `rows` luma rows: (bytes a row of pixels,
+/// rows of pixels, stride, rows) of each (the chroma planes' per V4L2: NV12 the same stride,
+/// I420 half).
+fn planes(l: &RawLayout, stride: usize, rows: usize) -> Vec<(usize, usize, usize, usize)> {
+    let (w, h) = (l.width as usize, l.height as usize);
+    let (cw, ch, cr) = (w.div_ceil(2), h.div_ceil(2), rows.div_ceil(2));
+    match l.format {
+        PixelFormat::Rgb24 | PixelFormat::Bgr24 => vec![(3 * w, h, stride, rows)],
+        PixelFormat::Gray8 => vec![(w, h, stride, rows)],
+        PixelFormat::Yuyv422 => vec![(4 * cw, h, stride, rows)],
+        PixelFormat::Nv12 => vec![(w, h, stride, rows), (2 * cw, ch, stride, cr)],
+        PixelFormat::I420 => {
+            let cs = stride.div_ceil(2);
+            vec![(w, h, stride, rows), (cw, ch, cs, cr), (cw, ch, cs, cr)]
+        }
+    }
+}
+
+/// `tight` (each plane's rows back to back) laid out with `stride` and `plane_rows`, the
+/// padding filled with 0xEE.
+fn pad(tight: &[u8], l: &RawLayout, stride: usize, plane_rows: usize) -> Vec<u8> {
+    let (mut out, mut at) = (Vec::new(), 0);
+    for (row, rows, pstride, prows) in planes(l, stride, plane_rows) {
+        for r in 0..prows {
+            if r < rows {
+                out.extend_from_slice(&tight[at + r * row..at + (r + 1) * row]);
+                out.extend(std::iter::repeat_n(0xEE, pstride - row));
+            } else {
+                out.extend(std::iter::repeat_n(0xEE, pstride));
+            }
+        }
+        at += row * rows;
+    }
+    assert_eq!(at, tight.len());
+    out
+}
+
+#[test]
+fn padded_rows_and_planes_give_the_tight_frame_and_odd_sizes_round_chroma_up() {
+    // Seeded bytes (an LCG): any content must come out the same with or without padding.
+    let mut state = 12345u32;
+    let mut next = move || {
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        (state >> 16) as u8
+    };
+    for format in PixelFormat::ALL {
+        for (w, h) in [(6u32, 4u32), (5, 3), (7, 1)] {
+            let tight_layout = RawLayout::tight(format, w, h);
+            let tight: Vec<u8> = (0..format.frame_len(w, h).unwrap()).map(|_| next()).collect();
+            let want = raw_to_rgb(&tight, &tight_layout, YuvSpec::default()).unwrap();
+            let row = match format {
+                PixelFormat::Rgb24 | PixelFormat::Bgr24 => 3 * w,
+                PixelFormat::Yuyv422 => 4 * w.div_ceil(2),
+                PixelFormat::Nv12 => 2 * w.div_ceil(2),
+                _ => w,
+            };
+            let stride = row + 10; // even: i420's chroma stride is half of it
+            let plane_rows = if format.is_planar() { Some(h + 3) } else { None };
+            let layout = RawLayout { stride: Some(stride), plane_rows, ..tight_layout };
+            let padded = pad(&tight, &tight_layout, stride as usize, plane_rows.unwrap_or(h) as usize);
+            assert_eq!(padded.len(), layout.frame_len().unwrap(), "{} {w}x{h}", format.name());
+            let got = raw_to_rgb(&padded, &layout, YuvSpec::default()).unwrap();
+            assert_eq!(got, want, "{} {w}x{h}: padding changed the picture", format.name());
+        }
+    }
+    // A flat odd-sized frame (Y = 100, U = V = 128) is BT.601 gray 1.164 (100 - 16) = 97.8
+    // everywhere, also in the last column and row, whose chroma the rounding-up provides.
+    for format in [PixelFormat::Yuyv422, PixelFormat::Nv12, PixelFormat::I420] {
+        let (w, h) = (5u32, 3u32);
+        let layout = RawLayout::tight(format, w, h);
+        let len = format.frame_len(w, h).unwrap();
+        let data: Vec<u8> = match format {
+            PixelFormat::Yuyv422 => [100u8, 128].repeat(len / 2),
+            _ => (0..len).map(|i| if i < (w * h) as usize { 100 } else { 128 }).collect(),
+        };
+        let img = raw_to_rgb(&data, &layout, YuvSpec::default()).unwrap();
+        let want = yuv_to_rgb(100.0, 128.0, 128.0, YuvSpec::default());
+        for p in img.pixels() {
+            for (&c, &wc) in p.0.iter().zip(&want) {
+                assert!((c as f64 - wc).abs() <= 3.0, "{}: {:?} vs {want:?}", format.name(), p.0);
+            }
+        }
+    }
 }
 
 fn jpeg(img: &image::RgbImage) -> Vec<u8> {
@@ -187,7 +282,8 @@ fn raw_stream_cuts_fixed_size_frames_and_reports_a_torn_tail() {
     let items: Vec<_> = RawReader::new(Trickle(std::io::Cursor::new(stream)), len).collect();
     assert_eq!(items.len(), 4);
     for item in &items[..3] {
-        let rgb = raw_to_rgb(item.as_ref().unwrap(), PixelFormat::Rgb24, 32, 32, YuvSpec::default()).unwrap();
+        let rgb = raw_to_rgb(item.as_ref().unwrap(), &RawLayout::tight(PixelFormat::Rgb24, 32, 32), YuvSpec::default())
+            .unwrap();
         assert_eq!(rgb, img);
     }
     assert_eq!(items[3], Err(StreamError::Truncated { offset: 3 * len as u64, len: 100 }));

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use ebm_gate::raw::{raw_to_rgb, PixelFormat, YuvSpec};
+use ebm_gate::raw::{raw_to_rgb, PixelFormat, RawLayout, YuvSpec};
 use image::{Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -205,7 +205,7 @@ fn encode(img: &RgbImage, fmt: Fmt, torn: bool) -> Vec<u8> {
 /// The picture the gate should see for a frame: what `score` is given for the same frame.
 fn seen(img: &RgbImage, fmt: Fmt) -> RgbImage {
     match fmt {
-        Fmt::Raw(f) => raw_to_rgb(&raw_bytes(img, f), f, W, H, YuvSpec::default()).unwrap(),
+        Fmt::Raw(f) => raw_to_rgb(&raw_bytes(img, f), &RawLayout::tight(f, W, H), YuvSpec::default()).unwrap(),
         Fmt::Mjpeg => image::load_from_memory(&jpeg(img)).unwrap().to_rgb8(),
     }
 }
@@ -593,7 +593,7 @@ fn bad_stream_arguments_exit_2_with_a_clear_message() {
         (&["--format", "rgb24"], "needs --size"),
         (&["--format", "rgb24", "--size", "100000x100000"], "more than the limit"),
         (&["--format", "mjpeg", "--max-saved", "3"], "--save-rejected"),
-        (&["--format", "nv12", "--size", "641x480"], "641x480"),
+        (&["--format", "nv12", "--size", "640x480", "--stride", "600"], "a stride of 600 bytes is less than the 640"),
         (&["--format", "rgb48", "--size", "64x48"], "unknown pixel format"),
         (&["--format", "rgb24", "--size", "64x48", "--window", "3", "--enter", "4"], "exit < enter <= n"),
     ];

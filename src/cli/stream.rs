@@ -71,6 +71,15 @@ pub struct StreamArgs {
     /// Size of raw frames, WIDTHxHEIGHT (not needed for mjpeg; with a V4L2 camera, the size asked for)
     #[arg(long, value_parser = parse_size, value_name = "WxH")]
     pub size: Option<(u32, u32)>,
+    /// Bytes from one row to the next in raw frames with padded rows (V4L2 bytesperline,
+    /// libcamera stride): of the only plane, or of the luma plane (nv12's chroma plane has the
+    /// same, i420's half); default: no padding. A V4L2 camera's own is used without this flag
+    #[arg(long, value_name = "BYTES")]
+    pub stride: Option<u32>,
+    /// Rows of the luma plane of nv12/i420 frames when the producer aligns planes (e.g. 1088
+    /// for 1080 rows); default: the height
+    #[arg(long, value_name = "ROWS")]
+    pub plane_rows: Option<u32>,
     /// How a frame is brought to the model's size (default: as gate.json says; center for the reference bundle)
     #[arg(long, value_enum)]
     pub crop: Option<CropArg>,
@@ -117,16 +126,18 @@ fn is_video_device(path: &Path) -> bool {
 }
 
 /// Opens `--input`: stdin, a file or named pipe, or (feature `v4l2`) a V4L2 camera.
-fn open_source(input: &Path, format: StreamFormat, size: Option<(u32, u32)>) -> Result<StreamSource> {
+/// Returns the source and the stream's format: a camera's says how the driver pads its rows.
+fn open_source(input: &Path, format: StreamFormat, size: Option<(u32, u32)>) -> Result<(StreamSource, StreamFormat)> {
     if input.as_os_str() == "-" {
-        return Ok(StreamSource::Bytes(Box::new(std::io::stdin())));
+        return Ok((StreamSource::Bytes(Box::new(std::io::stdin())), format));
     }
     if is_video_device(input) {
         #[cfg(feature = "v4l2")]
         {
             let camera =
                 ebm_gate::v4l2::open(input, format, size).with_context(|| format!("--input {}", input.display()))?;
-            return Ok(StreamSource::Camera(camera));
+            let format = camera.format();
+            return Ok((StreamSource::Camera(camera), format));
         }
         #[cfg(not(feature = "v4l2"))]
         {
@@ -147,7 +158,7 @@ fn open_source(input: &Path, format: StreamFormat, size: Option<(u32, u32)>) -> 
         );
     }
     let file = std::fs::File::open(input).with_context(|| format!("--input {}: cannot open", input.display()))?;
-    Ok(StreamSource::Bytes(Box::new(file)))
+    Ok((StreamSource::Bytes(Box::new(file)), format))
 }
 
 fn signal_name(n: usize) -> &'static str {
@@ -168,20 +179,26 @@ pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
         (InputFormat::Raw(format), Some((width, height))) => {
             let yuv =
                 YuvSpec { bt709: args.yuv_matrix == YuvMatrix::Bt709, full_range: args.yuv_range == YuvRange::Full };
-            format
-                .frame_len(width, height)
+            let (stride, plane_rows) = (args.stride, args.plane_rows);
+            let f = StreamFormat::Raw { format, width, height, stride, plane_rows, yuv };
+            f.layout()
+                .map(|l| l.frame_len())
+                .transpose()
                 .with_context(|| format!("--size {width}x{height} for {}", format.name()))?;
-            StreamFormat::Raw { format, width, height, yuv }
+            f
         }
         (InputFormat::Raw(format), None) => bail!("--format {} needs --size WIDTHxHEIGHT", format.name()),
     };
+    if format == StreamFormat::Mjpeg && (args.stride.is_some() || args.plane_rows.is_some()) {
+        bail!("--stride and --plane-rows describe raw frames, not mjpeg");
+    }
     let exit = match args.exit {
         Some(j) => j,
         None => args.enter - 1,
     };
     let source_name =
         if args.input.as_os_str() == "-" { "stdin".to_string() } else { args.input.display().to_string() };
-    let source = open_source(&args.input, format, args.size)?;
+    let (source, format) = open_source(&args.input, format, args.size)?;
     let overrides = Overrides { batch: Some(args.gate.batch.unwrap_or(4)), ..args.gate.overrides(g) };
     let mut gate = open(&args.model, &overrides)?;
     let options = StreamOptions {
