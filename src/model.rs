@@ -95,6 +95,79 @@ impl std::fmt::Debug for Model {
     }
 }
 
+/// Gives the frames input (input 0) of `model` a fact tract can type: an anonymous batch
+/// becomes the symbol `N`, anonymous `C, H, W` take `pin`'s values. Named symbols are left to
+/// [`concretize_input`].
+fn pin_input(model: &mut InferenceModel, pin: Option<[usize; 3]>, path: &Path) -> Result<()> {
+    let fact = model.input_fact(0).map_err(|e| Error::tract(path, e))?.clone();
+    use tract_onnx::tract_hir::infer::{DimFact, Factoid};
+    let dims: Vec<DimFact> = fact.shape.dims().cloned().collect();
+    if dims.len() != 4 || dims.iter().all(|d| d.concretize().is_some()) {
+        return Ok(()); // nothing anonymous (a wrong rank is refused once typed)
+    }
+    let mut shape: TVec<TDim> = TVec::new();
+    for (i, d) in dims.iter().enumerate() {
+        shape.push(match d.concretize() {
+            Some(d) => d,
+            None if i == 0 => model.symbols.sym("N").into(),
+            None => match pin {
+                Some(chw) => TDim::from(chw[i - 1] as i64),
+                None => {
+                    return Err(Error::Shape {
+                        path: path.into(),
+                        expected: "input [N, C, H, W] with C, H, W given by the file or by gate.json's input".into(),
+                        got: format!("dimension {i} without a size or a name, and no gate.json beside the model"),
+                    })
+                }
+            },
+        });
+    }
+    let dt = fact.datum_type.concretize().unwrap_or(f32::datum_type());
+    model.set_input_fact(0, InferenceFact::dt_shape(dt, shape)).map_err(|e| Error::tract(path, e))
+}
+
+/// Sets the symbols the frames input uses for `C, H, W` to `pin`'s values (a model exported with
+/// dynamic height and width), keeping the batch symbol.
+fn concretize_input(typed: TypedModel, pin: Option<[usize; 3]>, path: &Path) -> Result<TypedModel> {
+    let input = typed.input_fact(0).map_err(|e| Error::tract(path, e))?.clone();
+    let shape: Vec<TDim> = input.shape.iter().cloned().collect();
+    let mut subs: HashMap<Symbol, TDim> = HashMap::new();
+    for (i, d) in shape.iter().enumerate().skip(1) {
+        if let TDim::Sym(sym) = d {
+            let Some(chw) = pin else {
+                return Err(Error::Shape {
+                    path: path.into(),
+                    expected: "input [N, C, H, W] with C, H, W given by the file or by gate.json's input".into(),
+                    got: format!("{} (symbolic) and no gate.json beside the model", dims_str(&shape)),
+                });
+            };
+            subs.insert(sym.clone(), TDim::from(chw[i - 1] as i64));
+        }
+    }
+    if subs.is_empty() || shape.len() != 4 {
+        return Ok(typed);
+    }
+    typed.set_symbols(&subs).map_err(|e| Error::tract(path, e))
+}
+
+/// tract's error while reading or typing `path`, with the ONNX opsets the file imports (an
+/// operator tract does not implement is named by tract with its node; the opset says which
+/// version of it the file asks for).
+fn with_opsets(path: &Path, e: TractError) -> Error {
+    let mut message = format!("{e:#}");
+    if let Ok(proto) = tract_onnx::onnx().proto_model_for_path(path) {
+        let opsets: Vec<String> = proto
+            .opset_import
+            .iter()
+            .map(|o| format!("{} {}", if o.domain.is_empty() { "ai.onnx" } else { o.domain.as_str() }, o.version))
+            .collect();
+        if !opsets.is_empty() {
+            message += &format!(" (the file imports opset {})", opsets.join(", "));
+        }
+    }
+    Error::Model { path: path.into(), message }
+}
+
 fn dims_str(shape: &[TDim]) -> String {
     format!("[{}]", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
 }
@@ -390,9 +463,27 @@ impl Model {
     /// [`Error::Shape`] when its input or output does not have the shapes above;
     /// [`Error::Invalid`] for a `forward_batch` of 0.
     pub fn load(path: &Path, batch: usize, forward_batch: Option<usize>) -> Result<Model> {
+        Model::load_pinned(path, batch, forward_batch, None)
+    }
+
+    /// [`Model::load`] for a model whose input has dynamic dimensions: `pin = [C, H, W]` (from
+    /// `gate.json`'s input) fixes those the file leaves symbolic (`height`, `width`) or
+    /// anonymous, and an anonymous batch dimension becomes the symbol `N`. Dimensions the file
+    /// fixes stay as they are (a mismatch with `gate.json` is refused by the bundle's check).
+    ///
+    /// # Errors
+    /// As [`Model::load`].
+    pub fn load_pinned(
+        path: &Path,
+        batch: usize,
+        forward_batch: Option<usize>,
+        pin: Option<[usize; 3]>,
+    ) -> Result<Model> {
         let merr = |e: TractError| Error::tract(path, e);
-        let inference = tract_onnx::onnx().model_for_path(path).map_err(merr)?;
-        let typed = inference.into_typed().map_err(merr)?.into_decluttered().map_err(merr)?;
+        let mut inference = tract_onnx::onnx().model_for_path(path).map_err(|e| with_opsets(path, e))?;
+        pin_input(&mut inference, pin, path)?;
+        let typed = inference.into_typed().map_err(|e| with_opsets(path, e))?.into_decluttered().map_err(merr)?;
+        let typed = concretize_input(typed, pin, path)?;
         let (plans, chw) = Plans::new(path, "model", typed, 0)?;
         let mut model = Model { path: path.into(), plans, chw, num_classes: 0 };
         model.set_forward_batch(forward_batch)?;

@@ -276,7 +276,11 @@ impl EnergyGate {
             }
         }
         let batch = check::count_up_to("batch", overrides.batch.unwrap_or(32), check::MAX_BATCH)?;
-        let mut model = Model::load(&paths.model, batch, overrides.forward_batch)?;
+        // gate.json's input size fixes the dimensions a model exported with a dynamic height and
+        // width leaves open.
+        let pin =
+            gate_file.as_ref().map(|g| [g.input.color.channels(), g.input.height as usize, g.input.width as usize]);
+        let mut model = Model::load_pinned(&paths.model, batch, overrides.forward_batch, pin)?;
         model.set_threads(overrides.threads.unwrap_or(1))?;
         let batch = model.fixed_batch().unwrap_or(batch);
         let [c, h, w] = model.input_chw();

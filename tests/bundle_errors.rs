@@ -116,3 +116,62 @@ fn fixed_batch_model_runs_short_batches_padded() {
         }
     }
 }
+
+/// A gate.json for the tiny models: five classes, pixels in [0, 1], no normalisation, no gate.
+fn tiny_gate(dir: &Path) {
+    let mut g = crate::common::read_json("models/cifar10-airnet/gate.json");
+    let o = g.as_object_mut().unwrap();
+    for key in ["gate", "prediction_sets", "provenance", "gradient"] {
+        o.remove(key);
+    }
+    o.insert("class_names".into(), serde_json::json!(["a", "b", "c", "d", "e"]));
+    o.insert("temperature".into(), serde_json::json!(1.0));
+    let input = o.get_mut("input").unwrap().as_object_mut().unwrap();
+    input.insert("mean".into(), serde_json::json!([0.0, 0.0, 0.0]));
+    input.insert("std".into(), serde_json::json!([1.0, 1.0, 1.0]));
+    input.insert("pixel_range".into(), serde_json::json!([0.0, 1.0]));
+    std::fs::write(dir.join("gate.json"), serde_json::to_string_pretty(&g).unwrap()).unwrap();
+}
+
+/// Scores the tiny models' three frames and checks the logits against onnxruntime's.
+fn check_tiny(model: &Path, key: &str) {
+    let doc = crate::common::read_json("tests/data/tiny_fixed_batch4.json");
+    let root = crate::common::root();
+    let mut gate = EnergyGate::open(model, &Overrides::default()).unwrap();
+    let paths: Vec<std::path::PathBuf> =
+        doc["frames"].as_array().unwrap().iter().map(|p| root.join(p.as_str().unwrap())).collect();
+    let reports = gate.score_items(&ebm_gate::source::collect(&paths, None).unwrap(), |_| {});
+    let want = doc[key].as_array().unwrap();
+    assert_eq!((reports.len(), want.len()), (3, 3));
+    for (r, want) in reports.iter().zip(want) {
+        let (got, want) = (r.logits.as_ref().unwrap_or_else(|| panic!("{r:?}")), crate::common::f32s(want));
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-4, "{}: {got:?} vs onnxruntime {want:?}", r.name);
+        }
+    }
+}
+
+#[test]
+fn symbolic_height_and_width_are_pinned_from_gate_json() {
+    let src = crate::common::root().join("tests/data/tiny_symbolic_hw.onnx");
+    // Bare, nothing says what H and W are: refused, saying so.
+    let msg = open_err(&src);
+    assert!(msg.contains("symbolic") && msg.contains("gate.json"), "{msg}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&src, dir.path().join("model.onnx")).unwrap();
+    tiny_gate(dir.path());
+    check_tiny(dir.path(), "symbolic_hw_ort_logits");
+}
+
+#[test]
+fn an_anonymous_batch_dimension_becomes_a_symbol() {
+    check_tiny(&crate::common::root().join("tests/data/tiny_anonymous_batch.onnx"), "anonymous_batch_ort_logits");
+}
+
+#[test]
+fn an_unsupported_operator_is_named_with_its_node_and_opset() {
+    let msg = open_err(&crate::common::root().join("tests/data/unsupported_op.onnx"));
+    assert!(msg.contains("unsupported_op.onnx"), "{msg}");
+    assert!(msg.contains("FancyPool") && msg.contains("fancy_pool_1"), "{msg}");
+    assert!(msg.contains("com.example 1") && msg.contains("ai.onnx 17"), "{msg}");
+}
