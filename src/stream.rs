@@ -22,7 +22,7 @@
 //! histogram, and nothing else grows with the length of the stream.
 //!
 //! The same picture gives the same result as [`EnergyGate::score_items`]: a raw frame is
-//! converted to RGB ([`raw_to_rgb`]) or a JPEG decoded ([`decode_bytes`]), then resized and
+//! converted to RGB ([`raw_to_rgb`]) or a JPEG decoded ([`decode_bytes_with`], under the gate's [`InputLimits`]), then resized and
 //! normalised by the same functions as an image file.
 //!
 //! ```no_run
