@@ -18,7 +18,7 @@
 
 use std::path::Path;
 
-use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use fast_image_resize::{images::Image, images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 
 use crate::bundle::{Color, InputSpec, ResizeMode};
@@ -40,31 +40,33 @@ pub fn is_image_path(path: &Path) -> bool {
 
 /// Limits every outside input is checked against before memory is allocated for it.
 ///
-/// Defaults are sized for cameras (up to 8K video and 50-megapixel stills fit): sides of at
-/// most 8,192 pixels and 256 MiB for any one input buffer. The CLI's global `--max-image-side`
-/// and `--max-input-mib` raise or lower them.
+/// Defaults are sized for cameras (up to 8K video and 50-megapixel stills fit) and keep a run's
+/// peak memory near 300 MB at worst: sides of at most 8,192 pixels, 64 MiB for an encoded
+/// input, 256 MiB for a decoder's working memory. The CLI's global `--max-image-side`,
+/// `--max-input-mib`, `--max-decode-mib` and `--max-frames` raise or lower them.
 ///
 /// | input | checked before allocating |
 /// |---|---|
 /// | image file | its size on disk `<= max_input_bytes`; empty is an error |
-/// | encoded image (file or MJPEG frame) | width, height `<= max_side` from the header; the decoder's working memory `<= max_input_bytes` (`image::Limits::max_alloc`; JPEG counted at 9 bytes a pixel: 3 output, 6 for progressive coefficients) |
-/// | IDX file | compressed and decompressed size `<= max_input_bytes`; rows, cols `<= max_side`, with checked arithmetic |
+/// | encoded image (file or MJPEG frame) | width, height `<= max_side` from the header; the decoder's working memory `<= max_decoded_bytes` (`image::Limits::max_alloc`; JPEG counted at 9 bytes a pixel: 3 output, 6 for progressive coefficients) |
+/// | IDX file | its size on disk and the body its header declares (`n * rows * cols`, checked arithmetic) `<= max_input_bytes`; rows, cols `<= max_side`; the body read (decompressed) only that far |
 /// | MJPEG stream | a frame's bytes `<= max_input_bytes` (else skipped to the next start-of-image) |
-/// | inputs of a run | at most `max_frames` frames from folders and IDX files (`--max-frames`) |
+/// | inputs of a run | at most `max_frames` frames from folders and IDX files |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InputLimits {
     /// Largest width or height of an image, in pixels.
     pub max_side: u32,
-    /// Largest input buffer: an encoded file, a decoded image's working memory, a decompressed
-    /// IDX file or an MJPEG frame, in bytes.
+    /// Largest encoded input: an image file, an MJPEG frame, an IDX body, in bytes.
     pub max_input_bytes: u64,
+    /// Largest working memory of one image's decoder (its output and buffers), in bytes.
+    pub max_decoded_bytes: u64,
     /// Most frames one run takes from its inputs (folders walked, IDX images).
     pub max_frames: usize,
 }
 
 impl Default for InputLimits {
     fn default() -> Self {
-        InputLimits { max_side: 8192, max_input_bytes: 256 << 20, max_frames: 1_000_000 }
+        InputLimits { max_side: 8192, max_input_bytes: 64 << 20, max_decoded_bytes: 256 << 20, max_frames: 1_000_000 }
     }
 }
 
@@ -74,7 +76,7 @@ impl InputLimits {
         let mut l = image::Limits::default();
         l.max_image_width = Some(self.max_side);
         l.max_image_height = Some(self.max_side);
-        l.max_alloc = Some(self.max_input_bytes);
+        l.max_alloc = Some(self.max_decoded_bytes);
         l
     }
 
@@ -95,6 +97,18 @@ impl InputLimits {
             return Err(format!(
                 "{what} of {bytes} bytes exceeds the limit of {} MiB (--max-input-mib)",
                 self.max_input_bytes >> 20
+            ));
+        }
+        Ok(())
+    }
+
+    /// `Err(message)` when a decoder's `bytes` of working memory for `what` exceed
+    /// [`max_decoded_bytes`](Self::max_decoded_bytes).
+    pub fn check_decoded(&self, what: &str, bytes: u64) -> std::result::Result<(), String> {
+        if bytes > self.max_decoded_bytes {
+            return Err(format!(
+                "{what} needs {bytes} bytes of decoding memory, more than the limit of {} MiB (--max-decode-mib)",
+                self.max_decoded_bytes >> 20
             ));
         }
         Ok(())
@@ -153,7 +167,7 @@ fn decode_jpeg(bytes: &[u8], name: &Path, limits: &InputLimits) -> Result<Dynami
     })?;
     let (w, h) = decoder.dimensions().ok_or_else(|| fail("JPEG: no frame header".into()))?;
     limits.check_size(w as u64, h as u64).map_err(fail)?;
-    limits.check_bytes(&format!("a {w}x{h} JPEG's decoding memory"), 9 * w as u64 * h as u64).map_err(fail)?;
+    limits.check_decoded(&format!("a {w}x{h} JPEG"), 9 * w as u64 * h as u64).map_err(fail)?;
     let orientation = decoder
         .exif()
         .and_then(|exif| image::metadata::Orientation::from_exif_chunk(exif))
@@ -170,9 +184,9 @@ fn decode_limited(bytes: &[u8], name: &Path, limits: &InputLimits) -> Result<Rgb
     let err = |e: image::ImageError| {
         let message = match e {
             image::ImageError::Limits(e) => format!(
-                "{e}: the limits are {} pixels a side (--max-image-side) and {} MiB of decoding memory (--max-input-mib)",
+                "{e}: the limits are {} pixels a side (--max-image-side) and {} MiB of decoding memory (--max-decode-mib)",
                 limits.max_side,
-                limits.max_input_bytes >> 20
+                limits.max_decoded_bytes >> 20
             ),
             e => e.to_string(),
         };
@@ -256,8 +270,9 @@ pub fn resize_to(img: &RgbImage, width: u32, height: u32, mode: ResizeMode) -> R
     if w == 0 || h == 0 || width == 0 || height == 0 {
         return Err(Error::Invalid(format!("cannot resize a {w}x{h} image to {width}x{height}")));
     }
-    let src = Image::from_vec_u8(w, h, img.as_raw().clone(), PixelType::U8x3)
-        .map_err(|e| Error::Invalid(format!("image buffer: {e}")))?;
+    // A view of the frame, not a copy: a large camera frame is held once.
+    let src =
+        ImageRef::new(w, h, img.as_raw(), PixelType::U8x3).map_err(|e| Error::Invalid(format!("image buffer: {e}")))?;
     let mut dst = Image::new(width, height, PixelType::U8x3);
     let mut options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
     if mode == ResizeMode::ShorterSideThenCenterCrop {
@@ -407,7 +422,7 @@ mod tests {
 
     #[test]
     fn limits_refuse_sizes_beyond_them_and_accept_the_edge() {
-        let l = InputLimits { max_side: 100, max_input_bytes: 1 << 20, max_frames: 10 };
+        let l = InputLimits { max_side: 100, max_input_bytes: 1 << 20, max_decoded_bytes: 2 << 20, max_frames: 10 };
         assert!(l.check_size(100, 100).is_ok());
         assert!(l.check_size(101, 1).unwrap_err().contains("101x1 pixels exceeds the limit of 100"));
         assert!(l.check_bytes("a file", 1 << 20).is_ok());
@@ -416,7 +431,8 @@ mod tests {
             .unwrap_err()
             .contains("1048577 bytes exceeds the limit of 1 MiB"));
         let il = l.image_limits();
-        assert_eq!((il.max_image_width, il.max_image_height, il.max_alloc), (Some(100), Some(100), Some(1 << 20)));
+        assert_eq!((il.max_image_width, il.max_image_height, il.max_alloc), (Some(100), Some(100), Some(2 << 20)));
+        assert!(l.check_decoded("x", (2 << 20) + 1).unwrap_err().contains("more than the limit of 2 MiB"));
     }
 
     #[test]

@@ -514,9 +514,9 @@ pub struct MjpegReader<R: Read> {
     max_frame_bytes: usize,
 }
 
-/// Largest MJPEG frame [`MjpegReader::new`] accepts: 256 MiB, the default
+/// Largest MJPEG frame [`MjpegReader::new`] accepts: 64 MiB, the default
 /// [`InputLimits`](crate::frame::InputLimits)' `max_input_bytes`.
-pub const MAX_MJPEG_FRAME_BYTES: usize = 256 << 20;
+pub const MAX_MJPEG_FRAME_BYTES: usize = 64 << 20;
 
 impl<R: Read> MjpegReader<R> {
     /// Reads from `reader` (a file, stdin, a pipe), with frames of at most

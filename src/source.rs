@@ -95,8 +95,9 @@ impl FrameItem {
 /// Reads an IDX file of unsigned bytes with 3 dimensions `[n, rows, cols]` (magic `0x00000803`),
 /// gzip-compressed when its name ends in `.gz`. Format: LeCun et al., the MNIST database page.
 ///
-/// Checked against `limits` before allocating: the file's size, the decompressed size (read
-/// at most one byte past the limit), rows and cols, and `n * rows * cols` (checked arithmetic).
+/// Checked against `limits` before allocating: the file's size, then the header (rows and
+/// cols, and `n * rows * cols` with checked arithmetic); the body is read (and decompressed) only
+/// as far as the header declares, so a decompression bomb stops there.
 /// A body shorter than the header declares is kept: the images it holds decode, the missing
 /// ones fail with their own error (see [`FrameItem::decode_with`]).
 ///
@@ -108,25 +109,23 @@ pub fn read_idx_images(path: &Path, limits: &InputLimits) -> Result<GrayStack> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let on_disk = file.metadata().map_err(|e| Error::io(path, e))?.len();
     limits.check_bytes("an IDX file", on_disk).map_err(bad)?;
-    let cap = limits.max_input_bytes + 1;
-    let mut bytes = Vec::new();
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz")) {
-        flate2::read::GzDecoder::new(std::io::BufReader::new(file))
-            .take(cap)
-            .read_to_end(&mut bytes)
-            .map_err(|e| bad(format!("gzip: {e}")))?;
-        limits.check_bytes("a decompressed IDX file", bytes.len() as u64).map_err(bad)?;
+    let gz = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"));
+    let mut reader: Box<dyn Read> = if gz {
+        Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)))
     } else {
-        file.take(cap).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
-        limits.check_bytes("an IDX file", bytes.len() as u64).map_err(bad)?;
-    }
-    if bytes.is_empty() {
+        Box::new(std::io::BufReader::new(file))
+    };
+    let read_err = |e: std::io::Error| if gz { bad(format!("gzip: {e}")) } else { Error::io(path, e) };
+    // The header first: the body is read only as far as the header's checked size says.
+    let mut header = Vec::with_capacity(16);
+    (&mut reader).take(16).read_to_end(&mut header).map_err(read_err)?;
+    if header.is_empty() {
         return Err(bad("empty file".into()));
     }
-    if bytes.len() < 16 {
-        return Err(bad(format!("truncated IDX file: {} bytes is too short for an IDX header", bytes.len())));
+    if header.len() < 16 {
+        return Err(bad(format!("truncated IDX file: {} bytes is too short for an IDX header", header.len())));
     }
-    let word = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let word = |i: usize| u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
     if word(0) != 0x0803 {
         return Err(bad(format!("IDX magic {:#010x} is not 0x00000803 (3-D unsigned bytes)", word(0))));
     }
@@ -148,11 +147,12 @@ pub fn read_idx_images(path: &Path, limits: &InputLimits) -> Result<GrayStack> {
              (--max-input-mib)",
             limits.max_input_bytes >> 20
         ))
-    })? as usize;
-    let body = &bytes[16..];
-    let whole = body.len().min(declared) / len as usize * len as usize;
-    bytes.truncate(16 + whole);
-    bytes.drain(..16);
+    })?;
+    // Bytes past the declared body (a gzip bomb's tail, say) are never read.
+    let mut bytes = Vec::new();
+    reader.take(declared).read_to_end(&mut bytes).map_err(read_err)?;
+    let whole = bytes.len() / len as usize * len as usize;
+    bytes.truncate(whole);
     Ok(GrayStack { path: path.into(), n: n as usize, height, width, pixels: bytes })
 }
 

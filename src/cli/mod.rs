@@ -36,10 +36,12 @@ pub struct LimitsArg {
     /// their header, before decoding
     #[arg(long, default_value_t = InputLimits::default().max_side, value_name = "PX", global = true, value_parser = side)]
     pub max_image_side: u32,
-    /// Largest input buffer, in MiB: an image file, a decoded image's working memory, a
-    /// decompressed IDX file, an MJPEG frame
+    /// Largest encoded input, in MiB: an image file, an MJPEG frame, an IDX body
     #[arg(long, default_value_t = InputLimits::default().max_input_bytes >> 20, value_name = "MIB", global = true, value_parser = mib)]
     pub max_input_mib: u64,
+    /// Largest working memory of one image's decoder, in MiB
+    #[arg(long, default_value_t = InputLimits::default().max_decoded_bytes >> 20, value_name = "MIB", global = true, value_parser = mib)]
+    pub max_decode_mib: u64,
     /// Most frames one run takes from its inputs (folders, IDX files)
     #[arg(long, default_value_t = InputLimits::default().max_frames, value_name = "N", global = true, value_parser = count)]
     pub max_frames: usize,
@@ -51,6 +53,7 @@ impl LimitsArg {
         InputLimits {
             max_side: self.max_image_side,
             max_input_bytes: self.max_input_mib << 20,
+            max_decoded_bytes: self.max_decode_mib << 20,
             max_frames: self.max_frames,
         }
     }
@@ -61,7 +64,7 @@ impl LimitsArg {
 pub struct Globals {
     /// `--threads`.
     pub threads: usize,
-    /// `--max-image-side`, `--max-input-mib`, `--max-frames`.
+    /// `--max-image-side`, `--max-input-mib`, `--max-decode-mib`, `--max-frames`.
     pub limits: InputLimits,
 }
 
