@@ -154,8 +154,9 @@ fn decode_jpeg(bytes: &[u8], name: &Path, limits: &InputLimits) -> Result<Dynami
     };
     let options = DecoderOptions::default()
         .set_strict_mode(true)
-        .set_max_width(limits.max_side as usize)
-        .set_max_height(limits.max_side as usize)
+        // The side limit is checked below from the header, with our own message.
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX)
         .jpeg_set_out_colorspace(ColorSpace::RGB);
     let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
     decoder.decode_headers().map_err(|e| match e {
@@ -202,6 +203,13 @@ fn decode_limited(bytes: &[u8], name: &Path, limits: &InputLimits) -> Result<Rgb
     }
     reader.limits(limits.image_limits());
     let mut decoder = reader.into_decoder().map_err(err)?;
+    // The decoders check their own buffers against `max_alloc`, not the image they return:
+    // the decoded image, and the 8-bit RGB copy made of it, are counted here from the header.
+    let (w, h) = decoder.dimensions();
+    let fail = |message: String| Error::Decode { path: name.into(), message };
+    limits.check_size(w as u64, h as u64).map_err(fail)?;
+    let need = decoder.total_bytes().saturating_add(3 * w as u64 * h as u64);
+    limits.check_decoded(&format!("a {w}x{h} {:?} image", decoder.color_type()), need).map_err(fail)?;
     let orientation = decoder.orientation().map_err(err)?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(err)?;
     img.apply_orientation(orientation);

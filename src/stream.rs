@@ -460,7 +460,12 @@ pub fn run_stream(
         gate.model_mut().logits(&blank[..n * frame_len], n)?;
     }
     if let Some(layout) = options.format.layout() {
-        layout.frame_len()?;
+        // A raw frame is an encoded input like any other: its sides and bytes within the
+        // gate's limits (MJPEG frames are cut by the reader; their decode checks their header).
+        let len = layout.frame_len()?;
+        let limits = gate.limits();
+        limits.check_size(layout.width as u64, layout.height as u64).map_err(Error::Invalid)?;
+        limits.check_bytes(&format!("a raw {} frame", layout.format.name()), len as u64).map_err(Error::Invalid)?;
     }
     let mut latencies = Latencies::new()?;
     let len = spec.frame_len();

@@ -348,3 +348,33 @@ fn padded_camera_rows_and_planes_are_read_with_stride_and_plane_rows() {
     assert_eq!(code, 1);
     assert!(c.iter().any(|l| l["reason"] == "decode_error"), "{c:?}");
 }
+
+#[test]
+fn decoding_memory_is_counted_from_the_header_for_every_format() {
+    // A 3000x3000 RGBA PNG of one colour: a few kB on disk, 36 MB decoded (+ 27 MB as RGB).
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("big.png");
+    image::RgbaImage::from_pixel(3000, 3000, image::Rgba([10, 20, 30, 255])).save(&png).unwrap();
+    let m = bundle();
+    let (code, rows, err) =
+        run_limited(&["--max-decode-mib", "16", "score", m.to_str().unwrap(), png.to_str().unwrap(), "--json"], vec![]);
+    assert_eq!(code, 1, "{err}");
+    let e = error_of(&rows[0]);
+    assert!(
+        e.contains("a 3000x3000 rgba8 image needs 63000000 bytes of decoding memory, more than the limit of 16 mib"),
+        "{e}"
+    );
+    // Under the default 256 MiB it decodes and is scored.
+    let (_, rows, err) = run_limited(&["score", m.to_str().unwrap(), png.to_str().unwrap(), "--json"], vec![]);
+    assert!(rows[0]["energy"].is_number(), "{err}");
+    // Raw stream frames are held to the same limits, at start.
+    let cases = [
+        ("gray8", "16000x16000", "exceeds the limit of 8192 pixels a side"),
+        ("rgb24", "5000x5000", "exceeds the limit of 64 mib"),
+    ];
+    for (fmt, size, want) in cases {
+        let (code, _, err) = run_limited(&["stream", m.to_str().unwrap(), "--format", fmt, "--size", size], vec![]);
+        assert_eq!(code, 2, "{size}: {err}");
+        assert!(err.to_lowercase().contains(want), "{size}: {err}");
+    }
+}

@@ -32,8 +32,8 @@ pub struct ThreadsArg {
 /// flags (`ebm_gate::frame::InputLimits`).
 #[derive(clap::Args, Clone, Copy, Debug)]
 pub struct LimitsArg {
-    /// Largest width or height of an image or frame, in pixels; larger ones are rejected from
-    /// their header, before decoding
+    /// Largest width or height of an image or frame (also stream's raw --size), in pixels;
+    /// larger ones are rejected from their header, before decoding
     #[arg(long, default_value_t = InputLimits::default().max_side, value_name = "PX", global = true, value_parser = side)]
     pub max_image_side: u32,
     /// Largest encoded input, in MiB: an image file, an MJPEG frame, an IDX body
@@ -42,7 +42,8 @@ pub struct LimitsArg {
     /// Largest working memory of one image's decoder, in MiB
     #[arg(long, default_value_t = InputLimits::default().max_decoded_bytes >> 20, value_name = "MIB", global = true, value_parser = mib)]
     pub max_decode_mib: u64,
-    /// Most frames one run takes from its inputs (folders, IDX files)
+    /// Most frames one run of score, eval, calibrate or refine takes from its inputs (folders,
+    /// IDX files; a stream is not counted)
     #[arg(long, default_value_t = InputLimits::default().max_frames, value_name = "N", global = true, value_parser = count)]
     pub max_frames: usize,
 }

@@ -181,10 +181,10 @@ pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
                 YuvSpec { bt709: args.yuv_matrix == YuvMatrix::Bt709, full_range: args.yuv_range == YuvRange::Full };
             let (stride, plane_rows) = (args.stride, args.plane_rows);
             let f = StreamFormat::Raw { format, width, height, stride, plane_rows, yuv };
-            f.layout()
-                .map(|l| l.frame_len())
-                .transpose()
-                .with_context(|| format!("--size {width}x{height} for {}", format.name()))?;
+            f.layout().map(|l| l.frame_len()).transpose().with_context(|| match stride {
+                Some(st) => format!("--size {width}x{height} --stride {st} for {}", format.name()),
+                None => format!("--size {width}x{height} for {}", format.name()),
+            })?;
             f
         }
         (InputFormat::Raw(format), None) => bail!("--format {} needs --size WIDTHxHEIGHT", format.name()),
