@@ -280,15 +280,28 @@ fn one() -> f32 {
     1.0
 }
 
+/// Largest `gate.json` read, in bytes (64 MiB: a million calibration energies take about 20 MB).
+pub const MAX_GATE_JSON_BYTES: u64 = 64 << 20;
+
 impl GateFile {
-    /// Reads and checks a `gate.json`.
+    /// Reads and checks a `gate.json` (at most [`MAX_GATE_JSON_BYTES`]).
     ///
     /// # Errors
-    /// [`Error::Io`] when unreadable, [`Error::Bundle`] naming the file for bad JSON, another
+    /// [`Error::Io`] when unreadable, [`Error::Bundle`] naming the file when too large, for bad JSON, another
     /// format version, an invalid input spec, a non-positive temperature, unsorted or non-finite
     /// calibration energies.
     pub fn read(path: &Path) -> Result<GateFile> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        use std::io::Read;
+        // Read at most one byte past the limit: a huge file is refused without being read whole.
+        let mut text = String::new();
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        file.take(MAX_GATE_JSON_BYTES + 1).read_to_string(&mut text).map_err(|e| Error::io(path, e))?;
+        if text.len() as u64 > MAX_GATE_JSON_BYTES {
+            return Err(Error::Bundle {
+                path: path.into(),
+                message: format!("larger than {} MiB: not a gate.json", MAX_GATE_JSON_BYTES >> 20),
+            });
+        }
         let g: GateFile = serde_json::from_str(&text)
             .map_err(|e| Error::Bundle { path: path.into(), message: format!("invalid gate.json: {e}") })?;
         let bad = |message: String| Error::Bundle { path: path.into(), message };

@@ -175,3 +175,13 @@ fn an_unsupported_operator_is_named_with_its_node_and_opset() {
     assert!(msg.contains("FancyPool") && msg.contains("fancy_pool_1"), "{msg}");
     assert!(msg.contains("com.example 1") && msg.contains("ai.onnx 17"), "{msg}");
 }
+
+#[test]
+fn an_oversized_gate_json_is_refused_without_being_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_bundle(dir.path());
+    let f = std::fs::File::create(dir.path().join("gate.json")).unwrap();
+    f.set_len(ebm_gate::bundle::MAX_GATE_JSON_BYTES + 10).unwrap(); // sparse: no disk used
+    let msg = open_err(dir.path());
+    assert!(msg.contains("gate.json: larger than 64 MiB: not a gate.json"), "{msg}");
+}
