@@ -159,13 +159,7 @@ fn decode_jpeg(bytes: &[u8], name: &Path, limits: &InputLimits) -> Result<Dynami
         .set_max_height(usize::MAX)
         .jpeg_set_out_colorspace(ColorSpace::RGB);
     let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    decoder.decode_headers().map_err(|e| match e {
-        DecodeErrors::LargeDimensions(_) => fail(format!(
-            "the JPEG's frame header declares a size beyond the limit of {} pixels a side (--max-image-side)",
-            limits.max_side
-        )),
-        e => jpeg_err(e),
-    })?;
+    decoder.decode_headers().map_err(jpeg_err)?;
     let (w, h) = decoder.dimensions().ok_or_else(|| fail("JPEG: no frame header".into()))?;
     limits.check_size(w as u64, h as u64).map_err(fail)?;
     limits.check_decoded(&format!("a {w}x{h} JPEG"), 9 * w as u64 * h as u64).map_err(fail)?;

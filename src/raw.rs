@@ -576,11 +576,7 @@ impl<R: Read> MjpegReader<R> {
     fn skip_frame(&mut self, from: usize) -> (u64, u64) {
         let skip = find_soi(&self.buf, from.max(2)).unwrap_or(self.buf.len());
         let offset = self.offset;
-        let rest = self.buf.split_off(skip);
-        self.buf = rest;
-        self.offset += skip as u64;
-        self.pos = ScanPos::START;
-        self.searched = 0;
+        self.consume(skip);
         (offset, skip as u64)
     }
 }

@@ -156,13 +156,6 @@ pub fn read_idx_images(path: &Path, limits: &InputLimits) -> Result<GrayStack> {
     Ok(GrayStack { path: path.into(), n: n as usize, height, width, pixels: bytes })
 }
 
-/// `message` without a leading `PATH: ` (the frame's name carries the path).
-fn strip_path(message: &str, path: &Path) -> String {
-    let prefix = format!("{}: ", path.display());
-    let m = message.strip_prefix(&prefix).unwrap_or(message);
-    m.strip_prefix("cannot decode image: ").unwrap_or(m).to_string()
-}
-
 fn is_idx(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     name.contains("-idx3-") || name.ends_with(".idx3") || name.ends_with(".idx")
@@ -237,17 +230,21 @@ pub fn collect_with(
                 items.push(FrameItem { name: f.display().to_string(), label, origin: Origin::File(f) });
             }
         } else if input.is_file() && is_idx(input) {
-            let stack = match read_idx_images(input, limits) {
-                Ok(stack) => Arc::new(stack),
-                Err(e @ (Error::Decode { .. } | Error::Io { .. })) => {
-                    items.push(FrameItem {
-                        name: input.display().to_string(),
-                        label: None,
-                        origin: Origin::Unreadable(strip_path(&e.to_string(), input)),
-                    });
+            // A file that cannot give frames is one rejected frame; its name carries the path,
+            // so the reason is kept alone.
+            let reason = match read_idx_images(input, limits) {
+                Ok(stack) => Ok(Arc::new(stack)),
+                Err(Error::Decode { message, .. }) => Err(message),
+                Err(Error::Io { error, .. }) => Err(error.to_string()),
+                Err(e) => return Err(e),
+            };
+            let stack = match reason {
+                Ok(stack) => stack,
+                Err(reason) => {
+                    let name = input.display().to_string();
+                    items.push(FrameItem { name, label: None, origin: Origin::Unreadable(reason) });
                     continue;
                 }
-                Err(e) => return Err(e),
             };
             if items.len() + stack.n > limits.max_frames {
                 return Err(too_many());

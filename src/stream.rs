@@ -298,8 +298,8 @@ fn frames(source: StreamSource, format: StreamFormat, limits: &InputLimits) -> R
     let stamp = |r| (r, Instant::now());
     Ok(match source {
         StreamSource::Bytes(reader) => match format {
-            StreamFormat::Raw { .. } => {
-                let len = format.layout().map_or(Ok(0), |l| l.frame_len())?;
+            StreamFormat::Raw { format: pf, width, height, stride, plane_rows, .. } => {
+                let len = RawLayout { format: pf, width, height, stride, plane_rows }.frame_len()?;
                 Box::new(RawReader::new(reader, len).map(stamp))
             }
             StreamFormat::Mjpeg => {
