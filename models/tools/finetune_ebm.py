@@ -33,6 +33,14 @@ reference bundle's recipe): `w = 0.1`, `m_in = -8`, `m_out = -4` (Liu et al.'s W
   energy FPR@95TPR of held-out in-distribution images against a fixed validation set of each
   source (photo crops from photos never trained on, synthetic outliers from held-out images
   with another seed). Never an evaluation set.
+- Optional JEM-style generative term (`--sgld-weight W`, off by default; Grathwohl et al. 2019,
+  arXiv 1912.03263): `+ W * (mean E(x_in) - mean E(x_sgld))`, the gradient of -log p(x) up to
+  log Z, with `x_sgld` from short-run SGLD chains (`--sgld-steps`, `--sgld-batch`) that start
+  from a persistent replay buffer (`--buffer-size`, `--reinit-prob`), the update
+  `ebm-gate sample` runs (`x <- clip(x - eps/2 dE/dx + sigma N(0, I))`, `--sgld-step-size`,
+  `--sgld-noise`, in the normalised input space). The samples join the training batch (BatchNorm
+  sees them, as it sees the outliers); the chains run with the model in eval mode. After the run
+  the buffer's first 64 samples are saved as `<run>.sgld-buffer.png` beside the checkpoint.
 - Optimiser: SGD, Nesterov momentum 0.9, weight decay 5e-4, cosine learning-rate decay to 0.
   CUDA when present (bfloat16 autocast), else the CPU (float32, denormals flushed). Checkpoints
   every epoch outside the repo (`$EBM_GATE_CACHE`, default `~/.cache/ebm-gate`) and resumes a run
@@ -203,6 +211,63 @@ def energies_and_logits(model, x: torch.Tensor, device, bs: int = 500) -> tuple[
     return free_energy(z).numpy(), z.numpy()
 
 
+def save_grid(x: torch.Tensor, mean, std, path: Path, cols: int = 8) -> None:
+    """Normalised `[N, 3, 32, 32]` -> a PNG grid (each picture 3x enlarged, nearest)."""
+    from PIL import Image
+    px = (x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)).clamp(0, 1)
+    px = (px * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    rows = (len(px) + cols - 1) // cols
+    grid = np.full((rows * 34, cols * 34, 3), 255, np.uint8)
+    for i, im in enumerate(px):
+        r, c = divmod(i, cols)
+        grid[r * 34 + 1:r * 34 + 33, c * 34 + 1:c * 34 + 33] = im
+    Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(path)
+
+
+class SgldSampler:
+    """JEM's persistent short-run SGLD (Grathwohl et al. 2019, "Your classifier is secretly an
+    energy based model", their code's `sample_q`), with the update `ebm-gate sample` runs:
+    `x <- clip(x - (eps / 2) dE/dx + sigma N(0, I))`, clipped to the pixel range [0, 1] in the
+    normalised input space. Chains start from a replay buffer of `size` samples (uniform noise at
+    first), a fraction `reinit` restarts from uniform noise; the refined samples go back."""
+
+    def __init__(self, size: int, mean, std, reinit: float, gen: torch.Generator):
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.lo, self.hi = (0 - self.mean) / self.std, (1 - self.mean) / self.std
+        self.reinit, self.gen = reinit, gen
+        self.buffer = self.noise(size)
+
+    def noise(self, n: int) -> torch.Tensor:
+        return (torch.rand(n, 3, 32, 32, generator=self.gen) - self.mean) / self.std
+
+    def sample(self, model, n: int, steps: int, eps: float, sigma: float, device) -> torch.Tensor:
+        idx = torch.randint(0, len(self.buffer), (n,), generator=self.gen)
+        x = self.buffer[idx].clone()
+        fresh = torch.rand(n, generator=self.gen) < self.reinit
+        x[fresh] = self.noise(int(fresh.sum()))
+        lo, hi = self.lo.to(device), self.hi.to(device)
+        x = x.to(device)
+        was = model.training
+        model.eval()  # BatchNorm's running statistics, as at inference (JEM's sample_q: f.eval())
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for _ in range(steps):
+            x.requires_grad_(True)
+            e = free_energy(model(x.contiguous(memory_format=torch.channels_last)))
+            (g,) = torch.autograd.grad(e.sum(), x)
+            with torch.no_grad():
+                x = x - 0.5 * eps * g + sigma * torch.randn(x.shape, generator=self.gen).to(device)
+                x = torch.max(torch.min(x, hi), lo)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.whiten.weight.requires_grad_(False)
+        model.train(was)
+        x = x.detach()
+        self.buffer[idx] = x.cpu()
+        return x
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--from-onnx", type=Path, default=data.repo_root() / "models" / "cifar10-airnet" / "model.onnx",
@@ -229,6 +294,17 @@ def main() -> None:
                          "model (a frozen copy): KL(teacher || student) at --distill-temperature, times its square "
                          "(Hinton et al. 2015); 0 = off")
     ap.add_argument("--distill-temperature", type=float, default=4.0)
+    ap.add_argument("--sgld-weight", type=float, default=0.0,
+                    help="weight of the JEM-style generative term E(x_in) - E(x_sgld) (Grathwohl et al. 2019): "
+                         "short-run SGLD samples from a persistent replay buffer; 0 = off")
+    ap.add_argument("--sgld-steps", type=int, default=10, help="SGLD updates per training step (JEM: 20)")
+    ap.add_argument("--sgld-batch", type=int, default=32, help="SGLD samples per training step (JEM: 64)")
+    ap.add_argument("--sgld-step-size", type=float, default=2.0,
+                    help="eps of x <- clip(x - eps/2 dE/dx + sigma N(0, I)), in normalised input units, the update "
+                         "of `ebm-gate sample` (JEM's code: eps = 2)")
+    ap.add_argument("--sgld-noise", type=float, default=0.01, help="sigma of the SGLD update (JEM: 0.01)")
+    ap.add_argument("--buffer-size", type=int, default=10000, help="replay buffer capacity (JEM: 10,000)")
+    ap.add_argument("--reinit-prob", type=float, default=0.05, help="chains restarted from uniform noise (JEM: 0.05)")
     ap.add_argument("--val-per-source", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
@@ -292,6 +368,10 @@ def main() -> None:
             p.requires_grad_(False)
     model = net.to(device).to(memory_format=torch.channels_last)
     model.train()
+    sgld_gen = torch.Generator()
+    sgld_gen.manual_seed(20_000 + args.seed)
+    sampler = (SgldSampler(args.buffer_size, mean, std, args.reinit_prob, sgld_gen)
+               if args.sgld_weight > 0 else None)
 
     photos_train = folder = None
     if "photos" in sources:
@@ -340,6 +420,9 @@ def main() -> None:
         if ck["config"] == config:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["opt"])
+            if sampler is not None:
+                sampler.buffer = ck["sgld_buffer"]
+                sgld_gen.set_state(ck["sgld_gen"])
             sched.load_state_dict(ck["sched"])
             start_epoch, log = ck["epoch"], ck["log"]
             print(f"resumed from {ckpt_path} after epoch {start_epoch}", flush=True)
@@ -358,20 +441,31 @@ def main() -> None:
         rng = np.random.default_rng([args.seed, epoch])
         t_ep = time.time()
         perm = torch.randperm(len(train_idx), generator=gen)
-        sums = {"loss": 0.0, "ce": 0.0, "hinge": 0.0, "correct": 0, "seen": 0}
+        sums = {"loss": 0.0, "ce": 0.0, "hinge": 0.0, "gen": 0.0, "e_sgld": 0.0, "correct": 0, "seen": 0}
         for s in range(steps_per_epoch):
             idx = perm[s * args.batch_size:(s + 1) * args.batch_size]
             x_in = augment(x_train[idx], gen)
             x_out = normalise(aux(rng, args.outlier_batch_size), mean, std)
-            xb = torch.cat([x_in, x_out]).to(device).contiguous(memory_format=torch.channels_last)
+            parts = [x_in, x_out]
+            if sampler is not None:
+                parts.append(sampler.sample(model, args.sgld_batch, args.sgld_steps, args.sgld_step_size,
+                                            args.sgld_noise, device).cpu())
+            xb = torch.cat(parts).to(device).contiguous(memory_format=torch.channels_last)
             yb = y_train[idx].to(device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
                 logits = model(xb).float()
             n_in = len(idx)
             ce = F.cross_entropy(logits[:n_in], yb, label_smoothing=args.label_smoothing)
             e = free_energy(logits)
-            hinge = F.relu(e[:n_in] - args.m_in).pow(2).mean() + F.relu(args.m_out - e[n_in:]).pow(2).mean()
+            n_aux = n_in + len(x_out)
+            hinge = F.relu(e[:n_in] - args.m_in).pow(2).mean() + F.relu(args.m_out - e[n_in:n_aux]).pow(2).mean()
             loss = ce + args.energy_weight * hinge
+            if sampler is not None:
+                # -log p(x) up to log Z: its gradient is that of E(x_in) - E(x_sgld) (JEM, eq. 2).
+                gen_term = e[:n_in].mean() - e[n_aux:].mean()
+                loss = loss + args.sgld_weight * gen_term
+                sums["gen"] += gen_term.item() * n_in
+                sums["e_sgld"] += e[n_aux:].mean().item() * n_in
             if teacher is not None:
                 tau = args.distill_temperature
                 with torch.no_grad(), torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
@@ -392,18 +486,25 @@ def main() -> None:
             if args.limit_steps and step >= args.limit_steps:
                 break
             if s % 50 == 0:
+                extra = (f" E_in {e[:n_in].mean().item():.2f} E_sgld {e[n_aux:].mean().item():.2f}"
+                         if sampler is not None else "")
                 print(f"  epoch {epoch + 1} step {s}/{steps_per_epoch}: loss {loss.item():.3f} "
-                      f"ce {ce.item():.3f} hinge {hinge.item():.3f} ({time.time() - t_ep:.0f} s)", flush=True)
+                      f"ce {ce.item():.3f} hinge {hinge.item():.3f}{extra} ({time.time() - t_ep:.0f} s)", flush=True)
         entry = validate(epoch + 1)
         n = max(1, sums["seen"])
         entry.update({"train_loss": sums["loss"] / n, "train_ce": sums["ce"] / n, "train_hinge": sums["hinge"] / n,
                       "train_acc": sums["correct"] / n, "epoch_s": time.time() - t_ep, "steps": step})
+        if sampler is not None:
+            entry.update({"train_gen": sums["gen"] / n, "train_e_sgld": sums["e_sgld"] / n})
         log.append(entry)
         print(json.dumps(entry), flush=True)
         if args.limit_steps and step >= args.limit_steps:
             break
-        torch.save({"config": config, "model": model.state_dict(), "opt": opt.state_dict(),
-                    "sched": sched.state_dict(), "epoch": epoch + 1, "log": log}, ckpt_path)
+        ck = {"config": config, "model": model.state_dict(), "opt": opt.state_dict(),
+              "sched": sched.state_dict(), "epoch": epoch + 1, "log": log}
+        if sampler is not None:
+            ck.update({"sgld_buffer": sampler.buffer, "sgld_gen": sgld_gen.get_state()})
+        torch.save(ck, ckpt_path)
 
     chance = 1.0 / len(class_names)
     if log[-1]["held_out_acc"] < 1.5 * chance:
@@ -420,6 +521,9 @@ def main() -> None:
              "held_out_indices": held_idx.tolist(), "in_distribution": id_desc}
     out = data.cache_dir() / f"{args.run}.final.pt"
     torch.save({"model": model.state_dict(), "meta": final}, out)
+    if sampler is not None:
+        save_grid(sampler.buffer[:64], mean, std, data.cache_dir() / f"{args.run}.sgld-buffer.png")
+        print(f"the replay buffer's first 64 samples: {data.cache_dir() / f'{args.run}.sgld-buffer.png'}", flush=True)
     print(f"done: {args.epochs} epochs in {total_s / 60:.1f} min; saved {out}", flush=True)
 
 
