@@ -1,7 +1,9 @@
 //! Latency of each stage of the gate on a bundle, on this machine: what `ebm-gate bench` reports.
 //!
 //! Stages, in the order a frame goes through them (the data flow of the crate docs):
-//! `decode` (encoded bytes in memory -> 8-bit RGB), `preprocess` (resize/crop, scale,
+//! `decode` (encoded bytes in memory -> 8-bit RGB), `health` (the frame-health scores of
+//! [`crate::health`] on the full decoded frame; not yet part of the gate's verdict, so not
+//! counted in the throughput), `preprocess` (resize/crop, scale,
 //! normalise -> `[C, H, W]`), `forward` (tract, a batch of `N` frames -> logits), `gate`
 //! (energy, softmax scores, p-value and verdict from one frame's logits) and, when the bundle
 //! has an energy-gradient graph, `sgld_step` (energy + `dE/dx` of a batch through tract, then one
@@ -21,6 +23,7 @@ use serde::Serialize;
 use crate::core::check::{count_up_to, MAX_BATCH, MAX_RUNS};
 use crate::error::{Error, Result};
 use crate::frame::{decode_bytes, preprocess_into};
+use crate::health::health_scores;
 use crate::langevin::{sgld_step, EnergyGradient, EnergyTarget, LangevinSettings};
 use crate::model::OpTime;
 use crate::pipeline::{EnergyGate, Overrides};
@@ -52,7 +55,7 @@ pub struct BenchOptions {
 /// Latency statistics of one stage, milliseconds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StageStats {
-    /// Stage name (`decode`, `preprocess`, `forward`, `gate`, `sgld_step`).
+    /// Stage name (`decode`, `health`, `preprocess`, `forward`, `gate`, `sgld_step`).
     pub stage: String,
     /// What one measurement covers: `frame` or `batch`.
     pub unit: String,
@@ -245,6 +248,7 @@ pub fn run_bench(model: &Path, opts: &BenchOptions, mut progress: impl FnMut(&st
     let n = gate.model_mut().fixed_batch().unwrap_or(opts.batch);
     let names: Vec<String> = (0..n).map(|i| format!("frame{i}")).collect();
     let (mut t_decode, mut t_pre, mut t_fwd, mut t_gate) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut t_health = Vec::new();
     let mut x = vec![0.0f32; n * d];
     let mut next = 0usize;
     progress("decode, preprocess, forward and gate");
@@ -257,10 +261,14 @@ pub fn run_bench(model: &Path, opts: &BenchOptions, mut progress: impl FnMut(&st
             let img = decode_bytes(bytes, path)?;
             let dt = elapsed_ms(t);
             let t = Instant::now();
+            std::hint::black_box(health_scores(&img));
+            let ht = elapsed_ms(t);
+            let t = Instant::now();
             preprocess_into(&img, &spec, slot)?;
             let pt = elapsed_ms(t);
             if measured {
                 t_decode.push(dt);
+                t_health.push(ht);
                 t_pre.push(pt);
             }
         }
@@ -288,6 +296,7 @@ pub fn run_bench(model: &Path, opts: &BenchOptions, mut progress: impl FnMut(&st
         stats("gate", "frame", 1, t_gate),
     ];
     let frames_per_second = 1e3 / stages.iter().map(|s| s.per_frame_p50_ms).sum::<f64>();
+    stages.insert(1, stats("health", "frame", 1, t_health));
     let forward_batch = gate.model_mut().forward_batch().min(n);
     let ops = if opts.ops {
         progress("each node of the plan");

@@ -22,16 +22,22 @@
 //!   them; NLL, ECE, MCE, Brier and reliability bins. [`calibration`]: the calibration maths
 //!   (temperature scaling, conformal thresholds, LAC prediction sets, false-rejection checks).
 //!   [`plots`] (feature `plots`): reliability diagrams, ROC curves, energy histograms.
-//! - Feature `runtime`, the edge runtime: [`error`] (typed errors); [`bundle`] (`model.onnx` +
-//!   `gate.json`), [`raw`] (raw camera buffers, MJPEG streams, [`raw::StreamFormat`]); `model`
-//!   (tract, private); [`frame`] (decode, resize, normalise); [`source`] (files, folders, IDX).
+//! - Feature `decode`, everything that reads input, without the ONNX runtime: [`error`] (typed
+//!   errors); [`bundle`] (`model.onnx` + `gate.json`), [`raw`] (raw camera buffers, MJPEG
+//!   streams, [`raw::StreamFormat`]); [`frame`] (decode, resize, normalise); [`source`] (files,
+//!   folders, IDX); [`replay`] (replay-buffer files); [`health`] (frame-health scores on the
+//!   full decoded frame: sharpness, noise, exposure, colour cast, a frozen-frame summary). The
+//!   fuzz targets (`fuzz/`) build on it.
+//! - Feature `runtime` (the edge runtime, with `decode`): `model` (tract, private), and the layers
+//!   below.
 //! - [`pipeline`]: [`pipeline::EnergyGate`], frames in, [`pipeline::FrameReport`]s out, with the
 //!   override precedence ([`pipeline::gate_rule`]); [`record`]: [`record::FrameRecord`], the one
 //!   JSON record of a frame.
 //! - The jobs, each a library function returning a typed report that the CLI prints:
 //!   [`calibrate`] ([`calibrate::calibrate`]: fit `gate.json`), [`eval`] ([`eval::evaluate`]),
 //!   [`stream`] ([`stream::run_stream`]: a live feed, debounced; `v4l2` with feature `v4l2`),
-//!   [`langevin`] (the energy gradient through tract, SGLD refinement, the replay buffer),
+//!   [`langevin`] (the energy gradient through tract, SGLD refinement, the replay buffer of
+//!   [`replay`]),
 //!   [`bench`](mod@bench) ([`bench::run_bench`]: per-stage latency on this machine).
 //! - The binary (`src/main.rs`, feature `cli`) parses and dispatches; `src/cli/` holds one module
 //!   per subcommand (its arguments, the call into the library, the printing).
@@ -62,34 +68,38 @@ pub mod plots;
 
 #[cfg(feature = "runtime")]
 pub mod bench;
-#[cfg(feature = "runtime")]
+#[cfg(feature = "decode")]
 pub mod bundle;
 #[cfg(feature = "runtime")]
 pub mod calibrate;
-#[cfg(feature = "runtime")]
+#[cfg(feature = "decode")]
 pub mod error;
 #[cfg(feature = "runtime")]
 pub mod eval;
-#[cfg(feature = "runtime")]
+#[cfg(feature = "decode")]
 pub mod frame;
+#[cfg(feature = "decode")]
+pub mod health;
 #[cfg(feature = "runtime")]
 pub mod langevin;
 #[cfg(feature = "runtime")]
 mod model;
 #[cfg(feature = "runtime")]
 pub mod pipeline;
-#[cfg(feature = "runtime")]
+#[cfg(feature = "decode")]
 pub mod raw;
 #[cfg(feature = "runtime")]
 pub mod record;
-#[cfg(feature = "runtime")]
+#[cfg(feature = "decode")]
+pub mod replay;
+#[cfg(feature = "decode")]
 pub mod source;
 #[cfg(feature = "runtime")]
 pub mod stream;
 #[cfg(feature = "v4l2")]
 pub mod v4l2;
 
-#[cfg(feature = "runtime")]
+#[cfg(feature = "decode")]
 pub use error::{Error, Result};
 #[cfg(feature = "runtime")]
 pub use model::{MatMulInfo, Model, OpTime, MAX_THREADS};

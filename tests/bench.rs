@@ -18,7 +18,7 @@ fn bench_reports_every_stage_with_ordered_percentiles() {
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let stages = r["stages"].as_array().unwrap();
     let names: Vec<&str> = stages.iter().map(|s| s["stage"].as_str().unwrap()).collect();
-    assert_eq!(names, ["decode", "preprocess", "forward", "gate", "sgld_step"]);
+    assert_eq!(names, ["decode", "health", "preprocess", "forward", "gate", "sgld_step"]);
     for s in stages {
         let n = s["n"].as_u64().unwrap();
         // frame stages time each of the 2 frames of the 3 measured batches

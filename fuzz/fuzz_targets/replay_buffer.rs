@@ -1,7 +1,7 @@
 //! Replay-buffer files of any bytes: loaded or refused, never a panic or an allocation the
 //! header asks for but the file does not hold.
 #![no_main]
-use ebm_gate::langevin::ReplayBuffer;
+use ebm_gate::replay::ReplayBuffer;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
