@@ -65,68 +65,95 @@ pub fn luma(p: [u8; 3]) -> f32 {
     0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32
 }
 
+/// Fixed-point BT.601 weights (`2^14` scale; they sum to `2^14`): one pass in integers.
+const LUMA_FIXED: [i32; 3] = [4899, 9617, 1868];
+const LUMA_SCALE: f64 = 16384.0;
+
 /// The health scores of `img` at its own resolution (module docs for the formulas).
+///
+/// One pass in integer arithmetic: luma in fixed point (`2^14` scale, within 2e-5 of
+/// [`luma`]), three rows of it at a time, both 3x3 operators exact in `i64`.
 pub fn health_scores(img: &RgbImage) -> HealthScores {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let n = (w * h).max(1) as f64;
     let raw = img.as_raw();
-    // Three rows of luma at a time: the frame's luma is never held whole.
-    let row_luma = |y: usize, out: &mut Vec<f32>| {
+    let (dark_at, bright_at) = ((DARK_LEVEL as f64 * LUMA_SCALE) as i32, (BRIGHT_LEVEL as f64 * LUMA_SCALE) as i32);
+    let (mut sum_y, mut dark, mut bright) = (0i64, 0u64, 0u64);
+    let mut sum_c = [0u64; 3];
+    // Luma of row y into `out`, counting exposure and colour as it goes (each row read once).
+    let mut read_row = |y: usize, out: &mut Vec<i32>| {
         out.clear();
-        out.extend(raw[y * w * 3..(y + 1) * w * 3].chunks_exact(3).map(|p| luma([p[0], p[1], p[2]])));
-    };
-    let (mut sum_y, mut dark, mut bright) = (0.0f64, 0u64, 0u64);
-    let mut sum_c = [0.0f64; 3];
-    for p in raw.chunks_exact(3) {
-        let y = luma([p[0], p[1], p[2]]);
-        sum_y += y as f64;
-        dark += (y <= DARK_LEVEL) as u64;
-        bright += (y >= BRIGHT_LEVEL) as u64;
-        for c in 0..3 {
-            sum_c[c] += p[c] as f64;
+        let (mut sy, mut sd, mut sb, mut sc) = (0i64, 0u64, 0u64, [0u64; 3]);
+        for p in raw[y * w * 3..(y + 1) * w * 3].chunks_exact(3) {
+            let (r, g, b) = (p[0] as i32, p[1] as i32, p[2] as i32);
+            let v = LUMA_FIXED[0] * r + LUMA_FIXED[1] * g + LUMA_FIXED[2] * b;
+            out.push(v);
+            sy += v as i64;
+            sd += (v <= dark_at) as u64;
+            sb += (v >= bright_at) as u64;
+            sc[0] += r as u64;
+            sc[1] += g as u64;
+            sc[2] += b as u64;
         }
-    }
-    let (mut sum_l, mut sum_l2, mut sum_m) = (0.0f64, 0.0f64, 0.0f64);
+        sum_y += sy;
+        dark += sd;
+        bright += sb;
+        for c in 0..3 {
+            sum_c[c] += sc[c];
+        }
+    };
+    let (mut sum_l, mut sum_l2, mut sum_m) = (0i64, 0i128, 0i64);
+    let (mut a, mut b, mut c) = (Vec::with_capacity(w), Vec::with_capacity(w), Vec::with_capacity(w));
     if w >= 3 && h >= 3 {
-        let (mut a, mut b, mut c) = (Vec::with_capacity(w), Vec::with_capacity(w), Vec::with_capacity(w));
-        row_luma(0, &mut a);
-        row_luma(1, &mut b);
+        read_row(0, &mut a);
+        read_row(1, &mut b);
         for y in 1..h - 1 {
-            row_luma(y + 1, &mut c);
-            let mut row_l = (0.0f64, 0.0f64, 0.0f64);
-            for x in 1..w - 1 {
-                let (n, s, wv, e, ctr) = (a[x], c[x], b[x - 1], b[x + 1], b[x]);
-                let corners = a[x - 1] + a[x + 1] + c[x - 1] + c[x + 1];
-                let lap = n + s + wv + e - 4.0 * ctr;
-                let m = corners - 2.0 * (n + s + wv + e) + 4.0 * ctr;
-                row_l.0 += lap as f64;
-                row_l.1 += (lap as f64) * (lap as f64);
-                row_l.2 += m.abs() as f64;
+            read_row(y + 1, &mut c);
+            // |lap| <= 8 * 255 * 2^14 < 2^25, so lap^2 < 2^50: a u64 holds 4096 of them.
+            for xs in (1..w - 1).step_by(4096) {
+                let (mut rl, mut rl2, mut rm) = (0i64, 0u64, 0i64);
+                for x in xs..(xs + 4096).min(w - 1) {
+                    let edges = a[x] + c[x] + b[x - 1] + b[x + 1];
+                    let ctr = b[x];
+                    let corners = a[x - 1] + a[x + 1] + c[x - 1] + c[x + 1];
+                    let lap = (edges - 4 * ctr) as i64;
+                    rl += lap;
+                    rl2 += (lap * lap) as u64;
+                    rm += (corners as i64 - 2 * edges as i64 + 4 * ctr as i64).abs();
+                }
+                sum_l += rl;
+                sum_l2 += rl2 as i128;
+                sum_m += rm;
             }
-            sum_l += row_l.0;
-            sum_l2 += row_l.1;
-            sum_m += row_l.2;
             std::mem::swap(&mut a, &mut b);
             std::mem::swap(&mut b, &mut c);
+        }
+    } else {
+        for y in 0..h {
+            read_row(y, &mut a);
         }
     }
     let interior = (w.saturating_sub(2) * h.saturating_sub(2)) as f64;
     let (sharpness, noise_sigma) = if interior > 0.0 {
-        let mean = sum_l / interior;
-        let var = (sum_l2 / interior - mean * mean).max(0.0);
-        (var, (std::f64::consts::PI / 2.0).sqrt() * sum_m / (6.0 * interior))
+        let mean = sum_l as f64 / interior / LUMA_SCALE;
+        let mean_sq = sum_l2 as f64 / interior / (LUMA_SCALE * LUMA_SCALE);
+        let var = (mean_sq - mean * mean).max(0.0);
+        (var, (std::f64::consts::PI / 2.0).sqrt() * sum_m as f64 / LUMA_SCALE / (6.0 * interior))
     } else {
         (0.0, 0.0)
     };
-    let total: f64 = sum_c.iter().sum();
-    let colour_cast =
-        if total > 0.0 { sum_c.iter().map(|&s| (s / total - 1.0 / 3.0).powi(2)).sum::<f64>().sqrt() } else { 0.0 };
+    let total: u64 = sum_c.iter().sum();
+    let colour_cast = if total > 0 {
+        sum_c.iter().map(|&s| (s as f64 / total as f64 - 1.0 / 3.0).powi(2)).sum::<f64>().sqrt()
+    } else {
+        0.0
+    };
     HealthScores {
         sharpness: sharpness as f32,
         noise_sigma: noise_sigma as f32,
         dark_fraction: (dark as f64 / n) as f32,
         bright_fraction: (bright as f64 / n) as f32,
-        mean_luma: (sum_y / n) as f32,
+        mean_luma: (sum_y as f64 / LUMA_SCALE / n) as f32,
         colour_cast: colour_cast as f32,
     }
 }
