@@ -95,6 +95,9 @@ impl std::fmt::Debug for Model {
     }
 }
 
+/// The input a model with dynamic dimensions needs, for [`Error::Shape`].
+const PINNED_INPUT: &str = "input [N, C, H, W] with C, H, W given by the file or by gate.json's input";
+
 /// Gives the frames input (input 0) of `model` a fact tract can type: an anonymous batch
 /// becomes the symbol `N`, anonymous `C, H, W` take `pin`'s values. Named symbols are left to
 /// [`concretize_input`].
@@ -115,7 +118,7 @@ fn pin_input(model: &mut InferenceModel, pin: Option<[usize; 3]>, path: &Path) -
                 None => {
                     return Err(Error::Shape {
                         path: path.into(),
-                        expected: "input [N, C, H, W] with C, H, W given by the file or by gate.json's input".into(),
+                        expected: PINNED_INPUT.into(),
                         got: format!("dimension {i} without a size or a name, and no gate.json beside the model"),
                     })
                 }
@@ -137,7 +140,7 @@ fn concretize_input(typed: TypedModel, pin: Option<[usize; 3]>, path: &Path) -> 
             let Some(chw) = pin else {
                 return Err(Error::Shape {
                     path: path.into(),
-                    expected: "input [N, C, H, W] with C, H, W given by the file or by gate.json's input".into(),
+                    expected: PINNED_INPUT.into(),
                     got: format!("{} (symbolic) and no gate.json beside the model", dims_str(&shape)),
                 });
             };

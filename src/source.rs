@@ -232,15 +232,14 @@ pub fn collect_with(
         } else if input.is_file() && is_idx(input) {
             // A file that cannot give frames is one rejected frame; its name carries the path,
             // so the reason is kept alone.
-            let reason = match read_idx_images(input, limits) {
-                Ok(stack) => Ok(Arc::new(stack)),
-                Err(Error::Decode { message, .. }) => Err(message),
-                Err(Error::Io { error, .. }) => Err(error.to_string()),
-                Err(e) => return Err(e),
-            };
-            let stack = match reason {
-                Ok(stack) => stack,
-                Err(reason) => {
+            let stack = match read_idx_images(input, limits) {
+                Ok(stack) => Arc::new(stack),
+                Err(e) => {
+                    let reason = match e {
+                        Error::Decode { message, .. } => message,
+                        Error::Io { error, .. } => error.to_string(),
+                        e => return Err(e),
+                    };
                     let name = input.display().to_string();
                     items.push(FrameItem { name, label: None, origin: Origin::Unreadable(reason) });
                     continue;

@@ -68,7 +68,7 @@ use crate::error::{Error, Result};
 use crate::frame::{catch_decoder_panic, decode_bytes_with, panic_text, preprocess_into, InputLimits};
 use crate::pipeline::{EnergyGate, FrameReport};
 pub use crate::raw::StreamFormat;
-use crate::raw::{raw_to_rgb, MjpegReader, RawLayout, RawReader, StreamError, TimedFrame as Item};
+use crate::raw::{raw_to_rgb, MjpegReader, RawReader, StreamError, TimedFrame as Item};
 use crate::record::FrameRecord;
 
 /// Largest debouncing window `--window` can ask for.
@@ -297,12 +297,9 @@ enum Prepared {
 fn frames(source: StreamSource, format: StreamFormat, limits: &InputLimits) -> Result<Box<dyn Iterator<Item = Item>>> {
     let stamp = |r| (r, Instant::now());
     Ok(match source {
-        StreamSource::Bytes(reader) => match format {
-            StreamFormat::Raw { format: pf, width, height, stride, plane_rows, .. } => {
-                let len = RawLayout { format: pf, width, height, stride, plane_rows }.frame_len()?;
-                Box::new(RawReader::new(reader, len).map(stamp))
-            }
-            StreamFormat::Mjpeg => {
+        StreamSource::Bytes(reader) => match format.layout() {
+            Some(layout) => Box::new(RawReader::new(reader, layout.frame_len()?).map(stamp)),
+            None => {
                 let max = usize::try_from(limits.max_input_bytes).unwrap_or(usize::MAX);
                 Box::new(MjpegReader::with_max_frame(reader, max).map(stamp))
             }
@@ -314,11 +311,9 @@ fn frames(source: StreamSource, format: StreamFormat, limits: &InputLimits) -> R
 
 /// Converts one frame's bytes to RGB at its own size.
 fn to_rgb(bytes: &[u8], format: StreamFormat, name: &str, limits: &InputLimits) -> Result<RgbImage> {
-    match format {
-        StreamFormat::Raw { format: pf, width, height, stride, plane_rows, yuv } => {
-            raw_to_rgb(bytes, &RawLayout { format: pf, width, height, stride, plane_rows }, yuv)
-        }
-        StreamFormat::Mjpeg => decode_bytes_with(bytes, Path::new(name), limits),
+    match (format, format.layout()) {
+        (StreamFormat::Raw { yuv, .. }, Some(layout)) => raw_to_rgb(bytes, &layout, yuv),
+        _ => decode_bytes_with(bytes, Path::new(name), limits),
     }
 }
 

@@ -250,8 +250,6 @@ class SgldSampler:
         x = x.to(device)
         was = model.training
         model.eval()  # BatchNorm's running statistics, as at inference (JEM's sample_q: f.eval())
-        for p in model.parameters():
-            p.requires_grad_(False)
         for _ in range(steps):
             x.requires_grad_(True)
             e = free_energy(model(x.contiguous(memory_format=torch.channels_last)))
@@ -259,9 +257,6 @@ class SgldSampler:
             with torch.no_grad():
                 x = x - 0.5 * eps * g + sigma * torch.randn(x.shape, generator=self.gen).to(device)
                 x = torch.max(torch.min(x, hi), lo)
-        for p in model.parameters():
-            p.requires_grad_(True)
-        model.whiten.weight.requires_grad_(False)
         model.train(was)
         x = x.detach()
         self.buffer[idx] = x.cpu()
