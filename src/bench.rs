@@ -2,8 +2,8 @@
 //!
 //! Stages, in the order a frame goes through them (the data flow of the crate docs):
 //! `decode` (encoded bytes in memory -> 8-bit RGB), `health` (the frame-health scores of
-//! [`crate::health`] on the full decoded frame; not yet part of the gate's verdict, so not
-//! counted in the throughput), `preprocess` (resize/crop, scale,
+//! [`crate::health`] on the full decoded frame; part of the verdict only for a gate calibrated
+//! with `--scores`, so not counted in the throughput), `preprocess` (resize/crop, scale,
 //! normalise -> `[C, H, W]`), `forward` (tract, a batch of `N` frames -> logits), `gate`
 //! (energy, softmax scores, p-value and verdict from one frame's logits) and, when the bundle
 //! has an energy-gradient graph, `sgld_step` (energy + `dE/dx` of a batch through tract, then one

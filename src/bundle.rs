@@ -274,6 +274,91 @@ pub struct GateFile {
     /// The energy-gradient graph, when the bundle has one (for Langevin refinement).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gradient: Option<GradientSpec>,
+    /// Several scores under one guarantee, when `calibrate --scores` fitted them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<ScoresSpec>,
+}
+
+/// Several scores (the energy and the frame-health scores) under one conformal guarantee,
+/// fitted by `calibrate --scores` on two halves of the calibration frames (the rule:
+/// [`crate::core::conformal`]'s module docs). Every score is stored, whichever are used, so
+/// `--scores` can choose others at run time.
+///
+/// ```json
+/// "scores": { "used": ["energy", "sharpness", "noise_sigma"], "seed": 1,
+///   "fit": { "energy": { "values": [-14.2, "... ascending ..."], "upper_scale": 0.61, "lower_scale": 0.9 },
+///            "sharpness": { "...": "..." } },
+///   "combine": { "energy": [-9.1, "... one per frame of split B ..."], "sharpness": ["..."] } }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoresSpec {
+    /// The scores the gate combines ([`crate::core::health::ScoreKind::name`]); `["energy"]`
+    /// alone is the plain energy gate of [`GateSpec`].
+    pub used: Vec<String>,
+    /// Seed of the split of the calibration frames into `fit` and `combine`.
+    pub seed: u64,
+    /// Split A, per score: its values, ascending, and the scales of its exponential tails.
+    pub fit: std::collections::BTreeMap<String, ScoreFit>,
+    /// Split B, per score: the values of the same frames in the same order (unsorted).
+    pub combine: std::collections::BTreeMap<String, Vec<f32>>,
+}
+
+/// One score's values on split A ([`ScoresSpec::fit`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreFit {
+    /// The score on each frame of split A, ascending.
+    pub values: Vec<f32>,
+    /// Scale of the exponential tail past the largest value
+    /// ([`crate::core::conformal::exponential_tail_scale`]).
+    pub upper_scale: f32,
+    /// Scale of the exponential tail past the smallest value.
+    pub lower_scale: f32,
+}
+
+impl ScoresSpec {
+    /// Checks names, lengths, order and finiteness.
+    ///
+    /// # Errors
+    /// A message naming the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        use crate::core::health::ScoreKind;
+        if self.used.is_empty() {
+            return Err("scores.used names no score".into());
+        }
+        for name in self.used.iter().chain(self.fit.keys()).chain(self.combine.keys()) {
+            if ScoreKind::from_name(name).is_none() {
+                return Err(format!("scores: unknown score {name:?} (known: {})", score_names()));
+            }
+        }
+        for name in &self.used {
+            if !self.fit.contains_key(name) || !self.combine.contains_key(name) {
+                return Err(format!("scores.used names {name:?}, which has no fit or combine values"));
+            }
+        }
+        let n_b = self.combine.values().next().map_or(0, Vec::len);
+        for (name, f) in &self.fit {
+            let v = &f.values;
+            if v.is_empty() || v.iter().any(|x| !x.is_finite()) || v.windows(2).any(|w| w[0] > w[1]) {
+                return Err(format!("scores.fit.{name}.values must be non-empty, finite and ascending"));
+            }
+            for s in [f.upper_scale, f.lower_scale] {
+                if !(s.is_finite() && s > 0.0) {
+                    return Err(format!("scores.fit.{name}: tail scales must be positive, got {s}"));
+                }
+            }
+        }
+        for (name, v) in &self.combine {
+            if v.len() != n_b || v.is_empty() || v.iter().any(|x| !x.is_finite()) {
+                return Err(format!("scores.combine.{name} must hold {n_b} finite values (one per frame)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The score names `--scores` and `gate.json` take, comma-separated.
+pub fn score_names() -> String {
+    crate::core::health::ScoreKind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
 }
 
 fn one() -> f32 {
@@ -324,6 +409,9 @@ impl GateFile {
             if let Some(a) = gate.alpha {
                 crate::core::check::alpha(a).map_err(|e| bad(format!("gate.{e}")))?;
             }
+        }
+        if let Some(sc) = &g.scores {
+            sc.validate().map_err(bad)?;
         }
         if let Some(ps) = &g.prediction_sets {
             if ps.method != "lac" {

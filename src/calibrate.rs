@@ -3,13 +3,19 @@
 
 use std::path::{Component, Path};
 
-use crate::bundle::{GateFile, GateSpec, PredictionSets, Provenance, SplitSpec, FORMAT_VERSION};
+use std::collections::BTreeMap;
+
+use crate::bundle::{GateFile, GateSpec, PredictionSets, Provenance, ScoreFit, ScoresSpec, SplitSpec, FORMAT_VERSION};
 use crate::calibration::{
     check_alpha, conformal_quantile, false_rejection, fit_temperature, is_held_out, lac_scores, prediction_set_summary,
-    sorted_energies, CalibrationError, FalseRejection, SetSummary, TemperatureFit, CHECK_ALPHAS,
+    sorted_energies, wilson_interval, CalibrationError, FalseRejection, SetSummary, TemperatureFit, CHECK_ALPHAS,
 };
+use crate::core::conformal::exponential_tail_scale;
+use crate::core::energy::free_energy;
+use crate::core::health::ScoreKind;
 use crate::error::{Error, Result};
 use crate::metrics::CalibrationMetrics;
+use crate::pipeline::MultiScoreGate;
 use crate::pipeline::{stack_logits, EnergyGate, FrameReport};
 use crate::source::FrameItem;
 
@@ -26,6 +32,11 @@ pub struct CalibrateOptions {
     pub data: String,
     /// The folder on disk, against which frame names are made relative for the split.
     pub root: std::path::PathBuf,
+    /// The scores the gate combines (`None`: the energy alone, and no `scores` section is
+    /// written). With a health score, every score is fitted on two halves of the calibration
+    /// frames (split `seed + 1`) and stored; the gate must compute health scores
+    /// ([`crate::pipeline::Overrides::health_scores`]).
+    pub scores: Option<Vec<ScoreKind>>,
 }
 
 /// What [`calibrate`] fitted and measured.
@@ -54,6 +65,11 @@ pub struct CalibrationOutcome {
     pub false_rejection: Vec<FalseRejection>,
     /// Prediction-set coverage and size on the held-out frames at [`CHECK_ALPHAS`].
     pub prediction_sets: Vec<SetSummary>,
+    /// With `scores`: frames in the two halves `(fit, combine)` of the calibration frames.
+    pub scores_split: Option<(usize, usize)>,
+    /// With `scores`: the multi-score gate's false rejection on the held-out frames at
+    /// [`CHECK_ALPHAS`] and `alpha`.
+    pub scores_false_rejection: Vec<FalseRejection>,
 }
 
 /// A frame's path relative to `root`, with `/` separators; the whole name when it is not
@@ -212,6 +228,39 @@ pub fn calibrate(
         }
     }
 
+    let (scores_spec, scores_split, scores_false_rejection) = match &opts.scores {
+        Some(kinds) if kinds.iter().any(|&k| k != ScoreKind::Energy) => {
+            let (spec, split) = fit_scores(&cal, kinds, temperature, opts).map_err(bad)?;
+            let mut rej = Vec::new();
+            if measured_on_held_out {
+                let mut alphas = CHECK_ALPHAS.to_vec();
+                if !alphas.contains(&opts.alpha) {
+                    alphas.push(opts.alpha);
+                }
+                for a in alphas {
+                    let Ok(multi) = MultiScoreGate::new(&spec, kinds, a) else { continue };
+                    let rejected = hold
+                        .iter()
+                        .filter(|r| {
+                            let e = r.logits.as_deref().map_or(Ok(f32::NAN), |l| free_energy(l, temperature));
+                            multi.judge(e.unwrap_or(f32::NAN), r.health.as_ref()).combined > multi.level
+                        })
+                        .count();
+                    let n = hold.len();
+                    rej.push(FalseRejection {
+                        alpha: a,
+                        n,
+                        rejected,
+                        rate: rejected as f64 / n as f64,
+                        interval: wilson_interval(rejected, n),
+                    });
+                }
+            }
+            (Some(spec), Some(split), rej)
+        }
+        _ => (None, None, Vec::new()),
+    };
+
     let model_sha256 = gate.model_sha256().to_string();
     let mut gate_file = gate.gate_file().cloned().unwrap_or_else(|| GateFile {
         format_version: FORMAT_VERSION,
@@ -222,7 +271,9 @@ pub fn calibrate(
         prediction_sets: None,
         provenance: None,
         gradient: None,
+        scores: None,
     });
+    gate_file.scores = scores_spec;
     gate_file.temperature = temperature;
     gate_file.gate = Some(GateSpec {
         score: "energy".into(),
@@ -254,7 +305,85 @@ pub fn calibrate(
         threshold,
         false_rejection: false_rej,
         prediction_sets: sets,
+        scores_split,
+        scores_false_rejection,
     })
+}
+
+/// What decides a frame's side of the fit/combine split: its name in a labelled folder; in an
+/// unlabelled one, its subfolder when it is in one, so the frames of one capture session or
+/// scene (consecutive camera frames are near-copies) stay on one side, as new frames from
+/// another time are on another (the halves must be exchangeable with the frames to come).
+pub fn split_key(relative: &str, labelled: bool) -> String {
+    match relative.rsplit_once('/') {
+        Some((folder, _)) if !labelled => folder.to_string(),
+        _ => relative.to_string(),
+    }
+}
+
+/// Fits every score on the calibration frames `cal` (each with its health scores), split in
+/// two by [`is_held_out`] of their [`split_key`] with seed `opts.seed + 1`: split A's sorted
+/// values and tail scales, split B's values. Returns the spec (with `kinds` used) and the two
+/// halves' sizes.
+fn fit_scores(
+    cal: &[&FrameReport],
+    kinds: &[ScoreKind],
+    temperature: f32,
+    opts: &CalibrateOptions,
+) -> std::result::Result<(ScoresSpec, (usize, usize)), String> {
+    let seed = opts.seed.wrapping_add(1);
+    let mut fit: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    let mut combine: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    let (mut n_a, mut n_b) = (0, 0);
+    for r in cal {
+        let health = r.health.as_ref().ok_or_else(|| {
+            format!("{}: no health scores (the gate was opened without Overrides::health_scores)", r.name)
+        })?;
+        let logits = r.logits.as_deref().ok_or_else(|| format!("{}: not scored", r.name))?;
+        let energy = free_energy(logits, temperature).map_err(|e| format!("{}: {e}", r.name))?;
+        let in_b = is_held_out(&split_key(&relative_name(&opts.root, &r.name), r.label.is_some()), 0.5, seed);
+        let side = if in_b { &mut combine } else { &mut fit };
+        if in_b {
+            n_b += 1;
+        } else {
+            n_a += 1;
+        }
+        for k in ScoreKind::ALL {
+            let v = match k {
+                ScoreKind::Energy => energy,
+                _ => health.get(k).unwrap_or(f32::NAN),
+            };
+            if !v.is_finite() {
+                return Err(format!("{}: {} is not finite ({v})", r.name, k.name()));
+            }
+            side.entry(k.name().to_string()).or_default().push(v);
+        }
+    }
+    let need = (1.0 / opts.alpha).ceil() as usize;
+    if n_a == 0 || n_b + 1 < need {
+        return Err(format!(
+            "--scores splits the {} calibration frames in two ({n_a} fit each score, {n_b} combine them), and the \
+             combining half needs at least {} frames for alpha {}: calibrate on more frames, lower --holdout, or \
+             raise --alpha",
+            cal.len(),
+            need.saturating_sub(1),
+            opts.alpha
+        ));
+    }
+    let fit = fit
+        .into_iter()
+        .map(|(name, mut values)| {
+            values.sort_by(f32::total_cmp);
+            let (upper_scale, lower_scale) =
+                (exponential_tail_scale(&values, true), exponential_tail_scale(&values, false));
+            (name, ScoreFit { values, upper_scale, lower_scale })
+        })
+        .collect();
+    let mut used: Vec<ScoreKind> = kinds.to_vec();
+    used.sort();
+    used.dedup();
+    let spec = ScoresSpec { used: used.iter().map(|k| k.name().to_string()).collect(), seed, fit, combine };
+    Ok((spec, (n_a, n_b)))
 }
 
 fn cal_name(cal: &[&FrameReport], e: &CalibrationError) -> String {

@@ -9,13 +9,18 @@
 use std::path::Path;
 use std::sync::mpsc;
 
+use crate::bundle::ScoresSpec;
 use crate::bundle::{sha256_file, BundlePaths, Color, GateFile, InputSpec};
 use crate::core::check;
-use crate::core::conformal::{conformal_quantile, in_prediction_set, p_value};
+use crate::core::conformal::{
+    combined_score, conformal_quantile, in_prediction_set, p_value, strangeness, tail_p_value,
+};
 use crate::core::energy::Scores;
 use crate::core::gate::{decide, Reason, Verdict};
+use crate::core::health::ScoreKind;
 use crate::error::{Error, Result};
 use crate::frame::InputLimits;
+use crate::health::{health_scores, HealthScores};
 use crate::model::Model;
 use crate::source::FrameItem;
 
@@ -48,6 +53,12 @@ pub struct Overrides {
     pub threads: Option<usize>,
     /// Limits decoded frames are checked against (default [`InputLimits::default`]).
     pub limits: Option<InputLimits>,
+    /// The scores the gate combines, instead of `gate.json`'s `scores.used` (`[Energy]` alone:
+    /// the plain energy gate). Needs `gate.json` to have fitted them (`calibrate --scores`).
+    pub scores: Option<Vec<ScoreKind>>,
+    /// Compute every frame's health scores ([`FrameReport::health`]) even when the gate does
+    /// not use them (`calibrate`, `eval` and `score` reports).
+    pub health_scores: bool,
     /// Accept a `gate.json` written for another model (sha256 mismatch): keep its preprocessing
     /// and class names, set its gate and prediction sets aside. For recalibrating a retrained
     /// model; off by default, when such a bundle is refused.
@@ -152,6 +163,140 @@ pub struct GateSettings {
     pub set_quantile: Option<Option<f32>>,
     /// Why the bundle's gate was set aside, when it was (another temperature, another model).
     pub gate_set_aside: Option<String>,
+    /// The multi-score gate in force, when `gate.json` fitted scores and more than the energy
+    /// is used: it replaces the energy's p-value rule (an explicit threshold still applies).
+    pub multi: Option<MultiScoreGate>,
+    /// Whether frames' health scores are computed.
+    pub health_scores: bool,
+}
+
+/// Several scores under one conformal guarantee at `alpha` (the rule:
+/// [`crate::core::conformal`]'s module docs), built from `gate.json`'s [`ScoresSpec`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MultiScoreGate {
+    /// The scores combined, in [`ScoreKind::ALL`] order.
+    pub kinds: Vec<ScoreKind>,
+    /// Split A per score (parallel to `kinds`): ascending values, upper and lower tail scales.
+    fits: Vec<(Vec<f32>, f32, f32)>,
+    /// Split B's combined scores, ascending.
+    pub combined: Vec<f32>,
+    /// The level.
+    pub alpha: f32,
+    /// The combined score above which frames are rejected: the conformal quantile of
+    /// `combined` at `alpha`.
+    pub level: f32,
+}
+
+/// One frame judged by a [`MultiScoreGate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MultiScoreJudgement {
+    /// The scores combined, as the gate's `kinds`.
+    pub kinds: Vec<ScoreKind>,
+    /// Each score's conformal p-value over split A in its tail (parallel to the gate's `kinds`).
+    pub p_values: Vec<f32>,
+    /// Each score's strangeness (parallel to `kinds`).
+    pub strangeness: Vec<f32>,
+    /// The combined score `C = max strangeness`.
+    pub combined: f32,
+    /// Its conformal p-value over split B.
+    pub p_value: f32,
+    /// The scores whose strangeness is above the level (empty when accepted), strangest first.
+    pub rejected_by: Vec<ScoreKind>,
+}
+
+impl MultiScoreGate {
+    /// The gate combining `kinds` from `spec`, at `alpha`.
+    ///
+    /// # Errors
+    /// A message when a score was not fitted, or split B is too small for `alpha`
+    /// (`n_B + 1 < 1 / alpha`).
+    pub fn new(spec: &ScoresSpec, kinds: &[ScoreKind], alpha: f32) -> std::result::Result<MultiScoreGate, String> {
+        let mut kinds = kinds.to_vec();
+        kinds.sort();
+        kinds.dedup();
+        let mut fits = Vec::with_capacity(kinds.len());
+        let mut columns = Vec::with_capacity(kinds.len());
+        for k in &kinds {
+            let (Some(f), Some(c)) = (spec.fit.get(k.name()), spec.combine.get(k.name())) else {
+                return Err(format!(
+                    "gate.json has no calibration values for {}: run `ebm-gate calibrate --scores` with it",
+                    k.name()
+                ));
+            };
+            fits.push((f.values.clone(), f.upper_scale, f.lower_scale));
+            columns.push(c.as_slice());
+        }
+        let n_b = columns.first().map_or(0, |c| c.len());
+        let mut gate = MultiScoreGate { kinds, fits, combined: Vec::new(), alpha, level: f32::INFINITY };
+        let mut combined: Vec<f32> = (0..n_b)
+            .map(|j| {
+                let values: Vec<f32> = columns.iter().map(|c| c[j]).collect();
+                gate.strangeness_of(&values).1
+            })
+            .collect();
+        combined.sort_by(f32::total_cmp);
+        gate.level = conformal_quantile(&combined, alpha).ok_or_else(|| {
+            format!(
+                "split B of the scores has {n_b} frames, too few for alpha = {alpha} (needs n + 1 >= 1 / alpha): \
+                 calibrate on more frames or raise alpha"
+            )
+        })?;
+        gate.combined = combined;
+        Ok(gate)
+    }
+
+    /// The strangeness of each score (values parallel to `kinds`) and their maximum.
+    fn strangeness_of(&self, values: &[f32]) -> (Vec<f32>, f32) {
+        let c: Vec<f32> = self
+            .kinds
+            .iter()
+            .zip(&self.fits)
+            .zip(values)
+            .map(|((k, (sorted, up, lo)), &v)| strangeness(sorted, *up, *lo, v, k.tail()))
+            .collect();
+        let m = combined_score(&c);
+        (c, m)
+    }
+
+    /// Judges one frame from its energy and health scores (`None` when they could not be
+    /// computed: the health scores then count as infinitely strange, so the frame is rejected).
+    pub fn judge(&self, energy: f32, health: Option<&HealthScores>) -> MultiScoreJudgement {
+        let values: Vec<f32> = self
+            .kinds
+            .iter()
+            .map(|&k| match k {
+                ScoreKind::Energy => energy,
+                _ => health.and_then(|h| h.get(k)).unwrap_or(f32::NAN),
+            })
+            .collect();
+        let (strangeness, combined) = self.strangeness_of(&values);
+        let p_values = self
+            .kinds
+            .iter()
+            .zip(&self.fits)
+            .zip(&values)
+            .map(|((k, (s, _, _)), &v)| tail_p_value(s, v, k.tail()))
+            .collect();
+        let mut rejected: Vec<(f32, ScoreKind)> = if combined > self.level {
+            strangeness.iter().zip(&self.kinds).filter(|(c, _)| **c > self.level).map(|(c, k)| (*c, *k)).collect()
+        } else {
+            Vec::new()
+        };
+        rejected.sort_by(|a, b| b.0.total_cmp(&a.0));
+        MultiScoreJudgement {
+            kinds: self.kinds.clone(),
+            p_values,
+            strangeness,
+            combined,
+            p_value: p_value(&self.combined, combined),
+            rejected_by: rejected.into_iter().map(|(_, k)| k).collect(),
+        }
+    }
+
+    /// Whether any combined score is a health score (frames' health must be computed).
+    pub fn needs_health(&self) -> bool {
+        self.kinds.iter().any(|&k| k != ScoreKind::Energy)
+    }
 }
 
 impl GateSettings {
@@ -207,6 +352,11 @@ pub struct FrameReport {
     pub reason: Option<Reason>,
     /// The error message for a frame that could not be scored.
     pub error: Option<String>,
+    /// The frame's health scores at its own resolution, when computed
+    /// ([`GateSettings::health_scores`]).
+    pub health: Option<HealthScores>,
+    /// The multi-score gate's judgement, when one is in force.
+    pub multi: Option<Box<MultiScoreJudgement>>,
 }
 
 impl FrameReport {
@@ -223,6 +373,8 @@ impl FrameReport {
             reason: Some(reason),
             // Decoder messages may end in a newline; one line per frame reads better.
             error: Some(error.trim_end().to_string()),
+            health: None,
+            multi: None,
         }
     }
 }
@@ -380,6 +532,14 @@ impl EnergyGate {
                 Some(conformal_quantile(&scores.calibration_scores, a))
             }
         };
+        let multi = multi_score_gate(
+            overrides.scores.as_deref(),
+            if gate_set_aside.is_some() { None } else { gate_file.as_ref().and_then(|g| g.scores.as_ref()) },
+            alpha,
+            &where_(),
+            gate_set_aside.as_deref(),
+        )?;
+        let health_scores = overrides.health_scores || multi.as_ref().is_some_and(MultiScoreGate::needs_health);
         let settings = GateSettings {
             temperature,
             threshold,
@@ -388,6 +548,8 @@ impl EnergyGate {
             set_alpha: overrides.set_alpha,
             set_quantile,
             gate_set_aside,
+            multi,
+            health_scores,
         };
         let limits = overrides.limits.unwrap_or_default();
         Ok(EnergyGate { model, input, class_names, settings, batch, paths, gate_file, model_sha256, limits })
@@ -450,9 +612,26 @@ impl EnergyGate {
         Ok(names.iter().zip(logits.chunks_exact(k)).map(|(name, z)| self.judge_logits(name, None, z)).collect())
     }
 
-    /// Scores and judges one frame's logits `[K]`. Logits that cannot be scored (NaN, say)
-    /// give `OutOfDistribution` with `non_finite_energy`.
+    /// Scores and judges one frame's logits `[K]`, without health scores: [`judge_frame`]
+    /// with `None` (a gate that combines health scores rejects the frame).
+    ///
+    /// [`judge_frame`]: Self::judge_frame
     pub fn judge_logits(&self, name: &str, label: Option<usize>, logits: &[f32]) -> FrameReport {
+        self.judge_frame(name, label, logits, None)
+    }
+
+    /// Scores and judges one frame from its logits `[K]` and its health scores (computed from
+    /// the decoded frame by [`health_scores`]; `None` when not computed). Logits that cannot be
+    /// scored (NaN, say) give `OutOfDistribution` with `non_finite_energy`. With a
+    /// [`MultiScoreGate`] in force, the combined p-value is the report's `p_value` and the
+    /// strangest score over the level its reason.
+    pub fn judge_frame(
+        &self,
+        name: &str,
+        label: Option<usize>,
+        logits: &[f32],
+        health: Option<HealthScores>,
+    ) -> FrameReport {
         let mut report = FrameReport {
             name: name.to_string(),
             label,
@@ -463,16 +642,31 @@ impl EnergyGate {
             verdict: Some(Verdict::OutOfDistribution),
             reason: Some(Reason::NonFiniteEnergy),
             error: None,
+            health,
+            multi: None,
         };
         match Scores::from_logits(logits, self.settings.temperature) {
             Ok(scores) => {
                 let st = &self.settings;
                 let cal = &st.calibration_energies;
                 let p = (!cal.is_empty()).then(|| p_value(cal, scores.energy));
-                let decision = st.gates().then(|| {
-                    let pa = st.alpha.and_then(|a| p.map(|p| (p, a)));
-                    decide(scores.energy, st.threshold.unwrap_or(f32::INFINITY), pa)
-                });
+                let decision = if let Some(m) = &st.multi {
+                    let j = m.judge(scores.energy, health.as_ref());
+                    let threshold = st.threshold.unwrap_or(f32::INFINITY);
+                    let d = match (decide(scores.energy, threshold, None), j.rejected_by.first()) {
+                        ((Verdict::InDistribution, _), Some(&k)) => (Verdict::OutOfDistribution, Reason::Score(k)),
+                        (d, _) => d,
+                    };
+                    report.p_value = Some(j.p_value);
+                    report.multi = Some(Box::new(j));
+                    Some(d)
+                } else {
+                    report.p_value = p;
+                    st.gates().then(|| {
+                        let pa = st.alpha.and_then(|a| p.map(|p| (p, a)));
+                        decide(scores.energy, st.threshold.unwrap_or(f32::INFINITY), pa)
+                    })
+                };
                 if let Some(q) = st.set_quantile {
                     let mut probs = vec![0.0f32; logits.len()];
                     if crate::core::energy::softmax(logits, st.temperature, &mut probs).is_ok() {
@@ -481,7 +675,6 @@ impl EnergyGate {
                     }
                 }
                 report.scores = Some(scores);
-                report.p_value = p;
                 report.verdict = decision.map(|d| d.0);
                 report.reason = decision.map(|d| d.1);
             }
@@ -512,35 +705,49 @@ impl EnergyGate {
         let len = self.input.frame_len();
         let spec = self.input.clone();
         let limits = self.limits;
+        let with_health = self.settings.health_scores;
+        type Decoded = (usize, Vec<f32>, Vec<Option<String>>, Vec<Option<HealthScores>>);
         std::thread::scope(|scope| {
-            let (tx, rx) = mpsc::sync_channel::<(usize, Vec<f32>, Vec<Option<String>>)>(2);
+            let (tx, rx) = mpsc::sync_channel::<Decoded>(2);
             scope.spawn(move || {
                 for (b, chunk) in items.chunks(batch).enumerate() {
                     let mut data = vec![0.0f32; chunk.len() * len];
                     let mut errors = Vec::with_capacity(chunk.len());
+                    let mut health = Vec::with_capacity(chunk.len());
                     for (item, out) in chunk.iter().zip(data.chunks_mut(len)) {
-                        let r =
-                            item.decode_with(&limits).and_then(|img| crate::frame::preprocess_into(&img, &spec, out));
-                        errors.push(r.err().map(|e| e.to_string()));
+                        let r = item.decode_with(&limits).and_then(|img| {
+                            crate::frame::preprocess_into(&img, &spec, out)?;
+                            Ok(with_health.then(|| health_scores(&img)))
+                        });
+                        match r {
+                            Ok(h) => {
+                                errors.push(None);
+                                health.push(h);
+                            }
+                            Err(e) => {
+                                errors.push(Some(e.to_string()));
+                                health.push(None);
+                            }
+                        }
                     }
-                    if tx.send((b * batch, data, errors)).is_err() {
+                    if tx.send((b * batch, data, errors, health)).is_err() {
                         return;
                     }
                 }
             });
-            for (start, data, errors) in rx {
+            for (start, data, errors, health) in rx {
                 let n = errors.len();
                 let chunk = &items[start..start + n];
                 let logits = self.model.logits(&data, n);
                 let k = self.model.num_classes();
                 let mut reports = Vec::with_capacity(n);
-                for (i, (item, err)) in chunk.iter().zip(errors).enumerate() {
+                for (i, ((item, err), h)) in chunk.iter().zip(errors).zip(health).enumerate() {
                     let report = match (&logits, err) {
                         (_, Some(e)) => FrameReport::failed(&item.name, item.label, Reason::DecodeError, e),
                         (Err(e), None) => {
                             FrameReport::failed(&item.name, item.label, Reason::ModelError, e.to_string())
                         }
-                        (Ok(all), None) => self.judge_logits(&item.name, item.label, &all[i * k..(i + 1) * k]),
+                        (Ok(all), None) => self.judge_frame(&item.name, item.label, &all[i * k..(i + 1) * k], h),
                     };
                     reports.push(report);
                 }
@@ -548,6 +755,44 @@ impl EnergyGate {
             }
         });
     }
+}
+
+/// The multi-score gate in force: the scores given (else `gate.json`'s `scores.used`); `None`
+/// when only the energy is used (the plain energy gate) or nothing was fitted and nothing given.
+fn multi_score_gate(
+    given: Option<&[ScoreKind]>,
+    spec: Option<&ScoresSpec>,
+    alpha: Option<f32>,
+    gate_path: &Path,
+    set_aside: Option<&str>,
+) -> Result<Option<MultiScoreGate>> {
+    let kinds: Vec<ScoreKind> = match (given, spec) {
+        (Some(k), _) => k.to_vec(),
+        (None, Some(sp)) => sp.used.iter().filter_map(|n| ScoreKind::from_name(n)).collect(),
+        (None, None) => return Ok(None),
+    };
+    if kinds.iter().all(|&k| k == ScoreKind::Energy) {
+        return Ok(None);
+    }
+    let names = kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(",");
+    let Some(spec) = spec else {
+        return Err(Error::Invalid(match set_aside {
+            Some(why) => format!("--scores {names} needs the scores fitted in gate.json, and {why}"),
+            None => format!(
+                "--scores {names} needs scores fitted on clean frames, and {} has none: run `ebm-gate calibrate MODEL \
+                 --id DIR --scores {names}`",
+                gate_path.display()
+            ),
+        }));
+    };
+    let Some(alpha) = alpha else {
+        return Err(Error::Invalid(format!(
+            "the scores {names} are combined by a conformal rule, which needs alpha: give --alpha (with --threshold, both apply)"
+        )));
+    };
+    MultiScoreGate::new(spec, &kinds, alpha)
+        .map(Some)
+        .map_err(|message| Error::Bundle { path: gate_path.to_path_buf(), message })
 }
 
 fn provenance_sha(gate_file: &Option<GateFile>) -> String {

@@ -12,13 +12,16 @@
 //! | `probability` | number | `softmax(f(x) / T)` of the class; `null` when not scored |
 //! | `energy` | number | free energy `E(x) = -T logsumexp(f(x) / T)`, lower = more in-distribution |
 //! | `msp`, `max_logit` | number | max softmax probability at `T = 1`, largest logit |
-//! | `p_value` | number | conformal p-value of the energy (needs calibration energies) |
+//! | `p_value` | number | conformal p-value of the energy (needs calibration energies); with several scores combined (`--scores`), the combined p-value the gate compares with `alpha` |
+//! | `health` | object | the frame's health scores at its own resolution (`sharpness`, `noise_sigma`, `dark_fraction`, `bright_fraction`, `mean_luma`, `colour_cast`; [`crate::health`]), when computed |
+//! | `p_values` | object | with several scores combined: each score's own conformal p-value over the fitting half, in its tail |
+//! | `rejected_by` | array of strings | with several scores combined: the scores that put the frame over the level, strangest first (empty when accepted) |
 //! | `prediction_set` | array of strings | `score --set-alpha`; else `null` |
 //! | `verdict` | `in_distribution` / `out_of_distribution` | `null` only when no rule is in force |
-//! | `reason` | string | why the verdict, e.g. `p_value_at_or_below_alpha`, `decode_error` |
+//! | `reason` | string | why the verdict, e.g. `p_value_at_or_below_alpha`, `decode_error`, `sharpness_p_value_at_or_below_alpha` (a combined gate: the strangest score over the level), `frozen_frame` |
 //! | `error` | string | why the frame could not be scored; else `null` |
 //! | `logits` | array of numbers | `score --logits` only |
-//! | `state`, `rejected_in_window`, `latency_ms`, `saved` | | `stream` only: the debounced state after this frame, rejected frames in the window, ms from the frame's last byte to its verdict, where `--save-rejected` wrote it |
+//! | `state`, `rejected_in_window`, `latency_ms`, `saved`, `frame_difference` | | `stream` only: the debounced state after this frame, rejected frames in the window, ms from the frame's last byte to its verdict, where `--save-rejected` wrote it, the mean absolute difference of its 16x16 luma summary to the previous frame's (levels; 0 = a repeat) |
 //!
 //! Keys marked "always" are present with `null`; the others are left out when they do not apply.
 
@@ -52,6 +55,15 @@ pub struct FrameRecord {
     pub max_logit: Option<f32>,
     /// Conformal p-value.
     pub p_value: Option<f32>,
+    /// Health scores of the frame at its own resolution.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::HealthScores>,
+    /// Each combined score's own p-value, by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p_values: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The scores that rejected the frame, strangest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected_by: Option<Vec<&'static str>>,
     /// Conformal prediction set, class names.
     pub prediction_set: Option<Vec<String>>,
     /// `in_distribution` or `out_of_distribution`.
@@ -75,6 +87,10 @@ pub struct FrameRecord {
     /// Where the frame was saved (stream `--save-rejected`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub saved: Option<String>,
+    /// Mean absolute difference of the frame's 16x16 luma summary to the previous frame's,
+    /// levels (stream, frozen-frame detection on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frame_difference: Option<f32>,
 }
 
 impl FrameRecord {
@@ -94,6 +110,11 @@ impl FrameRecord {
             msp: s.map(|s| s.msp),
             max_logit: s.map(|s| s.max_logit),
             p_value: report.p_value,
+            health: report.health,
+            p_values: report.multi.as_ref().map(|m| {
+                m.kinds.iter().zip(&m.p_values).map(|(k, p)| (k.name().to_string(), serde_json::json!(p))).collect()
+            }),
+            rejected_by: report.multi.as_ref().map(|m| m.rejected_by.iter().map(|k| k.name()).collect()),
             prediction_set: report.prediction_set.as_ref().map(|set| set.iter().map(|&y| name(y)).collect()),
             verdict: report.verdict.map(|v| v.as_str()),
             reason: report.reason.map(|r| r.as_str()),
@@ -103,6 +124,7 @@ impl FrameRecord {
             rejected_in_window: None,
             latency_ms: None,
             saved: None,
+            frame_difference: None,
         }
     }
 

@@ -66,6 +66,7 @@ use crate::core::debounce::{DebounceError, Debouncer, State};
 use crate::core::gate::{Reason, Verdict};
 use crate::error::{Error, Result};
 use crate::frame::{catch_decoder_panic, decode_bytes_with, panic_text, preprocess_into, InputLimits};
+use crate::health::{health_scores, HealthScores, LumaSummary};
 use crate::pipeline::{EnergyGate, FrameReport};
 pub use crate::raw::StreamFormat;
 use crate::raw::{raw_to_rgb, MjpegReader, RawReader, StreamError, TimedFrame as Item};
@@ -96,12 +97,19 @@ pub struct StreamOptions {
     pub max_saved: usize,
     /// Name of the input in frame names (`NAME#index`) and messages.
     pub source_name: String,
+    /// Frames in a row that repeat the previous frame (their [`LumaSummary`] differs by at most
+    /// `frozen_max_difference`) after which frames are rejected as `frozen_frame`; 0 = off.
+    pub frozen_after: usize,
+    /// Largest [`LumaSummary::difference`] (levels) that counts as a repeated frame.
+    pub frozen_max_difference: f32,
 }
 
 impl StreamOptions {
     /// Options for `format` with the defaults of the command line: crop as the bundle says,
     /// batches of up to 4, 3 of the last 5 frames rejected to switch to out-of-distribution and
-    /// at most 2 to switch back, nothing saved.
+    /// at most 2 to switch back, nothing saved, frames rejected as frozen after 30 exact
+    /// repeats in a row (2 s at 15 fps: a live sensor's noise changes some block mean between
+    /// any two frames).
     pub fn new(format: StreamFormat) -> StreamOptions {
         StreamOptions {
             format,
@@ -113,6 +121,8 @@ impl StreamOptions {
             save_rejected: None,
             max_saved: 100,
             source_name: "stdin".into(),
+            frozen_after: 30,
+            frozen_max_difference: 0.0,
         }
     }
 }
@@ -157,6 +167,9 @@ pub struct StreamFrame {
     pub latency: Duration,
     /// Where the frame was saved, when it was.
     pub saved: Option<PathBuf>,
+    /// [`LumaSummary::difference`] to the previous decoded frame, levels (`None` for the first
+    /// frame, a frame that failed, or with frozen-frame detection off).
+    pub frame_difference: Option<f32>,
 }
 
 impl StreamFrame {
@@ -170,6 +183,7 @@ impl StreamFrame {
             rejected_in_window: Some(self.rejected_in_window),
             latency_ms: Some(self.latency.as_secs_f64() * 1e3),
             saved: self.saved.as_ref().map(|p| p.display().to_string()),
+            frame_difference: self.frame_difference,
             ..FrameRecord::new(&self.report, names)
         }
     }
@@ -178,8 +192,8 @@ impl StreamFrame {
 /// What the stream reports, in stream order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
-    /// A frame was judged.
-    Frame(StreamFrame),
+    /// A frame was judged (boxed: a frame's report is far larger than the other events).
+    Frame(Box<StreamFrame>),
     /// The debounced state changed at frame `index`.
     StateChange {
         /// The frame that changed it.
@@ -287,8 +301,19 @@ impl std::fmt::Debug for StreamSource {
 
 /// A frame ready for the model, or why it is not.
 enum Prepared {
-    Frame { index: u64, input: Vec<f32>, rgb: Option<RgbImage>, received: Instant },
-    Failed { index: u64, message: String, received: Instant },
+    Frame {
+        index: u64,
+        input: Vec<f32>,
+        rgb: Option<RgbImage>,
+        received: Instant,
+        health: Option<HealthScores>,
+        summary: Option<Box<LumaSummary>>,
+    },
+    Failed {
+        index: u64,
+        message: String,
+        received: Instant,
+    },
     Error(String),
     ReadError(String),
 }
@@ -317,21 +342,29 @@ fn to_rgb(bytes: &[u8], format: StreamFormat, name: &str, limits: &InputLimits) 
     }
 }
 
-/// Converts, resizes and normalises one frame.
-/// A panic in a converter or decoder costs this frame only.
+/// One frame converted, resized and normalised, with its health scores and luma summary when
+/// asked for.
+type Ready = (Vec<f32>, RgbImage, Option<HealthScores>, Option<Box<LumaSummary>>);
+
+/// Converts, resizes and normalises one frame; computes its health scores when `health`, its
+/// luma summary when frozen frames are detected. A panic in a converter or decoder costs this
+/// frame only.
 fn prepare(
     bytes: &[u8],
     options: &StreamOptions,
     spec: &InputSpec,
     limits: &InputLimits,
     index: u64,
-) -> Result<(Vec<f32>, RgbImage)> {
+    health: bool,
+) -> Result<Ready> {
     let name = format!("{}#{index}", options.source_name);
     catch_decoder_panic(Path::new(&name), || {
         let rgb = to_rgb(bytes, options.format, &name, limits)?;
         let mut input = vec![0.0f32; spec.frame_len()];
         preprocess_into(&rgb, spec, &mut input)?;
-        Ok((input, rgb))
+        let h = health.then(|| health_scores(&rgb));
+        let summary = (options.frozen_after > 0).then(|| Box::new(LumaSummary::of(&rgb)));
+        Ok((input, rgb, h, summary))
     })
 }
 
@@ -340,6 +373,7 @@ fn reader_thread(
     options: StreamOptions,
     spec: InputSpec,
     limits: InputLimits,
+    health: bool,
     tx: mpsc::SyncSender<Prepared>,
 ) {
     let items = match frames(source, options.format, &limits) {
@@ -356,8 +390,10 @@ fn reader_thread(
             Ok(bytes) => {
                 let i = index;
                 index += 1;
-                match prepare(&bytes, &options, &spec, &limits, i) {
-                    Ok((input, rgb)) => Prepared::Frame { index: i, input, rgb: keep_rgb.then_some(rgb), received },
+                match prepare(&bytes, &options, &spec, &limits, i, health) {
+                    Ok((input, rgb, health, summary)) => {
+                        Prepared::Frame { index: i, input, rgb: keep_rgb.then_some(rgb), received, health, summary }
+                    }
                     Err(e) => Prepared::Failed { index: i, message: e.to_string().trim_end().to_string(), received },
                 }
             }
@@ -484,6 +520,7 @@ pub fn run_stream(
     let (tx, rx) = mpsc::sync_channel::<Prepared>(2 * max_batch);
     {
         let (options, spec, limits) = (options.clone(), spec.clone(), *gate.limits());
+        let health = gate.settings().health_scores;
         // Not scoped: a reader blocked on a stalled pipe must not keep a stopped run waiting.
         // It ends by itself at the end of its input, or when its next send finds the channel
         // closed. A panic in it (in a camera or reader, say) is reported as a read error: the
@@ -492,7 +529,7 @@ pub fn run_stream(
             .name("ebm-gate-reader".into())
             .spawn(move || {
                 let report = tx.clone();
-                let run = std::panic::AssertUnwindSafe(|| reader_thread(source, options, spec, limits, tx));
+                let run = std::panic::AssertUnwindSafe(|| reader_thread(source, options, spec, limits, health, tx));
                 if let Err(payload) = std::panic::catch_unwind(run) {
                     let _ = report
                         .send(Prepared::ReadError(format!("the reader thread panicked: {}", panic_text(&*payload))));
@@ -502,6 +539,10 @@ pub fn run_stream(
     }
 
     let mut pending: Vec<Prepared> = Vec::with_capacity(max_batch);
+    // Frozen-frame detection: the last decoded frame's summary, and how many frames in a row
+    // repeated the one before.
+    let mut last_summary: Option<Box<LumaSummary>> = None;
+    let mut repeats = 0usize;
     let mut input: Vec<f32> = Vec::with_capacity(max_batch * len);
     let mut finished = false;
     'run: while !finished {
@@ -563,21 +604,40 @@ pub fn run_stream(
         };
         let mut row = 0;
         for m in round {
-            let (index, mut report, received, rgb) = match m {
-                Prepared::Frame { index, rgb, received, .. } => {
+            let (index, mut report, received, rgb, frame_difference) = match m {
+                Prepared::Frame { index, rgb, received, health, summary, .. } => {
                     let name = format!("{}#{index}", options.source_name);
-                    let report = match logits.as_ref().map(|l| l.as_ref().map(|all| all.get(row * k..(row + 1) * k))) {
-                        Some(Ok(Some(row_logits))) => gate.judge_logits(&name, None, row_logits),
+                    let mut report = match logits
+                        .as_ref()
+                        .map(|l| l.as_ref().map(|all| all.get(row * k..(row + 1) * k)))
+                    {
+                        Some(Ok(Some(row_logits))) => gate.judge_frame(&name, None, row_logits, health),
                         Some(Err(e)) => FrameReport::failed(&name, None, Reason::ModelError, e.to_string()),
                         // Cannot happen (every frame of the round is in the batch); fail closed.
                         _ => FrameReport::failed(&name, None, Reason::ModelError, "no logits for this frame".into()),
                     };
                     row += 1;
-                    (index, report, received, rgb)
+                    let difference = summary.map(|s| {
+                        let d = last_summary.as_ref().map(|last| last.difference(&s));
+                        repeats = match d {
+                            Some(d) if d <= options.frozen_max_difference => repeats + 1,
+                            _ => 0,
+                        };
+                        last_summary = Some(s);
+                        d
+                    });
+                    if options.frozen_after > 0
+                        && repeats >= options.frozen_after
+                        && report.verdict == Some(Verdict::InDistribution)
+                    {
+                        report.verdict = Some(Verdict::OutOfDistribution);
+                        report.reason = Some(Reason::FrozenFrame);
+                    }
+                    (index, report, received, rgb, difference.flatten())
                 }
                 Prepared::Failed { index, message, received } => {
                     let name = format!("{}#{index}", options.source_name);
-                    (index, FrameReport::failed(&name, None, Reason::DecodeError, message), received, None)
+                    (index, FrameReport::failed(&name, None, Reason::DecodeError, message), received, None, None)
                 }
                 Prepared::Error(message) => {
                     summary.errors += 1;
@@ -625,14 +685,15 @@ pub fn run_stream(
             let latency = received.elapsed();
             latencies.record(latency);
             summary.state = step.state;
-            let mut events = vec![StreamEvent::Frame(StreamFrame {
+            let mut events = vec![StreamEvent::Frame(Box::new(StreamFrame {
                 index,
                 report,
                 state: step.state,
                 rejected_in_window: step.rejected_in_window,
                 latency,
                 saved,
-            })];
+                frame_difference,
+            }))];
             if let Some(message) = save_error {
                 summary.errors += 1;
                 events.push(StreamEvent::Error { index: Some(index), message });

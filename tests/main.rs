@@ -8,6 +8,7 @@ mod calibration_golden;
 mod cli;
 mod common;
 mod digits;
+mod health;
 mod langevin;
 mod metrics_golden;
 mod raw;

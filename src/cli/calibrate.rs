@@ -40,6 +40,13 @@ pub struct CalibrateArgs {
     /// Frames per forward pass (1 to 4096)
     #[arg(long, default_value_t = 32, value_parser = super::batch)]
     pub batch: usize,
+    /// Also gate on full-resolution frame-health scores: fit these scores, comma-separated
+    /// (energy, sharpness, noise_sigma, dark_fraction, bright_fraction, mean_luma, colour_cast;
+    /// `all`; `health`), on two halves of the calibration frames and combine them under one
+    /// false-rejection guarantee (every score is stored; `score`/`stream --scores` can pick
+    /// others). Calibrate on frames from the deployed camera, at its resolution
+    #[arg(long, value_name = "LIST", value_parser = super::scores)]
+    pub scores: Option<super::ScoreList>,
     /// The model changed since gate.json was written (sha256 mismatch): keep gate.json's
     /// preprocessing and class names, refit everything else
     #[arg(long)]
@@ -49,7 +56,7 @@ pub struct CalibrateArgs {
 /// `ebm-gate calibrate`.
 pub fn run(a: &CalibrateArgs, g: &Globals) -> Result<ExitCode> {
     let threads = g.threads;
-    let CalibrateArgs { model, id, alpha, holdout, seed, out, plots, batch, new_model } = a;
+    let CalibrateArgs { model, id, alpha, holdout, seed, out, plots, batch, new_model, scores } = a;
     let (alpha, holdout, seed, batch, new_model) = (*alpha, *holdout, *seed, *batch, *new_model);
     let (out, plots) = (out.clone(), plots.as_deref());
     let mut gate = open(
@@ -59,6 +66,7 @@ pub fn run(a: &CalibrateArgs, g: &Globals) -> Result<ExitCode> {
             accept_new_model: new_model,
             threads: Some(threads),
             limits: Some(g.limits),
+            health_scores: scores.is_some(),
             ..Overrides::default()
         },
     )?;
@@ -80,7 +88,14 @@ pub fn run(a: &CalibrateArgs, g: &Globals) -> Result<ExitCode> {
     let names = gate.class_names().to_vec();
     let items = collect_with(&[id.to_path_buf()], Some(&names), &g.limits)
         .with_context(|| format!("reading {}", id.display()))?;
-    let opts = CalibrateOptions { alpha, holdout, seed, data: id.display().to_string(), root: id.to_path_buf() };
+    let opts = CalibrateOptions {
+        alpha,
+        holdout,
+        seed,
+        data: id.display().to_string(),
+        root: id.to_path_buf(),
+        scores: scores.clone().map(|s| s.0),
+    };
     let bar = progress_bar(items.len(), true);
     bar.set_message("calibrate");
     let t0 = Instant::now();
@@ -161,6 +176,28 @@ pub fn run(a: &CalibrateArgs, g: &Globals) -> Result<ExitCode> {
                 f.rejected,
                 f.n
             );
+        }
+    }
+    if let (Some(spec), Some((n_a, n_b))) = (&outcome.gate_file.scores, outcome.scores_split) {
+        println!();
+        println!(
+            "scores: {} combined under one guarantee (every score fitted on {n_a} frames, combined on {n_b})",
+            spec.used.join(", ")
+        );
+        if !outcome.scores_false_rejection.is_empty() {
+            println!("false rejection of held-out ID frames by the combined scores:");
+            println!("{:>7} {:>10} {:>20}", "alpha", "rejected", "95% interval");
+            for f in &outcome.scores_false_rejection {
+                println!(
+                    "{:>7} {:>9.2}% {:>9.2}% - {:.2}%   ({} of {})",
+                    f.alpha,
+                    100.0 * f.rate,
+                    100.0 * f.interval.0,
+                    100.0 * f.interval.1,
+                    f.rejected,
+                    f.n
+                );
+            }
         }
     }
     if !outcome.prediction_sets.is_empty() {

@@ -14,6 +14,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use ebm_gate::core::check::{self, SettingError};
+use ebm_gate::core::health::ScoreKind;
 use ebm_gate::frame::InputLimits;
 use ebm_gate::pipeline::{EnergyGate, Overrides};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -82,6 +83,12 @@ pub struct GateArgs {
     /// needs calibration energies; with --threshold, both rules apply)
     #[arg(long, value_parser = alpha)]
     pub alpha: Option<f32>,
+    /// Scores the gate combines under one conformal guarantee, comma-separated (energy,
+    /// sharpness, noise_sigma, dark_fraction, bright_fraction, mean_luma, colour_cast; `all`;
+    /// `health` = all but the energy) [default: gate.json's scores.used, else energy]; needs a
+    /// gate.json calibrated with --scores
+    #[arg(long, value_name = "LIST", value_parser = scores)]
+    pub scores: Option<ScoreList>,
     /// Frames per forward pass, 1 to 4096 [default: 32; stream: at most 4, of the frames ready]
     #[arg(long, value_parser = batch)]
     pub batch: Option<usize>,
@@ -107,9 +114,38 @@ impl GateArgs {
             set_alpha: None,
             batch: Some(self.batch.unwrap_or(32)),
             forward_batch: self.forward_batch,
+            scores: self.scores.clone().map(|s| s.0),
+            health_scores: false,
             accept_new_model: false,
         }
     }
+}
+
+/// The scores `--scores` names, sorted, without repeats.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScoreList(pub Vec<ScoreKind>);
+
+/// `--scores`: a comma-separated list of score names, `all` or `health`.
+pub fn scores(s: &str) -> std::result::Result<ScoreList, String> {
+    let mut kinds = Vec::new();
+    for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name {
+            "all" => kinds.extend(ScoreKind::ALL),
+            "health" => kinds.extend(ScoreKind::HEALTH),
+            _ => kinds.push(ScoreKind::from_name(name).ok_or_else(|| {
+                format!(
+                    "unknown score {name:?}: give names from {}, or all, or health",
+                    ebm_gate::bundle::score_names()
+                )
+            })?),
+        }
+    }
+    if kinds.is_empty() {
+        return Err("give at least one score".into());
+    }
+    kinds.sort();
+    kinds.dedup();
+    Ok(ScoreList(kinds))
 }
 
 /// Opens a bundle with overrides, refusing a batch of 0 and a `--temperature` that would leave

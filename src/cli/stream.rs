@@ -107,6 +107,11 @@ pub struct StreamArgs {
     /// Most frames --save-rejected keeps
     #[arg(long, default_value_t = 100, value_name = "N", requires = "save_rejected")]
     pub max_saved: usize,
+    /// Reject frames as `frozen_frame` once the camera has repeated the same frame this many
+    /// times in a row (its 16x16 luma summary unchanged: a live sensor's noise always moves it);
+    /// 0 turns the check off
+    #[arg(long, default_value_t = 30, value_name = "N")]
+    pub frozen_after: usize,
     #[command(flatten)]
     pub gate: GateArgs,
 }
@@ -214,6 +219,8 @@ pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
         save_rejected: args.save_rejected.clone(),
         max_saved: args.max_saved,
         source_name,
+        frozen_after: args.frozen_after,
+        frozen_max_difference: 0.0,
     };
 
     // The first SIGINT/SIGTERM stops the stream after the frame in hand, with a summary; a

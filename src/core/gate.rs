@@ -5,6 +5,8 @@
 //! are given, its conformal p-value is above `alpha`. Anything that cannot be scored is
 //! rejected: the gate fails closed.
 
+use super::health::ScoreKind;
+
 /// The gate's decision for one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verdict {
@@ -27,6 +29,10 @@ impl Verdict {
 /// Why a frame got its verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
+    /// A multi-score gate rejected the frame, this score the strangest of those over the level
+    /// (`<score>_p_value_at_or_below_alpha`: that score alone makes the combined p-value
+    /// `<= alpha`; see [`crate::core::conformal`]).
+    Score(ScoreKind),
     /// Energy at or below the threshold (and p-value above alpha, when calibrated).
     WithinThreshold,
     /// Energy above the threshold.
@@ -37,6 +43,8 @@ pub enum Reason {
     NonFiniteEnergy,
     /// The frame could not be decoded.
     DecodeError,
+    /// The stream repeated the same frame too many times in a row (a frozen camera).
+    FrozenFrame,
     /// The model failed on the frame, or its logits could not be scored.
     ModelError,
 }
@@ -45,11 +53,21 @@ impl Reason {
     /// The stable snake_case name used in JSON output.
     pub fn as_str(self) -> &'static str {
         match self {
+            Reason::Score(k) => match k {
+                ScoreKind::Energy => "energy_p_value_at_or_below_alpha",
+                ScoreKind::Sharpness => "sharpness_p_value_at_or_below_alpha",
+                ScoreKind::NoiseSigma => "noise_sigma_p_value_at_or_below_alpha",
+                ScoreKind::DarkFraction => "dark_fraction_p_value_at_or_below_alpha",
+                ScoreKind::BrightFraction => "bright_fraction_p_value_at_or_below_alpha",
+                ScoreKind::MeanLuma => "mean_luma_p_value_at_or_below_alpha",
+                ScoreKind::ColourCast => "colour_cast_p_value_at_or_below_alpha",
+            },
             Reason::WithinThreshold => "within_threshold",
             Reason::EnergyAboveThreshold => "energy_above_threshold",
             Reason::PValueAtOrBelowAlpha => "p_value_at_or_below_alpha",
             Reason::NonFiniteEnergy => "non_finite_energy",
             Reason::DecodeError => "decode_error",
+            Reason::FrozenFrame => "frozen_frame",
             Reason::ModelError => "model_error",
         }
     }

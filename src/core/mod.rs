@@ -8,6 +8,10 @@
 //! - [`conformal`]: the split-conformal p-value of an energy over sorted calibration energies;
 //! - [`conformal`] also gives the conformal quantile (the same rule as an energy threshold)
 //!   and membership of a class in a conformal prediction set;
+//! - [`conformal`] also gives lower- and two-sided p-values and the combination of several
+//!   scores' p-values under one false-rejection guarantee;
+//! - [`health`]: the scores a gate can combine ([`health::ScoreKind`]) with their tails, and the
+//!   frozen-frame comparison of two luma summaries;
 //! - [`gate`]: the threshold decision and its typed [`gate::Verdict`] and [`gate::Reason`];
 //! - [`langevin`]: the SGLD update step and a short warm-started chain, generic over a
 //!   gradient source and a seeded RNG (`rand_core`);
@@ -28,4 +32,5 @@ pub mod conformal;
 pub mod debounce;
 pub mod energy;
 pub mod gate;
+pub mod health;
 pub mod langevin;
