@@ -164,19 +164,10 @@ pub fn run(a: &CalibrateArgs, g: &Globals) -> Result<ExitCode> {
         outcome.threshold, outcome.n_calibration
     );
     if !outcome.false_rejection.is_empty() {
-        println!("false rejection of held-out ID frames (should be about alpha, at most alpha on average):");
-        println!("{:>7} {:>10} {:>20}", "alpha", "rejected", "95% interval");
-        for f in &outcome.false_rejection {
-            println!(
-                "{:>7} {:>9.2}% {:>9.2}% - {:.2}%   ({} of {})",
-                f.alpha,
-                100.0 * f.rate,
-                100.0 * f.interval.0,
-                100.0 * f.interval.1,
-                f.rejected,
-                f.n
-            );
-        }
+        print_false_rejection(
+            "false rejection of held-out ID frames (should be about alpha, at most alpha on average):",
+            &outcome.false_rejection,
+        );
     }
     if let (Some(spec), Some((n_a, n_b))) = (&outcome.gate_file.scores, outcome.scores_split) {
         println!();
@@ -185,19 +176,10 @@ pub fn run(a: &CalibrateArgs, g: &Globals) -> Result<ExitCode> {
             spec.used.join(", ")
         );
         if !outcome.scores_false_rejection.is_empty() {
-            println!("false rejection of held-out ID frames by the combined scores:");
-            println!("{:>7} {:>10} {:>20}", "alpha", "rejected", "95% interval");
-            for f in &outcome.scores_false_rejection {
-                println!(
-                    "{:>7} {:>9.2}% {:>9.2}% - {:.2}%   ({} of {})",
-                    f.alpha,
-                    100.0 * f.rate,
-                    100.0 * f.interval.0,
-                    100.0 * f.interval.1,
-                    f.rejected,
-                    f.n
-                );
-            }
+            print_false_rejection(
+                "false rejection of held-out ID frames by the combined scores:",
+                &outcome.scores_false_rejection,
+            );
         }
     }
     if !outcome.prediction_sets.is_empty() {
@@ -209,4 +191,21 @@ pub fn run(a: &CalibrateArgs, g: &Globals) -> Result<ExitCode> {
     }
     println!("wrote {}", out.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// A table of false-rejection rates with their Wilson intervals, under `title`.
+fn print_false_rejection(title: &str, rates: &[ebm_gate::calibration::FalseRejection]) {
+    println!("{title}");
+    println!("{:>7} {:>10} {:>20}", "alpha", "rejected", "95% interval");
+    for f in rates {
+        println!(
+            "{:>7} {:>9.2}% {:>9.2}% - {:.2}%   ({} of {})",
+            f.alpha,
+            100.0 * f.rate,
+            100.0 * f.interval.0,
+            100.0 * f.interval.1,
+            f.rejected,
+            f.n
+        );
+    }
 }
