@@ -285,13 +285,18 @@ pub struct GateFile {
 /// `--scores` can choose others at run time.
 ///
 /// ```json
-/// "scores": { "used": ["energy", "sharpness", "noise_sigma"], "seed": 1,
+/// "scores": { "version": 2, "used": ["energy", "sharpness", "noise_sigma"], "seed": 1,
 ///   "fit": { "energy": { "values": [-14.2, "... ascending ..."], "upper_scale": 0.61, "lower_scale": 0.9 },
 ///            "sharpness": { "...": "..." } },
 ///   "combine": { "energy": [-9.1, "... one per frame of split B ..."], "sharpness": ["..."] } }
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoresSpec {
+    /// The definitions of the scores the values were computed with ([`SCORES_VERSION`]; 1 when
+    /// absent, the first release's); values of another version are refused, since a frame's
+    /// score would be compared with differently defined calibration values.
+    #[serde(default = "first_scores_version")]
+    pub version: u32,
     /// The scores the gate combines ([`crate::core::health::ScoreKind::name`]); `["energy"]`
     /// alone is the plain energy gate of [`GateSpec`].
     pub used: Vec<String>,
@@ -303,13 +308,24 @@ pub struct ScoresSpec {
     pub combine: std::collections::BTreeMap<String, Vec<f32>>,
 }
 
+/// The version of the health scores' definitions this build computes ([`ScoresSpec::version`]):
+/// 2 = `noise_sigma` on the flattest blocks, `bright_fraction` as clipped channels, `luma_p99`,
+/// and `sharpness`'s tails in `ln(1 + x)`.
+pub const SCORES_VERSION: u32 = 2;
+
+fn first_scores_version() -> u32 {
+    1
+}
+
 /// One score's values on split A ([`ScoresSpec::fit`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoreFit {
     /// The score on each frame of split A, ascending.
     pub values: Vec<f32>,
     /// Scale of the exponential tail past the largest value
-    /// ([`crate::core::conformal::exponential_tail_scale`]).
+    /// ([`crate::core::conformal::exponential_tail_scale`] in the score's
+    /// [`crate::core::health::ScoreKind::tail_domain`], at least its
+    /// [`crate::core::health::ScoreKind::tail_scale_floor`]).
     pub upper_scale: f32,
     /// Scale of the exponential tail past the smallest value.
     pub lower_scale: f32,
@@ -322,6 +338,13 @@ impl ScoresSpec {
     /// A message naming the field.
     pub fn validate(&self) -> std::result::Result<(), String> {
         use crate::core::health::ScoreKind;
+        if self.version != SCORES_VERSION {
+            return Err(format!(
+                "scores were fitted with version {} of the score definitions, and this ebm-gate computes version \
+                 {SCORES_VERSION}: run `ebm-gate calibrate --scores` again",
+                self.version
+            ));
+        }
         if self.used.is_empty() {
             return Err("scores.used names no score".into());
         }

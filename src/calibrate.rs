@@ -5,7 +5,9 @@ use std::path::{Component, Path};
 
 use std::collections::BTreeMap;
 
-use crate::bundle::{GateFile, GateSpec, PredictionSets, Provenance, ScoreFit, ScoresSpec, SplitSpec, FORMAT_VERSION};
+use crate::bundle::{
+    GateFile, GateSpec, PredictionSets, Provenance, ScoreFit, ScoresSpec, SplitSpec, FORMAT_VERSION, SCORES_VERSION,
+};
 use crate::calibration::{
     check_alpha, conformal_quantile, false_rejection, fit_temperature, is_held_out, lac_scores, prediction_set_summary,
     sorted_energies, wilson_interval, CalibrationError, FalseRejection, SetSummary, TemperatureFit, CHECK_ALPHAS,
@@ -374,15 +376,24 @@ fn fit_scores(
         .into_iter()
         .map(|(name, mut values)| {
             values.sort_by(f32::total_cmp);
+            let kind = ScoreKind::from_name(&name).expect("fit holds ScoreKind names");
+            let domain: Vec<f32> = values.iter().map(|&v| kind.tail_domain(v)).collect();
+            let floor = kind.tail_scale_floor();
             let (upper_scale, lower_scale) =
-                (exponential_tail_scale(&values, true), exponential_tail_scale(&values, false));
+                (exponential_tail_scale(&domain, true).max(floor), exponential_tail_scale(&domain, false).max(floor));
             (name, ScoreFit { values, upper_scale, lower_scale })
         })
         .collect();
     let mut used: Vec<ScoreKind> = kinds.to_vec();
     used.sort();
     used.dedup();
-    let spec = ScoresSpec { used: used.iter().map(|k| k.name().to_string()).collect(), seed, fit, combine };
+    let spec = ScoresSpec {
+        version: SCORES_VERSION,
+        used: used.iter().map(|k| k.name().to_string()).collect(),
+        seed,
+        fit,
+        combine,
+    };
     Ok((spec, (n_a, n_b)))
 }
 

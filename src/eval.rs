@@ -186,6 +186,50 @@ pub struct OodSummary {
     pub metrics: Vec<ScoreMetrics>,
 }
 
+/// What a multi-score gate ([`crate::pipeline::MultiScoreGate`]) rejected in one set.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ScoresRejection {
+    /// `"ID"` or the OOD set's name.
+    pub set: String,
+    /// Frames in the set.
+    pub n: usize,
+    /// Fraction rejected by the gate (the combined verdict; frames that could not be scored
+    /// count as rejected).
+    pub rejected: f64,
+    /// Per score combined (in the gate's order), the fraction of frames whose strangeness in
+    /// that score alone is above the level (the frame's `rejected_by` names it). A frame can
+    /// count for several scores.
+    pub by_score: Vec<ScoreShare>,
+}
+
+/// One score's share of a set's rejections ([`ScoresRejection::by_score`]).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ScoreShare {
+    /// The score's name ([`crate::core::health::ScoreKind::name`]).
+    pub score: String,
+    /// Fraction of the set's frames it puts over the level.
+    pub rejected: f64,
+}
+
+/// The rejections of a multi-score gate combining `kinds` in one set of judged frames.
+pub fn scores_rejection(
+    set: &str,
+    reports: &[FrameReport],
+    kinds: &[crate::core::health::ScoreKind],
+) -> ScoresRejection {
+    let n = reports.len();
+    let frac = |c: usize| if n == 0 { 0.0 } else { c as f64 / n as f64 };
+    let rejected = reports.iter().filter(|r| r.verdict != Some(Verdict::InDistribution)).count();
+    let by_score = kinds
+        .iter()
+        .map(|&k| {
+            let c = reports.iter().filter(|r| r.multi.as_ref().is_some_and(|m| m.rejected_by.contains(&k))).count();
+            ScoreShare { score: k.name().to_string(), rejected: frac(c) }
+        })
+        .collect();
+    ScoresRejection { set: set.to_string(), n, rejected: frac(rejected), by_score }
+}
+
 /// The whole report of an `eval` run.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct EvalReport {
@@ -205,6 +249,9 @@ pub struct EvalReport {
     pub conformal: Vec<ConformalRow>,
     /// Prediction-set coverage (needs the bundle's prediction-set scores and labels).
     pub prediction_sets: Vec<SetRow>,
+    /// The multi-score gate's rejections per set, ID first, and per score (empty without
+    /// `--scores`).
+    pub scores_rejection: Vec<ScoresRejection>,
 }
 
 fn accepted(reports: &[FrameReport]) -> Option<f64> {
@@ -527,6 +574,13 @@ pub fn evaluate(
         calibration: probability_calibration(&id_frames, st.temperature),
         conformal: conformal_rows(&st.calibration_energies, &alphas, &id_frames, &ood_refs, options.splits),
         prediction_sets: lac.map(|l| set_rows(&id_frames, st.temperature, &l, &CHECK_ALPHAS)).unwrap_or_default(),
+        scores_rejection: match &st.multi {
+            Some(m) => std::iter::once(("ID", &id_frames))
+                .chain(ood.iter().map(|(n, _)| n.as_str()).zip(&ood_frames))
+                .map(|(set, reports)| scores_rejection(set, reports, &m.kinds))
+                .collect(),
+            None => Vec::new(),
+        },
     };
     Ok(EvalRun { report, id_frames, ood_frames, unscored, frames, elapsed_s })
 }

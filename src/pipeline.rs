@@ -121,6 +121,19 @@ pub enum GateRule {
         /// The conformal level.
         alpha: f32,
     },
+    /// Several scores under one guarantee ([`MultiScoreGate`], its `kinds` in
+    /// [`GateSettings::multi`]): reject when the combined p-value is `<= alpha`, the same as a
+    /// combined score above `level`, or when `E(x) > threshold`.
+    Combined {
+        /// The level.
+        alpha: f32,
+        /// The combined score above which frames are rejected.
+        level: f32,
+        /// Frames of split B (the combined scores the p-value ranks against).
+        n: usize,
+        /// An explicit energy threshold applied as well.
+        threshold: Option<f32>,
+    },
 }
 
 /// Counts of frames by outcome, as `score`'s summary gives them.
@@ -176,8 +189,8 @@ pub struct GateSettings {
 pub struct MultiScoreGate {
     /// The scores combined, in [`ScoreKind::ALL`] order.
     pub kinds: Vec<ScoreKind>,
-    /// Split A per score (parallel to `kinds`): ascending values, upper and lower tail scales.
-    fits: Vec<(Vec<f32>, f32, f32)>,
+    /// Split A per score (parallel to `kinds`).
+    fits: Vec<ScoreTails>,
     /// Split B's combined scores, ascending.
     pub combined: Vec<f32>,
     /// The level.
@@ -185,6 +198,16 @@ pub struct MultiScoreGate {
     /// The combined score above which frames are rejected: the conformal quantile of
     /// `combined` at `alpha`.
     pub level: f32,
+}
+
+/// One score's split A: its values ascending, the same in [`ScoreKind::tail_domain`], and the
+/// tail scales (in that domain).
+#[derive(Debug, Clone, PartialEq)]
+struct ScoreTails {
+    values: Vec<f32>,
+    domain: Vec<f32>,
+    upper_scale: f32,
+    lower_scale: f32,
 }
 
 /// One frame judged by a [`MultiScoreGate`].
@@ -223,7 +246,12 @@ impl MultiScoreGate {
                     k.name()
                 ));
             };
-            fits.push((f.values.clone(), f.upper_scale, f.lower_scale));
+            fits.push(ScoreTails {
+                values: f.values.clone(),
+                domain: f.values.iter().map(|&v| k.tail_domain(v)).collect(),
+                upper_scale: f.upper_scale,
+                lower_scale: f.lower_scale,
+            });
             columns.push(c.as_slice());
         }
         let n_b = columns.first().map_or(0, |c| c.len());
@@ -252,7 +280,7 @@ impl MultiScoreGate {
             .iter()
             .zip(&self.fits)
             .zip(values)
-            .map(|((k, (sorted, up, lo)), &v)| strangeness(sorted, *up, *lo, v, k.tail()))
+            .map(|((k, t), &v)| strangeness(&t.domain, t.upper_scale, t.lower_scale, k.tail_domain(v), k.tail()))
             .collect();
         let m = combined_score(&c);
         (c, m)
@@ -275,7 +303,7 @@ impl MultiScoreGate {
             .iter()
             .zip(&self.fits)
             .zip(&values)
-            .map(|((k, (s, _, _)), &v)| tail_p_value(s, v, k.tail()))
+            .map(|((k, t), &v)| tail_p_value(&t.values, v, k.tail()))
             .collect();
         let mut rejected: Vec<(f32, ScoreKind)> = if combined > self.level {
             strangeness.iter().zip(&self.kinds).filter(|(c, _)| **c > self.level).map(|(c, k)| (*c, *k)).collect()
@@ -313,6 +341,14 @@ impl GateSettings {
 
     /// The rule in force, typed.
     pub fn rule(&self) -> GateRule {
+        if let Some(m) = &self.multi {
+            return GateRule::Combined {
+                alpha: m.alpha,
+                level: m.level,
+                n: m.combined.len(),
+                threshold: self.threshold,
+            };
+        }
         match (self.threshold, self.alpha) {
             (None, None) => GateRule::None,
             (Some(t), None) => GateRule::Threshold(t),

@@ -13,8 +13,8 @@
 //! | `energy` | number | free energy `E(x) = -T logsumexp(f(x) / T)`, lower = more in-distribution |
 //! | `msp`, `max_logit` | number | max softmax probability at `T = 1`, largest logit |
 //! | `p_value` | number | conformal p-value of the energy (needs calibration energies); with several scores combined (`--scores`), the combined p-value the gate compares with `alpha` |
-//! | `health` | object | the frame's health scores at its own resolution (`sharpness`, `noise_sigma`, `dark_fraction`, `bright_fraction`, `mean_luma`, `colour_cast`; [`crate::health`]), when computed |
-//! | `p_values` | object | with several scores combined: each score's own conformal p-value over the fitting half, in its tail |
+//! | `health` | object | the frame's health scores at its own resolution (`sharpness`, `noise_sigma`, `dark_fraction`, `bright_fraction`, `mean_luma`, `luma_p99`, `colour_cast`; [`crate::health`]), when computed |
+//! | `p_values` | object | with several scores combined: each score's own conformal p-value over the fitting half, in its tail (for reading: the verdict compares the combined `p_value` with `alpha`, and a score's own p-value at or below `alpha` does not by itself reject) |
 //! | `rejected_by` | array of strings | with several scores combined: the scores that put the frame over the level, strangest first (empty when accepted) |
 //! | `prediction_set` | array of strings | `score --set-alpha`; else `null` |
 //! | `verdict` | `in_distribution` / `out_of_distribution` | `null` only when no rule is in force |
@@ -60,7 +60,7 @@ pub struct FrameRecord {
     pub health: Option<crate::health::HealthScores>,
     /// Each combined score's own p-value, by name.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub p_values: Option<serde_json::Map<String, serde_json::Value>>,
+    pub p_values: Option<std::collections::BTreeMap<&'static str, f32>>,
     /// The scores that rejected the frame, strangest first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rejected_by: Option<Vec<&'static str>>,
@@ -111,9 +111,10 @@ impl FrameRecord {
             max_logit: s.map(|s| s.max_logit),
             p_value: report.p_value,
             health: report.health,
-            p_values: report.multi.as_ref().map(|m| {
-                m.kinds.iter().zip(&m.p_values).map(|(k, p)| (k.name().to_string(), serde_json::json!(p))).collect()
-            }),
+            p_values: report
+                .multi
+                .as_ref()
+                .map(|m| m.kinds.iter().zip(&m.p_values).map(|(k, &p)| (k.name(), p)).collect()),
             rejected_by: report.multi.as_ref().map(|m| m.rejected_by.iter().map(|k| k.name()).collect()),
             prediction_set: report.prediction_set.as_ref().map(|set| set.iter().map(|&y| name(y)).collect()),
             verdict: report.verdict.map(|v| v.as_str()),

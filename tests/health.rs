@@ -77,6 +77,24 @@ fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs `ebm-gate` with `args`, `feed` on its stdin; the lines it printed, parsed.
+fn stream_raw(args: &[&str], feed: &[u8]) -> Vec<Value> {
+    let mut child = ebm_gate()
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(feed).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.code().is_some(), "{}", String::from_utf8_lossy(&out.stderr));
+    records(&String::from_utf8_lossy(&out.stdout))
+}
+
 fn copy_bundle(to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for f in ["model.onnx", "gate.json"] {
@@ -110,39 +128,45 @@ fn calibrated_health_scores_reject_camera_faults_and_keep_clean_frames() {
     ]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(
-        out.contains("energy, sharpness, noise_sigma, dark_fraction, bright_fraction, mean_luma, colour_cast combined"),
+        out.contains(
+            "energy, sharpness, noise_sigma, dark_fraction, bright_fraction, mean_luma, luma_p99, colour_cast combined"
+        ),
         "{out}"
     );
     let gate: Value = serde_json::from_str(&std::fs::read_to_string(b.join("gate.json")).unwrap()).unwrap();
     let scores = &gate["scores"];
-    assert_eq!(scores["used"].as_array().unwrap().len(), 7);
+    assert_eq!(scores["used"].as_array().unwrap().len(), 8);
+    assert_eq!(scores["version"], 2);
     let (n_a, n_b) = (
         scores["fit"]["sharpness"]["values"].as_array().unwrap().len(),
         scores["combine"]["sharpness"].as_array().unwrap().len(),
     );
     assert_eq!(n_a + n_b, gate["provenance"]["n"].as_u64().unwrap() as usize);
     // The per-score values are the frames' health scores: 2 levels of independent noise per
-    // channel is 2 * |(0.299, 0.587, 0.114)| = 1.34 levels of luma noise, which Immerkaer's
-    // estimate sees in the median frame (dark, clipped regions of some pictures lower it,
-    // content raises it).
+    // channel, which Immerkaer's estimate on the green channel's flattest blocks sees in the
+    // median frame (a little under: the lowest tenth of the blocks; clipped regions lower it).
     let noise = median(&scores["fit"]["noise_sigma"]["values"]);
     assert!((1.1..2.5).contains(&noise), "median calibration noise_sigma {noise}");
 
     // New clean frames and faults, made at full resolution.
     let test = dir.path().join("test");
-    std::fs::create_dir_all(&test).unwrap();
+    std::fs::create_dir_all(test.join("clean")).unwrap();
     let faults = [Fault::Noise, Fault::Blur, Fault::OverExposed, Fault::UnderExposed, Fault::CoveredLens];
     for i in 0..40u64 {
-        camera_frame(10_000 + i).save(test.join(format!("clean{i:03}.png"))).unwrap();
+        camera_frame(10_000 + i).save(test.join("clean").join(format!("clean{i:03}.png"))).unwrap();
     }
     for (k, f) in faults.iter().enumerate() {
+        let name = format!("{f:?}").to_lowercase();
+        std::fs::create_dir_all(test.join(&name)).unwrap();
         for j in 0..8u64 {
             let base = camera_frame(20_000 + 100 * k as u64 + j);
-            fault(*f, &base, j).save(test.join(format!("{f:?}{j}.png").to_lowercase())).unwrap();
+            fault(*f, &base, j).save(test.join(&name).join(format!("{name}{j}.png"))).unwrap();
         }
     }
     let (code, out, err) = run(&["score", b.to_str().unwrap(), test.to_str().unwrap(), "--json"]);
     assert_eq!(code, 1, "{err}");
+    // The summary names the rule in force: the combined gate, not the energy's threshold.
+    assert!(err.contains("luma_p99, colour_cast combined: reject combined p <= 0.05 (combined score >"), "{err}");
     let recs = records(&out);
     assert_eq!(recs.len(), 80);
     let rejected = |prefix: &str| {
@@ -192,9 +216,89 @@ fn calibrated_health_scores_reject_camera_faults_and_keep_clean_frames() {
     );
     assert!(reasons("coveredlens").iter().any(|r| r == "dark_fraction"), "{:?}", reasons("coveredlens"));
 
+    // eval reports the same verdicts per set, combined and per score.
+    let json = dir.path().join("eval.json");
+    let mut args = vec![
+        "eval".to_string(),
+        b.display().to_string(),
+        "--id".into(),
+        test.join("clean").display().to_string(),
+        "--json".into(),
+        json.display().to_string(),
+    ];
+    for f in faults {
+        let name = format!("{f:?}").to_lowercase();
+        args.extend(["--ood".into(), format!("{name}={}", test.join(&name).display())]);
+    }
+    let (code, out, err) = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("rejected by the gate, combined and per score"), "{out}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = report["scores_rejection"].as_array().unwrap();
+    assert_eq!(rows.len(), 1 + faults.len());
+    assert_eq!(rows[0]["set"], "ID");
+    assert_eq!(rows[0]["rejected"].as_f64().unwrap(), rejected("clean") as f64 / 40.0);
+    let share = |row: &Value, score: &str| {
+        row["by_score"].as_array().unwrap().iter().find(|s| s["score"] == score).unwrap()["rejected"].as_f64().unwrap()
+    };
+    for (row, want) in rows[1..].iter().zip(["noise_sigma", "sharpness", "", "", "dark_fraction"]) {
+        assert_eq!(row["rejected"], 1.0, "{row}");
+        if !want.is_empty() {
+            assert!(share(row, want) > 0.0, "{row}");
+        }
+    }
+
+    // stream on a raw feed from the same camera: 15 clean frames, then 10 noisy, 10 blurred and
+    // 10 over-exposed ones, then 10 clean again. Every fault frame is rejected, and the debounced
+    // state (window 5, enter 3, exit 2) goes out of distribution by the third fault frame and
+    // comes back by the third clean one (when at most 2 of the window are rejected).
+    let mut feed = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..55u64 {
+        let clean = camera_frame(30_000 + i);
+        let (frame, faulty) = match i {
+            15..25 => (fault(Fault::Noise, &clean, i), true),
+            25..35 => (fault(Fault::Blur, &clean, i), true),
+            35..45 => (fault(Fault::OverExposed, &clean, i), true),
+            _ => (clean, false),
+        };
+        feed.extend_from_slice(frame.as_raw());
+        want.push(faulty);
+    }
+    let lines = stream_raw(&["stream", b.to_str().unwrap(), "--format", "rgb24", "--size", "320x240"], &feed);
+    let frames: Vec<&Value> = lines.iter().filter(|l| l["type"] == "frame").collect();
+    assert_eq!(frames.len(), 55);
+    let rejected: Vec<bool> = frames.iter().map(|f| f["verdict"] == "out_of_distribution").collect();
+    assert!((15..45).all(|i| rejected[i]), "{rejected:?}");
+    assert!(rejected.iter().zip(&want).filter(|(r, w)| **r && !**w).count() <= 4, "{rejected:?}");
+    let changes: Vec<(u64, String)> = lines
+        .iter()
+        .filter(|l| l["event"] == "state_change")
+        .map(|l| (l["frame"].as_u64().unwrap(), l["state"].as_str().unwrap().to_string()))
+        .collect();
+    let to_ood = changes.iter().find(|(_, s)| s == "out_of_distribution").expect("a change to out_of_distribution");
+    assert!((15..18).contains(&to_ood.0), "{changes:?}");
+    let back = changes.iter().rev().find(|(_, s)| s == "in_distribution").expect("a change back");
+    assert!((45..48).contains(&back.0), "{changes:?}");
+
+    // Values fitted with other score definitions are refused, with the command to run.
+    let mut old = gate.clone();
+    old["scores"].as_object_mut().unwrap().remove("version");
+    std::fs::write(b.join("gate.json"), serde_json::to_string(&old).unwrap()).unwrap();
+    let (code, _, err) = run(&["score", b.to_str().unwrap(), test.join("clean").to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("version 1 of the score definitions") && err.contains("calibrate --scores"), "{err}");
+    std::fs::write(b.join("gate.json"), serde_json::to_string(&gate).unwrap()).unwrap();
+
     // --scores energy at run time: the plain energy gate again (no combined fields).
-    let (_, out, _) =
-        run(&["score", b.to_str().unwrap(), test.join("noise0.png").to_str().unwrap(), "--json", "--scores", "energy"]);
+    let (_, out, _) = run(&[
+        "score",
+        b.to_str().unwrap(),
+        test.join("noise/noise0.png").to_str().unwrap(),
+        "--json",
+        "--scores",
+        "energy",
+    ]);
     let r = &records(&out)[0];
     assert!(r.get("rejected_by").is_none() && r.get("p_values").is_none(), "{r}");
 }
@@ -232,8 +336,8 @@ fn a_frozen_feed_is_rejected_after_frozen_after_repeats() {
     for _ in 0..12 {
         input.extend_from_slice(still.as_raw());
     }
-    let mut child = ebm_gate()
-        .args([
+    let lines = stream_raw(
+        &[
             "stream",
             bundle().to_str().unwrap(),
             "--format",
@@ -244,16 +348,9 @@ fn a_frozen_feed_is_rejected_after_frozen_after_repeats() {
             "4",
             "--threshold",
             "1000",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(&input).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let lines = records(&String::from_utf8_lossy(&out.stdout));
+        ],
+        &input,
+    );
     let frames: Vec<&Value> = lines.iter().filter(|l| l["type"] == "frame").collect();
     assert_eq!(frames.len(), 18);
     // Frame 6 is the first of the still run (different from frame 5), frames 7.. repeat it:

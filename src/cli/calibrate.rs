@@ -41,7 +41,7 @@ pub struct CalibrateArgs {
     #[arg(long, default_value_t = 32, value_parser = super::batch)]
     pub batch: usize,
     /// Also gate on full-resolution frame-health scores: fit these scores, comma-separated
-    /// (energy, sharpness, noise_sigma, dark_fraction, bright_fraction, mean_luma, colour_cast;
+    /// (energy, sharpness, noise_sigma, dark_fraction, bright_fraction, mean_luma, luma_p99, colour_cast;
     /// `all`; `health`), on two halves of the calibration frames and combine them under one
     /// false-rejection guarantee (every score is stored; `score`/`stream --scores` can pick
     /// others). Calibrate on frames from the deployed camera, at its resolution

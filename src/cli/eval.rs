@@ -135,11 +135,13 @@ fn pct(v: Option<f64>) -> String {
 }
 
 fn print_eval(r: &EvalReport, total: usize, elapsed: f64) {
+    let combined = !r.scores_rejection.is_empty();
     println!(
-        "model {}  (T = {:.4}, threshold {})",
+        "model {}  (T = {:.4}, energy threshold {}{})",
         r.model,
         r.temperature,
-        r.threshold.map(|t| format!("E <= {t}")).unwrap_or("none".into())
+        r.threshold.map(|t| format!("E <= {t}")).unwrap_or("none".into()),
+        if combined { "; verdicts from the combined gate, rejections per score below" } else { "" }
     );
     println!(
         "ID    {}  n = {}  errors = {}  accuracy = {}  accepted by the gate = {}  mean energy = {:.3}",
@@ -160,7 +162,7 @@ fn print_eval(r: &EvalReport, total: usize, elapsed: f64) {
         println!();
         println!(
             "{:<22} {:<10} {:>8} {:>8} {:>9} {:>10} {:>13}",
-            "OOD set", "score", "AUROC", "AUPR-In", "AUPR-Out", "FPR@95TPR", "accepted@thr"
+            "OOD set", "score", "AUROC", "AUPR-In", "AUPR-Out", "FPR@95TPR", "gate accepts"
         );
     }
     for o in &r.ood {
@@ -184,6 +186,9 @@ fn print_eval(r: &EvalReport, total: usize, elapsed: f64) {
     if !r.ood.is_empty() {
         println!();
         println!("ID is the positive class; scores: energy = -E(x), msp, max_logit (higher = more in-distribution).");
+        println!(
+            "gate accepts: the fraction of the set the gate's verdicts accept (the combined gate's with --scores)."
+        );
     }
     if !r.calibration.is_empty() {
         println!();
@@ -202,7 +207,10 @@ fn print_eval(r: &EvalReport, total: usize, elapsed: f64) {
     }
     if !r.conformal.is_empty() {
         println!();
-        println!("conformal gate (reject p <= alpha), ID false rejection should be about alpha:");
+        println!(
+            "{} (reject p <= alpha), ID false rejection should be about alpha:",
+            if combined { "the energy's conformal gate alone" } else { "conformal gate" }
+        );
         let ood_names: Vec<String> = r.ood.iter().map(|o| format!("{} rej.", o.name)).collect();
         print!("{:>6} {:>10} {:>10} {:>17} {:>18}", "alpha", "E thresh.", "ID rej.", "95% interval", "random splits");
         for n in &ood_names {
@@ -232,6 +240,24 @@ fn print_eval(r: &EvalReport, total: usize, elapsed: f64) {
                 "(random splits: mean ± sd of the false rejection over {} half/half splits of these ID energies)",
                 c.splits
             );
+        }
+    }
+    if let Some(first) = r.scores_rejection.first() {
+        println!();
+        println!(
+            "rejected by the gate, combined and per score (the frames that score alone puts over the level; ID: false rejection):"
+        );
+        print!("{:<22} {:>6} {:>9}", "set", "n", "combined");
+        for s in &first.by_score {
+            print!(" {:>15}", s.score);
+        }
+        println!();
+        for row in &r.scores_rejection {
+            print!("{:<22} {:>6} {:>8.2}%", row.set, row.n, 100.0 * row.rejected);
+            for s in &row.by_score {
+                print!(" {:>14.2}%", 100.0 * s.rejected);
+            }
+            println!();
         }
     }
     if !r.prediction_sets.is_empty() {

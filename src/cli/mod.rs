@@ -84,7 +84,7 @@ pub struct GateArgs {
     #[arg(long, value_parser = alpha)]
     pub alpha: Option<f32>,
     /// Scores the gate combines under one conformal guarantee, comma-separated (energy,
-    /// sharpness, noise_sigma, dark_fraction, bright_fraction, mean_luma, colour_cast; `all`;
+    /// sharpness, noise_sigma, dark_fraction, bright_fraction, mean_luma, luma_p99, colour_cast; `all`;
     /// `health` = all but the energy) [default: gate.json's scores.used, else energy]; needs a
     /// gate.json calibrated with --scores
     #[arg(long, value_name = "LIST", value_parser = scores)]
@@ -151,7 +151,7 @@ pub fn scores(s: &str) -> std::result::Result<ScoreList, String> {
 /// Opens a bundle with overrides, refusing a batch of 0 and a `--temperature` that would leave
 /// frames unchecked.
 pub fn open(model: &Path, overrides: &Overrides) -> Result<EnergyGate> {
-    let gate = EnergyGate::open(model, overrides).with_context(|| format!("cannot load model {}", model.display()))?;
+    let gate = EnergyGate::open(model, overrides).with_context(|| format!("cannot use {}", model.display()))?;
     let st = gate.settings();
     if let (Some(t), Some(why)) = (overrides.temperature, &st.gate_set_aside) {
         if !st.gates() {
@@ -163,6 +163,15 @@ pub fn open(model: &Path, overrides: &Overrides) -> Result<EnergyGate> {
         eprintln!("note: {why}; using --threshold / --alpha as given");
     }
     Ok(gate)
+}
+
+/// The scores a combined gate uses, named: `"energy, sharpness, ... combined"` (empty without
+/// one).
+pub fn combined_names(st: &ebm_gate::pipeline::GateSettings) -> String {
+    st.multi
+        .as_ref()
+        .map(|m| format!("{} combined", m.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")))
+        .unwrap_or_default()
 }
 
 pub fn progress_bar(total: usize, enabled: bool) -> ProgressBar {

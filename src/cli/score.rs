@@ -137,6 +137,11 @@ fn summarise(c: &VerdictCounts, gate: &EnergyGate, set_alpha: Option<f32>) -> Ex
             )
         }
         GateRule::Both { threshold, alpha } => format!("threshold E <= {threshold} and conformal p > {alpha}"),
+        GateRule::Combined { alpha, level, n, threshold } => format!(
+            "{}: reject combined p <= {alpha} (combined score > {level:.3}, {n} combining frames){}",
+            super::combined_names(st),
+            threshold.map(|t| format!(" or E > {t}")).unwrap_or_default()
+        ),
         GateRule::None => String::new(),
     };
     if st.gates() {

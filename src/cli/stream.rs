@@ -247,6 +247,11 @@ pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
                 format!("p > {alpha} (E <= {})", fmt_opt(energy_threshold, 4))
             }
             GateRule::Both { threshold, alpha } => format!("E <= {threshold} and p > {alpha}"),
+            GateRule::Combined { alpha, threshold, .. } => format!(
+                "combined p > {alpha} ({}){}",
+                super::combined_names(st),
+                threshold.map(|t| format!(" and E <= {t}")).unwrap_or_default()
+            ),
             GateRule::None => "none".into(),
         },
         options.window,

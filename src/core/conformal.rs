@@ -24,6 +24,16 @@
 //! transform has to be right for the guarantee: it decides how the false rejections are shared
 //! between the scores, and how much power the gate has.
 //!
+//! The tails past A's extremes. Applying one increasing map to every score's strangeness leaves
+//! every decision unchanged (the maximum and B's ranks commute with it), so the shape chosen
+//! for the tail (exponential, or a Pareto tail growing like a log) does not matter; what
+//! matters is each score's scale: how fast its strangeness grows past its extreme compared with
+//! the other scores'. The scale is the mean excess of A's most extreme tenth
+//! ([`exponential_tail_scale`]), measured in the score's
+//! [`super::health::ScoreKind::tail_domain`] (`ln(1 + x)` for sharpness, which blur shrinks by
+//! factors toward its bound 0) and at least its
+//! [`super::health::ScoreKind::tail_scale_floor`] (about its resolution).
+//!
 //! Why not Bonferroni (`K * min_k p_k <= alpha`, [`bonferroni`])? It needs no split, but its
 //! false rejection is `alpha` only when the scores never fail together: correlated scores make
 //! it conservative, and a gate that promises 5% and rejects 3% is not what a user calibrated

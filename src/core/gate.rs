@@ -60,6 +60,7 @@ impl Reason {
                 ScoreKind::DarkFraction => "dark_fraction_p_value_at_or_below_alpha",
                 ScoreKind::BrightFraction => "bright_fraction_p_value_at_or_below_alpha",
                 ScoreKind::MeanLuma => "mean_luma_p_value_at_or_below_alpha",
+                ScoreKind::LumaP99 => "luma_p99_p_value_at_or_below_alpha",
                 ScoreKind::ColourCast => "colour_cast_p_value_at_or_below_alpha",
             },
             Reason::WithinThreshold => "within_threshold",

@@ -36,19 +36,22 @@ pub enum ScoreKind {
     BrightFraction,
     /// Mean luma, levels.
     MeanLuma,
+    /// 99th percentile of luma, levels.
+    LumaP99,
     /// Distance of the mean chromaticity from neutral gray.
     ColourCast,
 }
 
 impl ScoreKind {
     /// Every score, in the order records list them.
-    pub const ALL: [ScoreKind; 7] = [
+    pub const ALL: [ScoreKind; 8] = [
         ScoreKind::Energy,
         ScoreKind::Sharpness,
         ScoreKind::NoiseSigma,
         ScoreKind::DarkFraction,
         ScoreKind::BrightFraction,
         ScoreKind::MeanLuma,
+        ScoreKind::LumaP99,
         ScoreKind::ColourCast,
     ];
 
@@ -64,6 +67,7 @@ impl ScoreKind {
             ScoreKind::DarkFraction => "dark_fraction",
             ScoreKind::BrightFraction => "bright_fraction",
             ScoreKind::MeanLuma => "mean_luma",
+            ScoreKind::LumaP99 => "luma_p99",
             ScoreKind::ColourCast => "colour_cast",
         }
     }
@@ -73,13 +77,51 @@ impl ScoreKind {
         ScoreKind::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    /// Which end is strange: energy, noise, clipping and colour cast `Upper`; sharpness `Lower`
-    /// (blur lowers it; noise raises it, and `noise_sigma` sees that); mean luma `Both`.
+    /// Which end is strange: energy, noise, clipping and colour cast `Upper`; sharpness and
+    /// the luma percentile `Lower` (blur lowers sharpness, and noise raises it, which
+    /// `noise_sigma` sees; under-exposure lowers the percentile); mean luma `Both`.
     pub fn tail(self) -> Tail {
         match self {
-            ScoreKind::Sharpness => Tail::Lower,
+            ScoreKind::Sharpness | ScoreKind::LumaP99 => Tail::Lower,
             ScoreKind::MeanLuma => Tail::Both,
             _ => Tail::Upper,
+        }
+    }
+}
+
+impl ScoreKind {
+    /// The value a score's tails are extrapolated in (see
+    /// [`crate::core::conformal::strangeness`]): `ln(1 + x)` for `sharpness`, a variance that
+    /// blur shrinks by factors and that is bounded by 0 (a linear tail past the calibration
+    /// minimum would reach 0 within a few scales), and `x` itself for the others. Increasing,
+    /// so ranks and p-values are the same in either.
+    ///
+    /// ```
+    /// use ebm_gate::core::health::ScoreKind;
+    /// assert_eq!(ScoreKind::Sharpness.tail_domain(0.0), 0.0);
+    /// assert_eq!(ScoreKind::NoiseSigma.tail_domain(3.5), 3.5);
+    /// ```
+    pub fn tail_domain(self, x: f32) -> f32 {
+        match self {
+            ScoreKind::Sharpness => libm::log1pf(x.max(0.0)),
+            _ => x,
+        }
+    }
+
+    /// The smallest scale of an exponential tail, in [`ScoreKind::tail_domain`] units: about
+    /// the score's resolution, so that calibration values that are all equal (no clipped
+    /// pixel in any clean frame, say) do not make a change of one pixel look infinitely
+    /// strange: 0.001 for the fractions and the colour cast, 1 level for the luma percentile (an
+    /// integer), 0.5 level for the mean, 0.05 level for the noise, 0.01 for `ln(1 + sharpness)`,
+    /// and 0.001 for the energy.
+    pub fn tail_scale_floor(self) -> f32 {
+        match self {
+            ScoreKind::Energy => 1e-3,
+            ScoreKind::Sharpness => 0.01,
+            ScoreKind::NoiseSigma => 0.05,
+            ScoreKind::DarkFraction | ScoreKind::BrightFraction | ScoreKind::ColourCast => 1e-3,
+            ScoreKind::MeanLuma => 0.5,
+            ScoreKind::LumaP99 => 1.0,
         }
     }
 }
@@ -106,6 +148,6 @@ mod tests {
             assert_eq!(ScoreKind::from_name(k.name()), Some(k));
         }
         assert_eq!(ScoreKind::from_name("noise"), None);
-        assert!(!ScoreKind::HEALTH.contains(&ScoreKind::Energy) && ScoreKind::HEALTH.len() == 6);
+        assert!(!ScoreKind::HEALTH.contains(&ScoreKind::Energy) && ScoreKind::HEALTH.len() == 7);
     }
 }
