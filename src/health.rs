@@ -555,10 +555,12 @@ mod tests {
 
     #[test]
     fn tiny_frames_do_not_divide_by_zero() {
-        for (w, h) in [(1, 1), (2, 5), (5, 2)] {
+        for (w, h) in [(1, 1), (2, 5), (5, 2), (3, 1), (1, 3), (3, 3), (33, 4), (4, 33), (65, 65)] {
             let s = health_scores(&RgbImage::from_pixel(w, h, Rgb([50, 60, 70])));
-            assert_eq!((s.sharpness, s.noise_sigma), (0.0, 0.0));
-            assert!(s.mean_luma.is_finite() && s.colour_cast.is_finite());
+            assert_eq!((s.sharpness, s.noise_sigma), (0.0, 0.0), "{w}x{h}");
+            let y = luma([50, 60, 70]) as f32;
+            assert_eq!((s.mean_luma, s.luma_p99, s.dark_fraction, s.bright_fraction), (y, y, 0.0, 0.0), "{w}x{h}");
+            assert!(s.colour_cast.is_finite());
         }
     }
 
