@@ -21,6 +21,7 @@
 //! | `reason` | string | why the verdict, e.g. `p_value_at_or_below_alpha`, `decode_error`, `sharpness_p_value_at_or_below_alpha` (a combined gate: the strangest score over the level), `frozen_frame` |
 //! | `error` | string | why the frame could not be scored; else `null` |
 //! | `logits` | array of numbers | `score --logits` only |
+//! | `time`, `monotonic_s` | string, number | `stream` only: the wall-clock time of the verdict (RFC 3339, UTC, milliseconds) and the seconds since the run started on the monotonic clock (immune to clock changes) |
 //! | `state`, `rejected_in_window`, `latency_ms`, `saved`, `frame_difference` | | `stream` only: the debounced state after this frame, rejected frames in the window, ms from the frame's last byte to its verdict, where `--save-rejected` wrote it, the mean absolute difference of its 16x16 luma summary to the previous frame's (levels; 0 = a repeat) |
 //!
 //! Keys marked "always" are present with `null`; the others are left out when they do not apply.
@@ -91,6 +92,12 @@ pub struct FrameRecord {
     /// levels (stream, frozen-frame detection on).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frame_difference: Option<f32>,
+    /// Wall-clock time of the verdict, RFC 3339 in UTC with milliseconds (stream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// Seconds from the start of the run to the verdict, on the monotonic clock (stream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monotonic_s: Option<f64>,
 }
 
 impl FrameRecord {
@@ -126,6 +133,8 @@ impl FrameRecord {
             latency_ms: None,
             saved: None,
             frame_difference: None,
+            time: None,
+            monotonic_s: None,
         }
     }
 

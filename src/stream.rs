@@ -57,7 +57,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use image::RgbImage;
 
@@ -102,6 +102,9 @@ pub struct StreamOptions {
     pub frozen_after: usize,
     /// Largest [`LumaSummary::difference`] (levels) that counts as a repeated frame.
     pub frozen_max_difference: f32,
+    /// How often to report the totals so far ([`StreamEvent::Heartbeat`]); `None` = only at the
+    /// end.
+    pub summary_every: Option<Duration>,
 }
 
 impl StreamOptions {
@@ -123,6 +126,7 @@ impl StreamOptions {
             source_name: "stdin".into(),
             frozen_after: 30,
             frozen_max_difference: 0.0,
+            summary_every: None,
         }
     }
 }
@@ -170,6 +174,31 @@ pub struct StreamFrame {
     /// [`LumaSummary::difference`] to the previous decoded frame, levels (`None` for the first
     /// frame, a frame that failed, or with frozen-frame detection off).
     pub frame_difference: Option<f32>,
+    /// When the verdict was reached.
+    pub at: EventTime,
+}
+
+/// When something happened in a run: the wall clock, and the monotonic offset from the run's
+/// start (which clock changes do not move).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTime {
+    /// Wall-clock time.
+    pub wall: SystemTime,
+    /// Since the run started, on the monotonic clock.
+    pub since_start: Duration,
+}
+
+impl EventTime {
+    /// Now, for a run that started at `start`.
+    pub fn now(start: Instant) -> EventTime {
+        EventTime { wall: SystemTime::now(), since_start: start.elapsed() }
+    }
+
+    /// The wall-clock time as RFC 3339 in UTC with milliseconds, e.g.
+    /// `2026-12-01T21:14:03.120Z`.
+    pub fn rfc3339(&self) -> String {
+        humantime::format_rfc3339_millis(self.wall).to_string()
+    }
 }
 
 impl StreamFrame {
@@ -184,6 +213,8 @@ impl StreamFrame {
             latency_ms: Some(self.latency.as_secs_f64() * 1e3),
             saved: self.saved.as_ref().map(|p| p.display().to_string()),
             frame_difference: self.frame_difference,
+            time: Some(self.at.rfc3339()),
+            monotonic_s: Some(self.at.since_start.as_secs_f64()),
             ..FrameRecord::new(&self.report, names)
         }
     }
@@ -204,6 +235,8 @@ pub enum StreamEvent {
         to: State,
         /// Rejected frames in the window.
         rejected_in_window: usize,
+        /// When.
+        at: EventTime,
     },
     /// Something that is not a frame went wrong: bytes that are not a frame, a read error,
     /// a rejected frame that could not be saved.
@@ -212,7 +245,12 @@ pub enum StreamEvent {
         index: Option<u64>,
         /// What happened.
         message: String,
+        /// When.
+        at: EventTime,
     },
+    /// The totals so far, every [`StreamOptions::summary_every`] (a heartbeat: it comes while
+    /// no frame does, too).
+    Heartbeat(Box<StreamSummary>),
 }
 
 /// Why the stream stopped.
@@ -264,8 +302,10 @@ pub struct StreamSummary {
     pub latency_ms: Option<[f64; 3]>,
     /// Frames per forward pass, on average.
     pub mean_batch: f64,
-    /// Why it stopped.
+    /// Why it stopped (`EndOfInput` in a heartbeat, which is not the end).
     pub stop: StopReason,
+    /// When the totals were taken.
+    pub at: EventTime,
 }
 
 impl StreamSummary {
@@ -502,6 +542,7 @@ pub fn run_stream(
     let len = spec.frame_len();
     let k = gate.class_names().len();
     let start = Instant::now();
+    let mut last_heartbeat = start;
     let mut summary = StreamSummary {
         frames: 0,
         scored: 0,
@@ -514,8 +555,17 @@ pub fn run_stream(
         latency_ms: None,
         mean_batch: 0.0,
         stop: StopReason::EndOfInput,
+        at: EventTime::now(start),
     };
     let (mut batches, mut batched) = (0u64, 0u64);
+    // The totals as of now: the counts so far, with the time, latencies and batch sizes filled in.
+    let totals = |summary: &StreamSummary, latencies: &Latencies, batches: u64, batched: u64| StreamSummary {
+        elapsed: start.elapsed(),
+        latency_ms: latencies.percentiles_ms(),
+        mean_batch: if batches > 0 { batched as f64 / batches as f64 } else { 0.0 },
+        at: EventTime::now(start),
+        ..summary.clone()
+    };
 
     let (tx, rx) = mpsc::sync_channel::<Prepared>(2 * max_batch);
     {
@@ -551,6 +601,16 @@ pub fn run_stream(
         if signal != 0 {
             summary.stop = StopReason::Signal(signal);
             break;
+        }
+        if let Some(every) = options.summary_every {
+            if last_heartbeat.elapsed() >= every {
+                last_heartbeat = Instant::now();
+                let beat = StreamEvent::Heartbeat(Box::new(totals(&summary, &latencies, batches, batched)));
+                if let Err(e) = sink(&beat) {
+                    summary.stop = StopReason::OutputClosed(e.kind(), e.to_string());
+                    break;
+                }
+            }
         }
         if pending.is_empty() {
             match rx.recv_timeout(Duration::from_millis(50)) {
@@ -641,7 +701,7 @@ pub fn run_stream(
                 }
                 Prepared::Error(message) => {
                     summary.errors += 1;
-                    if let Err(e) = sink(&StreamEvent::Error { index: None, message }) {
+                    if let Err(e) = sink(&StreamEvent::Error { index: None, message, at: EventTime::now(start) }) {
                         summary.stop = StopReason::OutputClosed(e.kind(), e.to_string());
                         break 'run;
                     }
@@ -649,7 +709,11 @@ pub fn run_stream(
                 }
                 Prepared::ReadError(message) => {
                     summary.errors += 1;
-                    let event = StreamEvent::Error { index: None, message: format!("read error: {message}") };
+                    let event = StreamEvent::Error {
+                        index: None,
+                        message: format!("read error: {message}"),
+                        at: EventTime::now(start),
+                    };
                     summary.stop = StopReason::ReadError(message);
                     if let Err(e) = sink(&event) {
                         summary.stop = StopReason::OutputClosed(e.kind(), e.to_string());
@@ -685,6 +749,7 @@ pub fn run_stream(
             let latency = received.elapsed();
             latencies.record(latency);
             summary.state = step.state;
+            let at = EventTime::now(start);
             let mut events = vec![StreamEvent::Frame(Box::new(StreamFrame {
                 index,
                 report,
@@ -693,10 +758,11 @@ pub fn run_stream(
                 latency,
                 saved,
                 frame_difference,
+                at,
             }))];
             if let Some(message) = save_error {
                 summary.errors += 1;
-                events.push(StreamEvent::Error { index: Some(index), message });
+                events.push(StreamEvent::Error { index: Some(index), message, at });
             }
             if let Some(from) = step.changed_from {
                 summary.state_changes += 1;
@@ -705,6 +771,7 @@ pub fn run_stream(
                     from,
                     to: step.state,
                     rejected_in_window: step.rejected_in_window,
+                    at,
                 });
             }
             for event in &events {
@@ -721,10 +788,7 @@ pub fn run_stream(
     if signal != 0 && summary.stop == StopReason::EndOfInput {
         summary.stop = StopReason::Signal(signal);
     }
-    summary.elapsed = start.elapsed();
-    summary.latency_ms = latencies.percentiles_ms();
-    summary.mean_batch = if batches > 0 { batched as f64 / batches as f64 } else { 0.0 };
-    Ok(summary)
+    Ok(totals(&summary, &latencies, batches, batched))
 }
 
 fn prev_power_of_two(n: usize) -> usize {
@@ -741,34 +805,54 @@ pub mod json {
 
     use super::{StreamEvent, StreamSummary};
 
-    /// One frame ([`FrameRecord`](crate::record::FrameRecord)), state change or error as a line
-    /// of JSON; `names` are the class names.
+    /// One frame ([`FrameRecord`](crate::record::FrameRecord)), state change, error or heartbeat
+    /// summary as a line of JSON; `names` are the class names.
     pub fn event(event: &StreamEvent, names: &[String]) -> String {
         match event {
             StreamEvent::Frame(f) => f.record(names).to_json_line(),
-            StreamEvent::StateChange { index, from, to, rejected_in_window } => json!({
+            StreamEvent::StateChange { index, from, to, rejected_in_window, at } => json!({
                 "type": "event",
                 "frame": index,
                 "event": "state_change",
                 "from": from.as_str(),
                 "state": to.as_str(),
                 "rejected_in_window": rejected_in_window,
+                "time": at.rfc3339(),
+                "monotonic_s": at.since_start.as_secs_f64(),
             })
             .to_string(),
-            StreamEvent::Error { index, message } => json!({
+            StreamEvent::Error { index, message, at } => json!({
                 "type": "error",
                 "frame": index,
                 "error": message,
+                "time": at.rfc3339(),
+                "monotonic_s": at.since_start.as_secs_f64(),
             })
             .to_string(),
+            StreamEvent::Heartbeat(s) => totals(s, false).to_string(),
         }
     }
 
     /// The final summary as a JSON object; `signal` names the signal that stopped the run.
     pub fn summary(s: &StreamSummary, signal: Option<&str>) -> Value {
+        let mut v = totals(s, true);
+        v["stopped"] = json!(s.stop.as_str());
+        v["signal"] = json!(signal);
+        v["detail"] = json!(match &s.stop {
+            super::StopReason::ReadError(m) | super::StopReason::OutputClosed(_, m) => Some(m.clone()),
+            _ => None,
+        });
+        v
+    }
+
+    /// The counts, rates and state of a summary (`final`: the last one, or a heartbeat).
+    fn totals(s: &StreamSummary, last: bool) -> Value {
         let lat = s.latency_ms;
         json!({
             "type": "summary",
+            "final": last,
+            "time": s.at.rfc3339(),
+            "monotonic_s": s.at.since_start.as_secs_f64(),
             "frames": s.frames,
             "scored": s.scored,
             "rejected": s.rejected,
@@ -780,12 +864,6 @@ pub mod json {
             "fps": s.fps(),
             "latency_ms": lat.map(|[p50, p99, max]| json!({"p50": p50, "p99": p99, "max": max})),
             "mean_batch": s.mean_batch,
-            "stopped": s.stop.as_str(),
-            "signal": signal,
-            "detail": match &s.stop {
-                super::StopReason::ReadError(m) | super::StopReason::OutputClosed(_, m) => Some(m.clone()),
-                _ => None,
-            },
         })
     }
 }

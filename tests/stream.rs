@@ -635,3 +635,54 @@ fn a_fixed_batch_model_streams_with_padded_batches_and_matches_onnxruntime() {
         assert_eq!(f["verdict"], if got > 0.0 { "out_of_distribution" } else { "in_distribution" });
     }
 }
+
+#[test]
+fn lines_carry_wall_clock_and_monotonic_time_and_heartbeats_come_while_frames_do_not() {
+    // 3 frames; once the gate has judged them, a pause of 1.6 s; 3 more; --summary-every 0.5.
+    let before = std::time::SystemTime::now();
+    let mut child = spawn(&["--format", "rgb24", "--size", "64x48", "--summary-every", "0.5", "--threshold", "1000"]);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let frames: Vec<Vec<u8>> = (0..6u8).map(|i| vec![40 + 20 * i; 64 * 48 * 3]).collect();
+    for f in &frames[..3] {
+        stdin.write_all(f).unwrap();
+    }
+    stdin.flush().unwrap();
+    let mut lines: Vec<Value> = Vec::new();
+    while lines.iter().filter(|l| l["type"] == "frame").count() < 3 {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "the stream ended early");
+        lines.push(serde_json::from_str(&line).unwrap());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1600));
+    for f in &frames[3..] {
+        stdin.write_all(f).unwrap();
+    }
+    drop(stdin);
+    for line in stdout.lines() {
+        lines.push(serde_json::from_str(&line.unwrap()).unwrap());
+    }
+    assert!(child.wait().unwrap().success());
+    let after = std::time::SystemTime::now();
+    // Every line has an RFC 3339 UTC time within the run and a monotonic offset that never goes back.
+    let mut last = 0.0;
+    for l in &lines {
+        let text = l["time"].as_str().unwrap_or_else(|| panic!("no time: {l}"));
+        assert!(text.ends_with('Z'), "{text}");
+        let t = humantime::parse_rfc3339(text).unwrap();
+        // Milliseconds: the time is truncated, so allow 1 ms before `before`.
+        assert!(t + std::time::Duration::from_millis(1) >= before && t <= after, "{text}");
+        let m = l["monotonic_s"].as_f64().unwrap();
+        assert!(m >= last, "{m} after {last}: {l}");
+        last = m;
+    }
+    assert_eq!(of_type(&lines, "frame").len(), 6);
+    let s = summary(&lines);
+    assert_eq!((s["final"].as_bool(), s["frames"].as_u64()), (Some(true), Some(6)), "{s}");
+    let beats: Vec<&Value> = of_type(&lines, "summary").into_iter().filter(|l| l["final"] == false).collect();
+    assert!(beats.len() >= 2, "{} heartbeats", beats.len());
+    assert!(beats.iter().all(|b| b["stopped"].is_null() && b["state"].is_string()), "{beats:?}");
+    // During the pause the gate had judged the first 3 frames and no more: heartbeats came with
+    // no frame coming (at 0.5 s intervals over 1.6 s).
+    assert!(beats.iter().filter(|b| b["frames"] == 3).count() >= 2, "{beats:?}");
+}

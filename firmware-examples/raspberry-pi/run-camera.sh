@@ -2,7 +2,8 @@
 # The camera feed into the gate: rpicam-vid (Raspberry Pi OS Bookworm; libcamera-vid on
 # Bullseye takes the same flags) writes MJPEG to stdout, ebm-gate reads it from stdin and
 # writes one JSON line per EVERY-th frame, an event line whenever the debounced state changes,
-# and a summary line at the end. Settings come from the environment (see ebm-gate.service):
+# a summary line every SUMMARY_EVERY seconds and one at the end; every line carries its time.
+# Settings come from the environment (see ebm-gate.service):
 #
 #   BUNDLE    the model bundle                        (default /opt/ebm-gate/cifar10-airnet)
 #   EBM_GATE  the ebm-gate binary                     (default /opt/ebm-gate/ebm-gate)
@@ -10,6 +11,7 @@
 #   FORMAT    what CAMERA writes: mjpeg, or a raw format with SIZE (e.g. i420 + 640x480)
 #   SIZE      WxH of raw frames
 #   EVERY     print every N-th frame line             (default 15: one a second at 15 fps)
+#   SUMMARY_EVERY  seconds between heartbeat summaries (default 60; 0 = only at the end)
 #   SAVE_DIR  keep rejected frames here as PNG        (default: none)
 #   EXTRA     more flags for `ebm-gate stream` (e.g. "--window 15 --enter 10 --exit 3")
 #
@@ -24,8 +26,9 @@ EBM_GATE=${EBM_GATE:-/opt/ebm-gate/ebm-gate}
 CAMERA=${CAMERA:-rpicam-vid -t 0 -n --codec mjpeg --width 640 --height 480 --framerate 15 -o -}
 FORMAT=${FORMAT:-mjpeg}
 EVERY=${EVERY:-15}
+SUMMARY_EVERY=${SUMMARY_EVERY:-60}
 
-args=(stream "$BUNDLE" --format "$FORMAT" --every "$EVERY")
+args=(stream "$BUNDLE" --format "$FORMAT" --every "$EVERY" --summary-every "$SUMMARY_EVERY")
 [[ -n ${SIZE:-} ]] && args+=(--size "$SIZE")
 [[ -n ${SAVE_DIR:-} ]] && args+=(--save-rejected "$SAVE_DIR" --max-saved 500)
 # shellcheck disable=SC2206 # EXTRA and the two commands are word-split on purpose

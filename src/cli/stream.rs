@@ -112,8 +112,20 @@ pub struct StreamArgs {
     /// 0 turns the check off
     #[arg(long, default_value_t = 30, value_name = "N")]
     pub frozen_after: usize,
+    /// Also write a summary line (`"final": false`: counts, rates, latency, state) every SECS
+    /// seconds, while frames come and while they do not; 0 = only the final one
+    #[arg(long, default_value_t = 0.0, value_name = "SECS", value_parser = summary_every)]
+    pub summary_every: f64,
     #[command(flatten)]
     pub gate: GateArgs,
+}
+
+/// `--summary-every`: 0 (off) or 0.1 to 86400 seconds.
+fn summary_every(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v == 0.0 || (0.1..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected 0 (off) or 0.1 to 86400 seconds, got {s:?}")),
+    }
 }
 
 fn is_video_device(path: &Path) -> bool {
@@ -221,6 +233,7 @@ pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
         source_name,
         frozen_after: args.frozen_after,
         frozen_max_difference: 0.0,
+        summary_every: (args.summary_every > 0.0).then(|| std::time::Duration::from_secs_f64(args.summary_every)),
     };
 
     // The first SIGINT/SIGTERM stops the stream after the frame in hand, with a summary; a
