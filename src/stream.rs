@@ -550,7 +550,7 @@ pub fn run_stream(
         errors: 0,
         saved: 0,
         state_changes: 0,
-        state: State::InDistribution,
+        state: State::Unknown,
         elapsed: Duration::ZERO,
         latency_ms: None,
         mean_batch: 0.0,

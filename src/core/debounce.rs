@@ -5,24 +5,30 @@
 //! fixed-capacity ring ([`heapless::Deque`], no allocation) and counts the rejected ones, `r`:
 //!
 //! - from `InDistribution`, the state becomes `OutOfDistribution` when `r >= enter`;
-//! - from `OutOfDistribution`, it becomes `InDistribution` again when `r <= exit`.
+//! - from `OutOfDistribution`, it becomes `InDistribution` again when `r <= exit`;
+//! - it starts `Unknown` (nothing judged yet), and becomes `OutOfDistribution` as soon as
+//!   `r >= enter`, or `InDistribution` once the window is full (`n` frames) with `r <= exit`:
+//!   a feed is trusted only after a whole window looked clean, as after an outage.
 //!
-//! `exit < enter` is required. `exit = enter - 1` is plain k-of-n (`k = enter`): the state is
-//! `OutOfDistribution` exactly when at least `k` of the last `n` frames were rejected. A smaller
-//! `exit` adds hysteresis: the feed must look clean for longer before it is trusted again. The
-//! state starts `InDistribution`; a window shorter than `n` (the first frames) counts what it has.
+//! `exit < enter` is required. `exit = enter - 1` is plain k-of-n (`k = enter`): once decided,
+//! the state is `OutOfDistribution` exactly when at least `k` of the last `n` frames were
+//! rejected. A smaller `exit` adds hysteresis: the feed must look clean for longer before it is
+//! trusted again (and a full window with `exit < r < enter` leaves the start `Unknown`). A
+//! window shorter than `n` (the first frames) counts what it has.
 //!
 //! ```
 //! use ebm_gate::core::debounce::{Debouncer, State};
 //! use ebm_gate::core::gate::Verdict::{InDistribution as In, OutOfDistribution as Out};
 //! // 3 of the last 5 frames rejected -> OOD; back when at most 1 of the last 5 is.
 //! let mut d: Debouncer<8> = Debouncer::new(5, 3, 1).unwrap();
-//! let feed = [In, Out, In, In, Out, Out, Out, In, In, In, In];
+//! let feed = [In, In, In, In, In, Out, In, In, Out, Out, Out, In, In, In, In];
 //! let states: Vec<State> = feed.iter().map(|&v| d.push(v).state).collect();
-//! assert_eq!(states[1], State::InDistribution); // one glitch does not flip it
-//! assert_eq!(states[5], State::OutOfDistribution); // frames 1, 4, 5 of the last 5 rejected
-//! assert_eq!(states[9], State::OutOfDistribution); // 2 of the last 5: hysteresis holds it
-//! assert_eq!(states[10], State::InDistribution); // 1 of the last 5
+//! assert_eq!(states[3], State::Unknown); // 4 frames: not a window yet
+//! assert_eq!(states[4], State::InDistribution); // a whole window, none rejected
+//! assert_eq!(states[5], State::InDistribution); // one glitch does not flip it
+//! assert_eq!(states[9], State::OutOfDistribution); // frames 5, 8, 9 of the last 5 rejected
+//! assert_eq!(states[13], State::OutOfDistribution); // 2 of the last 5: hysteresis holds it
+//! assert_eq!(states[14], State::InDistribution); // 1 of the last 5
 //! ```
 
 use heapless::Deque;
@@ -32,6 +38,8 @@ use super::gate::Verdict;
 /// The debounced state of a feed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
+    /// Not decided yet: too few frames judged (the start, or after [`Debouncer::reset`]).
+    Unknown,
     /// The feed looks in-distribution.
     InDistribution,
     /// The feed looks out-of-distribution.
@@ -39,9 +47,11 @@ pub enum State {
 }
 
 impl State {
-    /// The stable lowercase name used in JSON output: `in_distribution` | `out_of_distribution`.
+    /// The stable lowercase name used in JSON output: `unknown` | `in_distribution` |
+    /// `out_of_distribution`.
     pub fn as_str(self) -> &'static str {
         match self {
+            State::Unknown => "unknown",
             State::InDistribution => "in_distribution",
             State::OutOfDistribution => "out_of_distribution",
         }
@@ -117,7 +127,7 @@ impl<const N: usize> Debouncer<N> {
         if !(exit < enter && enter <= n) {
             return Err(DebounceError::Thresholds { enter, exit, n });
         }
-        Ok(Debouncer { window: Deque::new(), n, enter, exit, rejected: 0, state: State::InDistribution })
+        Ok(Debouncer { window: Deque::new(), n, enter, exit, rejected: 0, state: State::Unknown })
     }
 
     /// Plain k-of-n: `OutOfDistribution` exactly when at least `k` of the last `n` frames were
@@ -144,9 +154,11 @@ impl<const N: usize> Debouncer<N> {
         let _ = self.window.push_back(rejected);
         self.rejected += usize::from(rejected);
         let before = self.state;
+        let full = self.window.len() == self.n;
         self.state = match before {
-            State::InDistribution if self.rejected >= self.enter => State::OutOfDistribution,
+            State::InDistribution | State::Unknown if self.rejected >= self.enter => State::OutOfDistribution,
             State::OutOfDistribution if self.rejected <= self.exit => State::InDistribution,
+            State::Unknown if full && self.rejected <= self.exit => State::InDistribution,
             s => s,
         };
         Step {
@@ -161,11 +173,11 @@ impl<const N: usize> Debouncer<N> {
         self.state
     }
 
-    /// Forgets the window and returns to `InDistribution` (after a camera restart, say).
+    /// Forgets the window and returns to `Unknown` (after a camera restart, say).
     pub fn reset(&mut self) {
         self.window.clear();
         self.rejected = 0;
-        self.state = State::InDistribution;
+        self.state = State::Unknown;
     }
 }
 
@@ -176,14 +188,15 @@ mod tests {
 
     /// The rule restated with a plain array recount over the last n verdicts each frame.
     fn reference(feed: &[Verdict], n: usize, enter: usize, exit: usize) -> ([State; 64], usize) {
-        let mut out = [State::InDistribution; 64];
-        let mut state = State::InDistribution;
+        let mut out = [State::Unknown; 64];
+        let mut state = State::Unknown;
         for (i, _) in feed.iter().enumerate() {
             let lo = (i + 1).saturating_sub(n);
             let r = feed[lo..=i].iter().filter(|&&v| v == Out).count();
             state = match state {
-                State::InDistribution if r >= enter => State::OutOfDistribution,
+                State::InDistribution | State::Unknown if r >= enter => State::OutOfDistribution,
                 State::OutOfDistribution if r <= exit => State::InDistribution,
+                State::Unknown if i + 1 >= n && r <= exit => State::InDistribution,
                 s => s,
             };
             out[i] = state;
@@ -211,7 +224,7 @@ mod tests {
             }
             let (want, len) = reference(&feed, n, enter, exit);
             let mut d: Debouncer<16> = Debouncer::new(n, enter, exit).unwrap();
-            let mut prev = State::InDistribution;
+            let mut prev = State::Unknown;
             for (i, &v) in feed[..len].iter().enumerate() {
                 let s = d.push(v);
                 assert_eq!(s.state, want[i], "trial {trial} n {n} enter {enter} exit {exit} frame {i}");
@@ -224,15 +237,25 @@ mod tests {
     #[test]
     fn one_glitch_does_not_flip_and_bad_settings_are_errors() {
         let mut d: Debouncer<4> = Debouncer::k_of_n(2, 3).unwrap();
-        assert_eq!(d.push(Out).state, State::InDistribution);
-        assert_eq!(d.push(In).state, State::InDistribution);
-        assert_eq!(d.push(In).state, State::InDistribution);
+        assert_eq!(d.push(Out).state, State::Unknown);
+        assert_eq!(d.push(In).state, State::Unknown);
+        let s = d.push(In); // a full window with 1 <= exit rejected
+        assert_eq!((s.state, s.changed_from), (State::InDistribution, Some(State::Unknown)));
         let s = d.push(Out);
         assert_eq!((s.state, s.rejected_in_window), (State::InDistribution, 1)); // the first Out left
         let s = d.push(Out);
         assert_eq!(s.changed_from, Some(State::InDistribution));
         d.reset();
-        assert_eq!(d.state(), State::InDistribution);
+        assert_eq!(d.state(), State::Unknown);
+        // Enough rejections decide before the window is full; a hysteresis band at a full
+        // window leaves the start undecided.
+        let mut d: Debouncer<8> = Debouncer::new(5, 3, 1).unwrap();
+        let states: Vec<State> = [Out, Out, Out].iter().map(|&v| d.push(v).state).collect();
+        assert_eq!(states, [State::Unknown, State::Unknown, State::OutOfDistribution]);
+        let mut d: Debouncer<8> = Debouncer::new(5, 3, 1).unwrap();
+        let states: Vec<State> = [Out, In, Out, In, In, In].iter().map(|&v| d.push(v).state).collect();
+        assert_eq!(states[4], State::Unknown); // 2 of 5: neither >= 3 nor <= 1
+        assert_eq!(states[5], State::InDistribution); // 1 of the last 5
         assert_eq!(Debouncer::<4>::new(5, 2, 1).unwrap_err(), DebounceError::Window { n: 5, capacity: 4 });
         assert!(Debouncer::<4>::new(0, 1, 0).is_err());
         assert!(Debouncer::<4>::new(3, 2, 2).is_err());

@@ -9,7 +9,7 @@
 //! defaults). One line per frame goes out over semihosting:
 //!
 //! ```text
-//! frame 0 digit_0 class 0 energy -7.030782 p 0.229167 verdict in_distribution reason within_threshold state in_distribution ticks 516 1668
+//! frame 0 digit_0 class 0 energy -7.030782 p 0.229167 verdict in_distribution reason within_threshold state unknown ticks 518 1668
 //! ```
 //!
 //! `ticks` are SysTick's counts (core clock) for that frame's forward pass, then for its scores,
