@@ -91,10 +91,14 @@ pub struct StreamOptions {
     pub enter: usize,
     /// Rejections in the window at or below which it switches back.
     pub exit: usize,
-    /// Keep rejected frames (full size, as converted to RGB) as PNG in this folder.
+    /// Keep rejected frames (full size, as converted to RGB) as PNG in this folder, named by
+    /// time and index (`20261201T214636.303Z-000000042.png`), never overwriting one.
     pub save_rejected: Option<PathBuf>,
-    /// Most frames to save.
+    /// Most frames to save in a run.
     pub max_saved: usize,
+    /// Most bytes the folder's saved frames may take, earlier runs' included: past it the
+    /// oldest (by name, so by time) are removed; `None` = no cap.
+    pub max_saved_bytes: Option<u64>,
     /// Name of the input in frame names (`NAME#index`) and messages.
     pub source_name: String,
     /// Frames in a row that repeat the previous frame (their [`LumaSummary`] differs by at most
@@ -123,6 +127,7 @@ impl StreamOptions {
             exit: 2,
             save_rejected: None,
             max_saved: 100,
+            max_saved_bytes: None,
             source_name: "stdin".into(),
             frozen_after: 30,
             frozen_max_difference: 0.0,
@@ -503,9 +508,10 @@ pub fn run_stream(
     mut sink: impl FnMut(&StreamEvent) -> std::io::Result<()>,
 ) -> Result<StreamSummary> {
     let mut debouncer = options.check(gate)?;
-    if let Some(dir) = &options.save_rejected {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
+    let mut kept = match &options.save_rejected {
+        Some(dir) if options.max_saved > 0 => Some(SavedFrames::open(dir, options.max_saved_bytes)?),
+        _ => None,
+    };
     let mut spec = gate.input().clone();
     if let Some(mode) = options.resize {
         spec.resize = mode;
@@ -731,25 +737,22 @@ pub fn run_stream(
             let step = debouncer.push(verdict);
             let mut saved = None;
             let mut save_error = None;
+            let at = EventTime::now(start);
             if verdict == Verdict::OutOfDistribution {
                 summary.rejected += 1;
-                if let (Some(dir), Some(rgb)) = (&options.save_rejected, rgb) {
-                    if summary.saved < options.max_saved as u64 {
-                        let path = dir.join(format!("frame-{index:09}.png"));
-                        match rgb.save(&path) {
-                            Ok(()) => {
-                                summary.saved += 1;
-                                saved = Some(path);
-                            }
-                            Err(e) => save_error = Some(format!("cannot save {}: {e}", path.display())),
+                if let (Some(kept), Some(rgb), true) = (kept.as_mut(), rgb, summary.saved < options.max_saved as u64) {
+                    match kept.save(&rgb, &at, index) {
+                        Ok(path) => {
+                            summary.saved += 1;
+                            saved = Some(path);
                         }
+                        Err(e) => save_error = Some(e),
                     }
                 }
             }
             let latency = received.elapsed();
             latencies.record(latency);
             summary.state = step.state;
-            let at = EventTime::now(start);
             let mut events = vec![StreamEvent::Frame(Box::new(StreamFrame {
                 index,
                 report,
@@ -791,11 +794,142 @@ pub fn run_stream(
     Ok(totals(&summary, &latencies, batches, batched))
 }
 
+/// The rejected frames kept in `--save-rejected`'s folder: named by time and index so that
+/// they sort by time and a restart never overwrites one, the oldest removed past a byte cap.
+struct SavedFrames {
+    dir: PathBuf,
+    /// The folder's saved frames, oldest first, with their sizes.
+    files: std::collections::VecDeque<(PathBuf, u64)>,
+    bytes: u64,
+    max_bytes: Option<u64>,
+}
+
+impl SavedFrames {
+    /// The folder (created if missing) and the frames earlier runs left in it, trimmed to the cap.
+    fn open(dir: &Path, max_bytes: Option<u64>) -> Result<SavedFrames> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let name = entry.file_name();
+            if name.to_str().is_some_and(is_saved_name) {
+                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                found.push((entry.path(), size));
+            }
+        }
+        found.sort();
+        let bytes = found.iter().map(|f| f.1).sum();
+        let mut kept = SavedFrames { dir: dir.to_path_buf(), files: found.into(), bytes, max_bytes };
+        kept.trim().map_err(Error::Invalid)?;
+        Ok(kept)
+    }
+
+    /// Writes `rgb` as `<time>-<index>.png` (`-1`, `-2`, ... added if the name is taken), then
+    /// removes the oldest past the cap; the path written, or what went wrong.
+    fn save(&mut self, rgb: &RgbImage, at: &EventTime, index: u64) -> std::result::Result<PathBuf, String> {
+        let time: String = at.rfc3339().chars().filter(|c| !matches!(c, '-' | ':')).collect();
+        for k in 0..100u32 {
+            let suffix = if k == 0 { String::new() } else { format!("-{k}") };
+            let path = self.dir.join(format!("{time}-{index:09}{suffix}.png"));
+            let file = match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(format!("cannot save {}: {e}", path.display())),
+            };
+            let mut w = std::io::BufWriter::new(file);
+            let written = rgb
+                .write_to(&mut w, image::ImageFormat::Png)
+                .map_err(|e| e.to_string())
+                .and_then(|()| std::io::Write::flush(&mut w).map_err(|e| e.to_string()));
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&path);
+                return Err(format!("cannot save {}: {e}", path.display()));
+            }
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            self.files.push_back((path.clone(), size));
+            self.bytes += size;
+            self.trim()?;
+            return Ok(path);
+        }
+        Err(format!("cannot save frame {index}: 100 files named {time}-{index:09}*.png already exist"))
+    }
+
+    /// Removes the oldest frames while they take more than `max_bytes` (the newest is kept
+    /// even when alone it is larger).
+    fn trim(&mut self) -> std::result::Result<(), String> {
+        while self.files.len() > 1 && self.max_bytes.is_some_and(|m| self.bytes > m) {
+            let Some((path, size)) = self.files.pop_front() else { break };
+            self.bytes -= size;
+            std::fs::remove_file(&path).map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `name` is a saved frame's: `YYYYMMDDTHHMMSS.mmmZ-NNNNNNNNN.png`, or with `-k` before
+/// `.png`.
+fn is_saved_name(name: &str) -> bool {
+    let Some(stem) = name.strip_suffix(".png") else { return false };
+    let b = stem.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    b.len() >= 30
+        && digits(0..8)
+        && b[8] == b'T'
+        && digits(9..15)
+        && b[15] == b'.'
+        && digits(16..19)
+        && b[19] == b'Z'
+        && b[20] == b'-'
+        && digits(21..30)
+        && (b.len() == 30 || (b[30] == b'-' && digits(31..b.len())))
+}
+
 fn prev_power_of_two(n: usize) -> usize {
     if n == 0 {
         0
     } else {
         1 << (usize::BITS - 1 - n.leading_zeros())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_names_are_recognised_and_nothing_else() {
+        assert!(is_saved_name("20261201T214636.303Z-000000042.png"));
+        assert!(is_saved_name("20261201T214636.303Z-000000042-3.png"));
+        for other in
+            ["frame-000000042.png", "20261201T214636.303Z-000000042.jpg", "20261201T214636.303Z-42.png", "notes.txt"]
+        {
+            assert!(!is_saved_name(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn the_byte_cap_removes_the_oldest_and_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = Instant::now();
+        let img = RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, 7]));
+        let mut kept = SavedFrames::open(dir.path(), None).unwrap();
+        let one = kept.save(&img, &EventTime::now(start), 0).unwrap();
+        let size = std::fs::metadata(&one).unwrap().len();
+        // A cap of 2.5 files' bytes keeps the newest 2 of 4.
+        let mut kept = SavedFrames::open(dir.path(), Some(size * 5 / 2)).unwrap();
+        let paths: Vec<PathBuf> = (1..4).map(|i| kept.save(&img, &EventTime::now(start), i).unwrap()).collect();
+        assert!(!one.exists() && !paths[0].exists() && paths[1].exists() && paths[2].exists());
+        assert_eq!(kept.bytes, 2 * size);
+        // The same time and index again: a new name, nothing overwritten.
+        let at = EventTime::now(start);
+        let a = kept.save(&img, &at, 9).unwrap();
+        let b = kept.save(&img, &at, 9).unwrap();
+        assert!(a != b && b.to_str().unwrap().ends_with("-000000009-1.png"), "{}", b.display());
+        // Below one file's size, the newest alone is kept.
+        let mut kept = SavedFrames::open(dir.path(), Some(size / 2)).unwrap();
+        assert_eq!(kept.files.len(), 1);
+        let c = kept.save(&img, &EventTime::now(start), 10).unwrap();
+        assert!(c.exists() && !b.exists() && kept.files.len() == 1);
     }
 }
 

@@ -566,33 +566,50 @@ fn rejected_frames_are_saved_up_to_max_saved_and_every_n_thins_frame_lines() {
     let input: Vec<u8> = covered.iter().flat_map(|c| c.as_raw().clone()).collect();
     let dir = tempfile::tempdir().unwrap();
     let save = dir.path().join("rejected");
-    let (code, lines, err) = stream(
-        &[
-            "--format",
-            "rgb24",
-            "--size",
-            "640x480",
-            "--save-rejected",
-            save.to_str().unwrap(),
-            "--max-saved",
-            "2",
-            "--every",
-            "2",
-        ],
-        input,
-    );
+    // A file that is not a saved frame is left alone.
+    std::fs::create_dir_all(&save).unwrap();
+    std::fs::write(save.join("notes.txt"), "mine").unwrap();
+    let run = |max: &str, every: &str| {
+        let args = ["--format", "rgb24", "--size", "640x480", "--save-rejected", save.to_str().unwrap()];
+        let mut args = args.to_vec();
+        args.extend(["--max-saved", max, "--every", every]);
+        stream(&args, input.clone())
+    };
+    let saved = || {
+        let mut v: Vec<_> = std::fs::read_dir(&save)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "png"))
+            .collect();
+        v.sort();
+        v
+    };
+    let (code, lines, err) = run("2", "2");
     assert_eq!(code, 0, "{err}");
     let frames = of_type(&lines, "frame");
     assert_eq!(frames.iter().map(|f| f["frame"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 2, 4]);
     assert_eq!(of_type(&lines, "event").len(), 1, "the state change is printed though frame 2 ... ");
-    let mut saved: Vec<_> = std::fs::read_dir(&save).unwrap().map(|e| e.unwrap().path()).collect();
-    saved.sort();
-    assert_eq!(saved.len(), 2);
-    for (i, p) in saved.iter().enumerate() {
-        assert_eq!(image::open(p).unwrap().to_rgb8(), covered[i], "{}", p.display());
-    }
+    // The first 2 rejected frames are saved, named by time and index.
     let s = summary(&lines);
     assert_eq!((s["rejected"].as_u64(), s["saved"].as_u64()), (Some(5), Some(2)));
+    let first = saved();
+    assert_eq!(first.len(), 2);
+    for (i, p) in first.iter().enumerate() {
+        assert_eq!(image::open(p).unwrap().to_rgb8(), covered[i], "{}", p.display());
+        let name = p.file_name().unwrap().to_str().unwrap();
+        assert!(name.ends_with(&format!("-{i:09}.png")), "{name}");
+        assert!(name.len() == 34 && &name[8..9] == "T" && &name[19..20] == "Z", "{name}");
+    }
+    // A restart with the same frame indices: nothing is overwritten (2 + 5 files).
+    let (code, _, err) = run("5", "1");
+    assert_eq!(code, 0, "{err}");
+    let second = saved();
+    assert_eq!(second.len(), 7, "{second:?}");
+    assert!(first.iter().all(|f| second.contains(f)), "{first:?} {second:?}");
+    for (p, want) in first.iter().zip(&covered) {
+        assert_eq!(image::open(p).unwrap().to_rgb8(), *want, "{}", p.display());
+    }
+    assert!(save.join("notes.txt").exists());
 }
 
 #[test]

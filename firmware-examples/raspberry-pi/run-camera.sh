@@ -30,7 +30,9 @@ SUMMARY_EVERY=${SUMMARY_EVERY:-60}
 
 args=(stream "$BUNDLE" --format "$FORMAT" --every "$EVERY" --summary-every "$SUMMARY_EVERY")
 [[ -n ${SIZE:-} ]] && args+=(--size "$SIZE")
-[[ -n ${SAVE_DIR:-} ]] && args+=(--save-rejected "$SAVE_DIR" --max-saved 500)
+# Evidence survives restarts (files named by time): up to 500 frames a run, the folder under
+# 1 GiB (the oldest removed).
+[[ -n ${SAVE_DIR:-} ]] && args+=(--save-rejected "$SAVE_DIR" --max-saved 500 --max-saved-mib 1024)
 # shellcheck disable=SC2206 # EXTRA and the two commands are word-split on purpose
 extra=(${EXTRA:-})
 

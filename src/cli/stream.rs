@@ -104,9 +104,14 @@ pub struct StreamArgs {
     /// Save rejected frames (full size, RGB) as PNG into DIR
     #[arg(long, value_name = "DIR")]
     pub save_rejected: Option<PathBuf>,
-    /// Most frames --save-rejected keeps
+    /// Most frames --save-rejected saves in a run (files are named by time and frame index, so a
+    /// restart never overwrites one)
     #[arg(long, default_value_t = 100, value_name = "N", requires = "save_rejected")]
     pub max_saved: usize,
+    /// Keep the folder's saved frames, earlier runs' included, under MIB mebibytes: the oldest
+    /// are removed (0 = no cap)
+    #[arg(long, default_value_t = 0, value_name = "MIB", requires = "save_rejected")]
+    pub max_saved_mib: u64,
     /// Reject frames as `frozen_frame` once the camera has repeated the same frame this many
     /// times in a row (its 16x16 luma summary unchanged: a live sensor's noise always moves it);
     /// 0 turns the check off
@@ -230,6 +235,7 @@ pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
         exit,
         save_rejected: args.save_rejected.clone(),
         max_saved: args.max_saved,
+        max_saved_bytes: (args.max_saved_mib > 0).then(|| args.max_saved_mib.saturating_mul(1 << 20)),
         source_name,
         frozen_after: args.frozen_after,
         frozen_max_difference: 0.0,
