@@ -22,7 +22,7 @@
 //! | `error` | string | why the frame could not be scored; else `null` |
 //! | `logits` | array of numbers | `score --logits` only |
 //! | `time`, `monotonic_s` | string, number | `stream` only: the wall-clock time of the verdict (RFC 3339, UTC, milliseconds) and the seconds since the run started on the monotonic clock (immune to clock changes) |
-//! | `state`, `rejected_in_window`, `latency_ms`, `saved`, `frame_difference` | | `stream` only: the debounced state after this frame (`unknown` until a window decides, `in_distribution`, `out_of_distribution`), rejected frames in the window, ms from the frame's last byte to its verdict, where `--save-rejected` wrote it, the mean absolute difference of its 16x16 luma summary to the previous frame's (levels; 0 = a repeat) |
+//! | `state`, `rejected_in_window`, `latency_ms`, `saved`, `frame_difference` | | `stream` only: the debounced state after this frame (`unknown` until a window decides, `in_distribution`, `out_of_distribution`; `stalled` appears in events and summaries only), rejected frames in the window, ms from the frame's last byte to its verdict, where `--save-rejected` wrote it, the mean absolute difference of its 16x16 luma summary to the previous frame's (levels; 0 = a repeat) |
 //!
 //! Keys marked "always" are present with `null`; the others are left out when they do not apply.
 

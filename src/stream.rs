@@ -109,6 +109,10 @@ pub struct StreamOptions {
     /// How often to report the totals so far ([`StreamEvent::Heartbeat`]); `None` = only at the
     /// end.
     pub summary_every: Option<Duration>,
+    /// The stall watchdog: no frame for this long switches the state to [`State::Stalled`]
+    /// (a `state_change` event, counted in [`StreamSummary::stalls`]); the next frame starts a
+    /// new debouncing window (`unknown`). `None` = off.
+    pub stall_timeout: Option<Duration>,
 }
 
 impl StreamOptions {
@@ -132,6 +136,7 @@ impl StreamOptions {
             frozen_after: 30,
             frozen_max_difference: 0.0,
             summary_every: None,
+            stall_timeout: None,
         }
     }
 }
@@ -296,8 +301,10 @@ pub struct StreamSummary {
     pub errors: u64,
     /// Rejected frames saved as PNG.
     pub saved: u64,
-    /// Changes of the debounced state.
+    /// Changes of the debounced state (stalls and their ends included).
     pub state_changes: u64,
+    /// Times the stall watchdog fired.
+    pub stalls: u64,
     /// The debounced state at the end.
     pub state: State,
     /// From the start of the run to the stop.
@@ -556,6 +563,7 @@ pub fn run_stream(
         errors: 0,
         saved: 0,
         state_changes: 0,
+        stalls: 0,
         state: State::Unknown,
         elapsed: Duration::ZERO,
         latency_ms: None,
@@ -601,12 +609,32 @@ pub fn run_stream(
     let mut repeats = 0usize;
     let mut input: Vec<f32> = Vec::with_capacity(max_batch * len);
     let mut finished = false;
+    let mut last_frame = Instant::now();
     'run: while !finished {
         // Wait for the first message, checking the stop flag now and then.
         let signal = stop.load(Ordering::Relaxed);
         if signal != 0 {
             summary.stop = StopReason::Signal(signal);
             break;
+        }
+        if let Some(timeout) = options.stall_timeout {
+            if summary.state != State::Stalled && last_frame.elapsed() >= timeout {
+                let from = summary.state;
+                summary.state = State::Stalled;
+                summary.stalls += 1;
+                summary.state_changes += 1;
+                let event = StreamEvent::StateChange {
+                    index: summary.frames,
+                    from,
+                    to: State::Stalled,
+                    rejected_in_window: 0,
+                    at: EventTime::now(start),
+                };
+                if let Err(e) = sink(&event) {
+                    summary.stop = StopReason::OutputClosed(e.kind(), e.to_string());
+                    break;
+                }
+            }
         }
         if let Some(every) = options.summary_every {
             if last_heartbeat.elapsed() >= every {
@@ -734,7 +762,16 @@ pub fn run_stream(
             summary.frames += 1;
             summary.scored += u64::from(report.scores.is_some());
             summary.errors += u64::from(report.error.is_some() && report.scores.is_none());
-            let step = debouncer.push(verdict);
+            last_frame = Instant::now();
+            // After a stall the feed is judged afresh: a new window, from unknown.
+            let was_stalled = summary.state == State::Stalled;
+            if was_stalled {
+                debouncer.reset();
+            }
+            let mut step = debouncer.push(verdict);
+            if was_stalled {
+                step.changed_from = Some(State::Stalled);
+            }
             let mut saved = None;
             let mut save_error = None;
             let at = EventTime::now(start);
@@ -993,6 +1030,7 @@ pub mod json {
             "errors": s.errors,
             "saved": s.saved,
             "state_changes": s.state_changes,
+            "stalls": s.stalls,
             "state": s.state.as_str(),
             "seconds": s.elapsed.as_secs_f64(),
             "fps": s.fps(),

@@ -665,29 +665,8 @@ fn a_fixed_batch_model_streams_with_padded_batches_and_matches_onnxruntime() {
 fn lines_carry_wall_clock_and_monotonic_time_and_heartbeats_come_while_frames_do_not() {
     // 3 frames; once the gate has judged them, a pause of 1.6 s; 3 more; --summary-every 0.5.
     let before = std::time::SystemTime::now();
-    let mut child = spawn(&["--format", "rgb24", "--size", "64x48", "--summary-every", "0.5", "--threshold", "1000"]);
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let frames: Vec<Vec<u8>> = (0..6u8).map(|i| vec![40 + 20 * i; 64 * 48 * 3]).collect();
-    for f in &frames[..3] {
-        stdin.write_all(f).unwrap();
-    }
-    stdin.flush().unwrap();
-    let mut lines: Vec<Value> = Vec::new();
-    while lines.iter().filter(|l| l["type"] == "frame").count() < 3 {
-        let mut line = String::new();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "the stream ended early");
-        lines.push(serde_json::from_str(&line).unwrap());
-    }
-    std::thread::sleep(std::time::Duration::from_millis(1600));
-    for f in &frames[3..] {
-        stdin.write_all(f).unwrap();
-    }
-    drop(stdin);
-    for line in stdout.lines() {
-        lines.push(serde_json::from_str(&line.unwrap()).unwrap());
-    }
-    assert!(child.wait().unwrap().success());
+    let lines = paused_feed(&["--summary-every", "0.5"], &frames, 3, 1600);
     let after = std::time::SystemTime::now();
     // Every line has an RFC 3339 UTC time within the run and a monotonic offset that never goes back.
     let mut last = 0.0;
@@ -710,4 +689,58 @@ fn lines_carry_wall_clock_and_monotonic_time_and_heartbeats_come_while_frames_do
     // During the pause the gate had judged the first 3 frames and no more: heartbeats came with
     // no frame coming (at 0.5 s intervals over 1.6 s).
     assert!(beats.iter().filter(|b| b["frames"] == 3).count() >= 2, "{beats:?}");
+}
+
+#[test]
+fn a_stalled_feed_switches_to_stalled_and_the_next_frames_start_a_new_window() {
+    // 2 frames; once judged, no frame for 1.2 s with --stall-timeout 0.4; then 6 frames.
+    let frames: Vec<Vec<u8>> = (0..8u8).map(|i| vec![30 + 20 * i; 64 * 48 * 3]).collect();
+    let lines = paused_feed(&["--stall-timeout", "0.4"], &frames, 2, 1200);
+    let changes: Vec<(u64, &str, &str)> = of_type(&lines, "event")
+        .iter()
+        .map(|e| (e["frame"].as_u64().unwrap(), e["from"].as_str().unwrap(), e["state"].as_str().unwrap()))
+        .collect();
+    // Stalled after the 2 frames (unknown: less than a window); frame 2 starts a new window
+    // (unknown again), and frame 6 fills it: in distribution.
+    assert_eq!(
+        changes,
+        [(2, "unknown", "stalled"), (2, "stalled", "unknown"), (6, "unknown", "in_distribution")],
+        "{lines:?}"
+    );
+    let s = summary(&lines);
+    assert_eq!(
+        (s["stalls"].as_u64(), s["state_changes"].as_u64(), s["state"].as_str()),
+        (Some(1), Some(3), Some("in_distribution"))
+    );
+}
+
+/// Streams 64x48 rgb24 `frames` (accepted: `--threshold 1000`) with `extra` flags: the first
+/// `first`, then, once the gate has printed their lines, a pause of `pause_ms`, then the rest;
+/// every line printed. The run must end with exit 0.
+fn paused_feed(extra: &[&str], frames: &[Vec<u8>], first: usize, pause_ms: u64) -> Vec<Value> {
+    let mut args = vec!["--format", "rgb24", "--size", "64x48", "--threshold", "1000"];
+    args.extend_from_slice(extra);
+    let mut child = spawn(&args);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    for f in &frames[..first] {
+        stdin.write_all(f).unwrap();
+    }
+    stdin.flush().unwrap();
+    let mut lines: Vec<Value> = Vec::new();
+    while lines.iter().filter(|l| l["type"] == "frame").count() < first {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "the stream ended early");
+        lines.push(serde_json::from_str(&line).unwrap());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+    for f in &frames[first..] {
+        stdin.write_all(f).unwrap();
+    }
+    drop(stdin);
+    for line in stdout.lines() {
+        lines.push(serde_json::from_str(&line.unwrap()).unwrap());
+    }
+    assert!(child.wait().unwrap().success());
+    lines
 }

@@ -121,11 +121,25 @@ pub struct StreamArgs {
     /// seconds, while frames come and while they do not; 0 = only the final one
     #[arg(long, default_value_t = 0.0, value_name = "SECS", value_parser = summary_every)]
     pub summary_every: f64,
+    /// Switch the state to `stalled` (an event line) when no frame came for SECS seconds; the next
+    /// frame starts a new window from `unknown`. 0 = off [default: 10 for a live source (a pipe,
+    /// a camera), off for a regular file]
+    #[arg(long, value_name = "SECS", value_parser = summary_every)]
+    pub stall_timeout: Option<f64>,
     #[command(flatten)]
     pub gate: GateArgs,
 }
 
-/// `--summary-every`: 0 (off) or 0.1 to 86400 seconds.
+/// `--stall-timeout` on a live source when not given, seconds.
+const DEFAULT_STALL_SECS: u64 = 10;
+
+/// Whether the input (`-`: stdin) is a regular file, which ends instead of stalling.
+fn is_regular_file(input: &Path) -> bool {
+    let path = if input.as_os_str() == "-" { Path::new("/dev/stdin") } else { input };
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
+}
+
+/// `--summary-every`, `--stall-timeout`: 0 (off) or 0.1 to 86400 seconds.
 fn summary_every(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v == 0.0 || (0.1..=86_400.0).contains(&v) => Ok(v),
@@ -240,6 +254,11 @@ pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
         frozen_after: args.frozen_after,
         frozen_max_difference: 0.0,
         summary_every: (args.summary_every > 0.0).then(|| std::time::Duration::from_secs_f64(args.summary_every)),
+        stall_timeout: match args.stall_timeout {
+            Some(s) => (s > 0.0).then(|| std::time::Duration::from_secs_f64(s)),
+            None if is_regular_file(&args.input) => None,
+            None => Some(std::time::Duration::from_secs(DEFAULT_STALL_SECS)),
+        },
     };
 
     // The first SIGINT/SIGTERM stops the stream after the frame in hand, with a summary; a

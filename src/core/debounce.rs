@@ -44,16 +44,20 @@ pub enum State {
     InDistribution,
     /// The feed looks out-of-distribution.
     OutOfDistribution,
+    /// No frame came for a while (set by a stream's stall watchdog, never by [`Debouncer`]; the
+    /// next frame starts a new window, `Unknown`).
+    Stalled,
 }
 
 impl State {
     /// The stable lowercase name used in JSON output: `unknown` | `in_distribution` |
-    /// `out_of_distribution`.
+    /// `out_of_distribution` | `stalled`.
     pub fn as_str(self) -> &'static str {
         match self {
             State::Unknown => "unknown",
             State::InDistribution => "in_distribution",
             State::OutOfDistribution => "out_of_distribution",
+            State::Stalled => "stalled",
         }
     }
 }
