@@ -693,24 +693,26 @@ fn lines_carry_wall_clock_and_monotonic_time_and_heartbeats_come_while_frames_do
 
 #[test]
 fn a_stalled_feed_switches_to_stalled_and_the_next_frames_start_a_new_window() {
-    // 2 frames; once judged, no frame for 1.2 s with --stall-timeout 0.4; then 6 frames.
+    // 2 frames; once judged, no frame for 2 s with --stall-timeout 0.8; then 6 frames.
     let frames: Vec<Vec<u8>> = (0..8u8).map(|i| vec![30 + 20 * i; 64 * 48 * 3]).collect();
-    let lines = paused_feed(&["--stall-timeout", "0.4"], &frames, 2, 1200);
+    let lines = paused_feed(&["--stall-timeout", "0.8"], &frames, 2, 2000);
     let changes: Vec<(u64, &str, &str)> = of_type(&lines, "event")
         .iter()
         .map(|e| (e["frame"].as_u64().unwrap(), e["from"].as_str().unwrap(), e["state"].as_str().unwrap()))
         .collect();
     // Stalled after the 2 frames (unknown: less than a window); frame 2 starts a new window
-    // (unknown again), and frame 6 fills it: in distribution.
-    assert_eq!(
-        changes,
-        [(2, "unknown", "stalled"), (2, "stalled", "unknown"), (6, "unknown", "in_distribution")],
-        "{lines:?}"
-    );
+    // (unknown again), and frame 6 fills it: in distribution. (Under an emulator the first
+    // frame itself may come later than the timeout: a stall and its end before it are allowed.)
+    let want = [(2, "unknown", "stalled"), (2, "stalled", "unknown"), (6, "unknown", "in_distribution")];
+    assert!(changes.len() >= 3 && changes[changes.len() - 3..] == want, "{lines:?}");
+    if !emulated() {
+        assert_eq!(changes, want, "{lines:?}");
+    }
+    let stalls = changes.iter().filter(|c| c.2 == "stalled").count() as u64;
     let s = summary(&lines);
     assert_eq!(
         (s["stalls"].as_u64(), s["state_changes"].as_u64(), s["state"].as_str()),
-        (Some(1), Some(3), Some("in_distribution"))
+        (Some(stalls), Some(changes.len() as u64), Some("in_distribution"))
     );
 }
 
