@@ -631,7 +631,7 @@ pub fn run_stream(
                     at: EventTime::now(start),
                 };
                 if let Err(e) = sink(&event) {
-                    summary.stop = StopReason::OutputClosed(e.kind(), e.to_string());
+                    summary.stop = output_closed(e);
                     break;
                 }
             }
@@ -641,7 +641,7 @@ pub fn run_stream(
                 last_heartbeat = Instant::now();
                 let beat = StreamEvent::Heartbeat(Box::new(totals(&summary, &latencies, batches, batched)));
                 if let Err(e) = sink(&beat) {
-                    summary.stop = StopReason::OutputClosed(e.kind(), e.to_string());
+                    summary.stop = output_closed(e);
                     break;
                 }
             }
@@ -736,7 +736,7 @@ pub fn run_stream(
                 Prepared::Error(message) => {
                     summary.errors += 1;
                     if let Err(e) = sink(&StreamEvent::Error { index: None, message, at: EventTime::now(start) }) {
-                        summary.stop = StopReason::OutputClosed(e.kind(), e.to_string());
+                        summary.stop = output_closed(e);
                         break 'run;
                     }
                     continue;
@@ -750,7 +750,7 @@ pub fn run_stream(
                     };
                     summary.stop = StopReason::ReadError(message);
                     if let Err(e) = sink(&event) {
-                        summary.stop = StopReason::OutputClosed(e.kind(), e.to_string());
+                        summary.stop = output_closed(e);
                     }
                     break 'run;
                 }
@@ -816,7 +816,7 @@ pub fn run_stream(
             }
             for event in &events {
                 if let Err(e) = sink(event) {
-                    summary.stop = StopReason::OutputClosed(e.kind(), e.to_string());
+                    summary.stop = output_closed(e);
                     break 'run;
                 }
             }
@@ -919,6 +919,11 @@ fn is_saved_name(name: &str) -> bool {
         && b[20] == b'-'
         && digits(21..30)
         && (b.len() == 30 || (b[30] == b'-' && digits(31..b.len())))
+}
+
+/// The stop reason for a sink that could not take an event.
+fn output_closed(e: std::io::Error) -> StopReason {
+    StopReason::OutputClosed(e.kind(), e.to_string())
 }
 
 fn prev_power_of_two(n: usize) -> usize {

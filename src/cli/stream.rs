@@ -119,12 +119,12 @@ pub struct StreamArgs {
     pub frozen_after: usize,
     /// Also write a summary line (`"final": false`: counts, rates, latency, state) every SECS
     /// seconds, while frames come and while they do not; 0 = only the final one
-    #[arg(long, default_value_t = 0.0, value_name = "SECS", value_parser = summary_every)]
+    #[arg(long, default_value_t = 0.0, value_name = "SECS", value_parser = seconds)]
     pub summary_every: f64,
     /// Switch the state to `stalled` (an event line) when no frame came for SECS seconds; the next
     /// frame starts a new window from `unknown`. 0 = off [default: 10 for a live source (a pipe,
     /// a camera), off for a regular file]
-    #[arg(long, value_name = "SECS", value_parser = summary_every)]
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
     pub stall_timeout: Option<f64>,
     #[command(flatten)]
     pub gate: GateArgs,
@@ -140,7 +140,7 @@ fn is_regular_file(input: &Path) -> bool {
 }
 
 /// `--summary-every`, `--stall-timeout`: 0 (off) or 0.1 to 86400 seconds.
-fn summary_every(s: &str) -> Result<f64, String> {
+fn seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v == 0.0 || (0.1..=86_400.0).contains(&v) => Ok(v),
         _ => Err(format!("expected 0 (off) or 0.1 to 86400 seconds, got {s:?}")),
