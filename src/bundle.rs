@@ -46,6 +46,9 @@ pub const FORMAT_VERSION: u32 = 1;
 pub enum Color {
     /// Three channels R, G, B. Gray images are replicated; alpha is discarded.
     Rgb,
+    /// Three channels in the order B, G, R (models trained on OpenCV's `imread`, Caffe, Paddle);
+    /// `mean` and `std` are in that order too.
+    Bgr,
     /// One channel, luma `L = (299 R + 587 G + 114 B) / 1000` (ITU-R 601-2, as Pillow's `L`).
     Gray,
 }
@@ -54,9 +57,38 @@ impl Color {
     /// Number of channels `C`.
     pub fn channels(self) -> usize {
         match self {
-            Color::Rgb => 3,
+            Color::Rgb | Color::Bgr => 3,
             Color::Gray => 1,
         }
+    }
+
+    /// The RGB channel (0 R, 1 G, 2 B) that tensor channel `ch` holds (gray: 0).
+    pub fn source_channel(self, ch: usize) -> usize {
+        match self {
+            Color::Rgb => ch,
+            Color::Bgr => 2 - ch,
+            Color::Gray => 0,
+        }
+    }
+}
+
+/// Whether a bundle's normalisation (`pixel_range`, `mean`, `std`) was ever stated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Normalization {
+    /// Given by whoever made the bundle (flags of `init`, the model's ONNX metadata, the
+    /// training tools). The default: a `gate.json` without the field states its values.
+    #[default]
+    Given,
+    /// Never stated: pixel range `[0, 1]`, mean 0, std 1 were assumed (a bare `.onnx`, or
+    /// `init` without normalisation flags or metadata). `calibrate` warns: a model trained with
+    /// another normalisation sees wrong inputs, and its energies mean little.
+    Unset,
+}
+
+impl Normalization {
+    fn is_given(&self) -> bool {
+        *self == Normalization::Given
     }
 }
 
@@ -93,10 +125,15 @@ pub struct InputSpec {
     pub mean: Vec<f32>,
     /// Per-channel standard deviation divided by after subtracting the mean (length `C`).
     pub std: Vec<f32>,
+    /// Whether `pixel_range`, `mean` and `std` were stated or assumed (written only when
+    /// `"unset"`).
+    #[serde(default, skip_serializing_if = "Normalization::is_given")]
+    pub normalization: Normalization,
 }
 
 impl InputSpec {
-    /// Pixel range `[0, 1]`, no mean/std normalisation, shorter-side resize.
+    /// Pixel range `[0, 1]`, no mean/std normalisation, shorter-side resize: what a bare model
+    /// is assumed to take ([`Normalization::Unset`]).
     pub fn plain(height: u32, width: u32, color: Color) -> InputSpec {
         let c = color.channels();
         InputSpec {
@@ -108,6 +145,7 @@ impl InputSpec {
             pixel_range: [0.0, 1.0],
             mean: vec![0.0; c],
             std: vec![1.0; c],
+            normalization: Normalization::Unset,
         }
     }
 
@@ -277,6 +315,11 @@ pub struct GateFile {
     /// Several scores under one guarantee, when `calibrate --scores` fitted them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scores: Option<ScoresSpec>,
+    /// The name of the ONNX tensor that holds the logits `[N, K]`, when it is not the graph's
+    /// output: a graph that ends in `Softmax` gives probabilities, whose energy means nothing,
+    /// so `init` names the Softmax's input here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logits_output: Option<String>,
 }
 
 /// Several scores (the energy and the frame-health scores) under one conformal guarantee,

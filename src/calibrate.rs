@@ -72,6 +72,10 @@ pub struct CalibrationOutcome {
     /// With `scores`: the multi-score gate's false rejection on the held-out frames at
     /// [`CHECK_ALPHAS`] and `alpha`.
     pub scores_false_rejection: Vec<FalseRejection>,
+    /// The model's normalisation was never stated ([`crate::bundle::Normalization::Unset`]: a
+    /// bare `.onnx`, or `init` without normalisation): frames were fed in `[0, 1]` with mean 0
+    /// and std 1, which a model trained otherwise does not expect.
+    pub normalization_unset: bool,
 }
 
 /// A frame's path relative to `root`, with `/` separators; the whole name when it is not
@@ -274,6 +278,7 @@ pub fn calibrate(
         provenance: None,
         gradient: None,
         scores: None,
+        logits_output: None,
     });
     gate_file.scores = scores_spec;
     gate_file.temperature = temperature;
@@ -309,6 +314,7 @@ pub fn calibrate(
         prediction_sets: sets,
         scores_split,
         scores_false_rejection,
+        normalization_unset: gate.input().normalization == crate::bundle::Normalization::Unset,
     })
 }
 

@@ -307,12 +307,13 @@ pub fn normalise_into(img: &RgbImage, spec: &InputSpec, out: &mut [f32]) -> Resu
     let raw = img.as_raw();
     let plane = h * w;
     match spec.color {
-        Color::Rgb => {
+        Color::Rgb | Color::Bgr => {
             for ch in 0..3 {
                 let (m, s) = (spec.mean[ch], spec.std[ch]);
+                let src = spec.color.source_channel(ch);
                 let dst = &mut out[ch * plane..(ch + 1) * plane];
                 for (i, d) in dst.iter_mut().enumerate() {
-                    *d = (raw[3 * i + ch] as f32 * scale + lo - m) / s;
+                    *d = (raw[3 * i + src] as f32 * scale + lo - m) / s;
                 }
             }
         }
@@ -355,7 +356,8 @@ pub fn denormalise(values: &[f32], spec: &InputSpec) -> Result<RgbImage> {
     let mut raw = vec![0u8; 3 * plane];
     for i in 0..plane {
         for k in 0..3 {
-            let ch = if c == 1 { 0 } else { k };
+            // The tensor channel that holds RGB channel k (its own inverse for BGR).
+            let ch = if c == 1 { 0 } else { spec.color.source_channel(k) };
             raw[3 * i + k] = to_u8(values[ch * plane + i], ch);
         }
     }
@@ -408,6 +410,24 @@ mod tests {
         for (o, w) in out.iter().zip(want) {
             assert!((o - w).abs() < 1e-6, "{out:?}");
         }
+    }
+
+    #[test]
+    fn bgr_puts_blue_first_with_its_own_mean_and_std_and_denormalises_back() {
+        let mut img = RgbImage::new(2, 1);
+        img.put_pixel(0, 0, image::Rgb([0, 128, 255]));
+        img.put_pixel(1, 0, image::Rgb([255, 0, 51]));
+        let mut spec = InputSpec::plain(1, 2, Color::Bgr);
+        spec.pixel_range = [0.0, 255.0];
+        spec.mean = vec![100.0, 120.0, 140.0]; // B, G, R
+        spec.std = vec![2.0, 4.0, 5.0];
+        let mut out = [0.0f32; 6];
+        normalise_into(&img, &spec, &mut out).unwrap();
+        let want = [(255.0 - 100.0) / 2.0, (51.0 - 100.0) / 2.0, 8.0 / 4.0, -30.0, -28.0, (255.0 - 140.0) / 5.0];
+        for (o, w) in out.iter().zip(want) {
+            assert!((o - w).abs() < 1e-4, "{out:?}");
+        }
+        assert_eq!(denormalise(&out, &spec).unwrap(), img);
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //!   them; NLL, ECE, MCE, Brier and reliability bins. [`calibration`]: the calibration maths
 //!   (temperature scaling, conformal thresholds, LAC prediction sets, false-rejection checks).
 //!   [`plots`] (feature `plots`): reliability diagrams, ROC curves, energy histograms.
+//!   [`alarms`]: false alarms per hour of a debounced gate on clean frames, and [`alarms::plan`].
 //! - Feature `decode`, everything that reads input, without the ONNX runtime: [`error`] (typed
 //!   errors); [`bundle`] (`model.onnx` + `gate.json`), [`raw`] (raw camera buffers, MJPEG
 //!   streams, [`raw::StreamFormat`]); [`frame`] (decode, resize, normalise); [`source`] (files,
@@ -36,6 +37,7 @@
 //! - The jobs, each a library function returning a typed report that the CLI prints:
 //!   [`calibrate`] ([`calibrate::calibrate`]: fit `gate.json`), [`eval`] ([`eval::evaluate`]),
 //!   [`stream`] ([`stream::run_stream`]: a live feed, debounced; `v4l2` with feature `v4l2`),
+//!   [`init`] ([`init::init`]: a bundle for a classifier made elsewhere),
 //!   [`langevin`] (the energy gradient through tract, SGLD refinement, the replay buffer of
 //!   [`replay`]),
 //!   [`bench`](mod@bench) ([`bench::run_bench`]: per-stage latency on this machine).
@@ -60,6 +62,8 @@
 pub mod core;
 
 #[cfg(feature = "std")]
+pub mod alarms;
+#[cfg(feature = "std")]
 pub mod calibration;
 #[cfg(feature = "std")]
 pub mod metrics;
@@ -80,6 +84,8 @@ pub mod eval;
 pub mod frame;
 #[cfg(feature = "decode")]
 pub mod health;
+#[cfg(feature = "runtime")]
+pub mod init;
 #[cfg(feature = "runtime")]
 pub mod langevin;
 #[cfg(feature = "runtime")]

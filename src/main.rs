@@ -43,6 +43,15 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// ID accuracy and OOD metrics (AUROC, AUPR-In/Out, FPR@95TPR) for energy, MSP, MaxLogit
     Eval(cli::eval::EvalArgs),
+    /// Save every N-th frame of a camera feed (the formats of `stream`) as PNG: in-distribution
+    /// frames from the deployed camera for `calibrate`
+    Capture(cli::capture::CaptureArgs),
+    /// Make a bundle (model.onnx + gate.json) for an ONNX classifier made elsewhere, from flags
+    /// (--mean, --std, --pixel-range, --classes, --size) or the model's ONNX metadata
+    Init(cli::init::InitArgs),
+    /// False alarms per day of an alpha and a debouncing window on clean frames, and the
+    /// settings that meet a target (--fps 15 --false-alarms-per-day 1)
+    Plan(cli::plan::PlanArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +65,9 @@ fn main() -> ExitCode {
         Command::Sample(args) => cli::langevin::sample(args, &g),
         Command::Bench(args) => cli::bench::run(args, &g),
         Command::Eval(args) => cli::eval::run(args, &g),
+        Command::Plan(args) => cli::plan::run(args, &g),
+        Command::Init(args) => cli::init::run(args, &g),
+        Command::Capture(args) => cli::capture::run(args, &g),
     };
     match result {
         Ok(code) => code,

@@ -101,7 +101,9 @@ const PINNED_INPUT: &str = "input [N, C, H, W] with C, H, W given by the file or
 /// Gives the frames input (input 0) of `model` a fact tract can type: an anonymous batch
 /// becomes the symbol `N`, anonymous `C, H, W` take `pin`'s values. Named symbols are left to
 /// [`concretize_input`].
-fn pin_input(model: &mut InferenceModel, pin: Option<[usize; 3]>, path: &Path) -> Result<()> {
+/// With `batch_one`, an anonymous batch becomes 1 instead (a graph that computes shapes from
+/// its input's batch, which tract cannot type with a symbol, runs frame by frame).
+fn pin_input(model: &mut InferenceModel, pin: Option<[usize; 3]>, path: &Path, batch_one: bool) -> Result<()> {
     let fact = model.input_fact(0).map_err(|e| Error::tract(path, e))?.clone();
     use tract_onnx::tract_hir::infer::{DimFact, Factoid};
     let dims: Vec<DimFact> = fact.shape.dims().cloned().collect();
@@ -112,6 +114,7 @@ fn pin_input(model: &mut InferenceModel, pin: Option<[usize; 3]>, path: &Path) -
     for (i, d) in dims.iter().enumerate() {
         shape.push(match d.concretize() {
             Some(d) => d,
+            None if i == 0 && batch_one => TDim::from(1),
             None if i == 0 => model.symbols.sym("N").into(),
             None => match pin {
                 Some(chw) => TDim::from(chw[i - 1] as i64),
@@ -466,7 +469,7 @@ impl Model {
     /// [`Error::Shape`] when its input or output does not have the shapes above;
     /// [`Error::Invalid`] for a `forward_batch` of 0.
     pub fn load(path: &Path, batch: usize, forward_batch: Option<usize>) -> Result<Model> {
-        Model::load_pinned(path, batch, forward_batch, None)
+        Model::load_pinned(path, batch, forward_batch, None, None)
     }
 
     /// [`Model::load`] for a model whose input has dynamic dimensions: `pin = [C, H, W]` (from
@@ -474,19 +477,39 @@ impl Model {
     /// anonymous, and an anonymous batch dimension becomes the symbol `N`. Dimensions the file
     /// fixes stay as they are (a mismatch with `gate.json` is refused by the bundle's check).
     ///
+    /// `logits_output` names the tensor that holds the logits when it is not the graph's first
+    /// output (`gate.json`'s `logits_output`: the input of a final `Softmax`); the graph is cut
+    /// there.
+    ///
     /// # Errors
-    /// As [`Model::load`].
+    /// As [`Model::load`]; [`Error::Model`] when no tensor is called `logits_output`.
     pub fn load_pinned(
         path: &Path,
         batch: usize,
         forward_batch: Option<usize>,
         pin: Option<[usize; 3]>,
+        logits_output: Option<&str>,
     ) -> Result<Model> {
         let merr = |e: TractError| Error::tract(path, e);
         let mut inference = tract_onnx::onnx().model_for_path(path).map_err(|e| with_opsets(path, e))?;
-        pin_input(&mut inference, pin, path)?;
-        let typed = inference.into_typed().map_err(|e| with_opsets(path, e))?.into_decluttered().map_err(merr)?;
-        let typed = concretize_input(typed, pin, path)?;
+        if let Some(name) = logits_output {
+            inference.select_outputs_by_name([name]).map_err(|_| Error::Model {
+                path: path.into(),
+                message: format!("logits_output {name:?}: the model has no tensor of that name"),
+            })?;
+        }
+        let typed_with = |batch_one: bool| -> Result<TypedModel> {
+            let mut inference = inference.clone();
+            pin_input(&mut inference, pin, path, batch_one)?;
+            let typed = inference.into_typed().map_err(|e| with_opsets(path, e))?.into_decluttered().map_err(merr)?;
+            concretize_input(typed, pin, path)
+        };
+        // A symbolic batch first (batches in one run); when tract cannot type the graph with it
+        // (a Reshape to a shape computed from the input's batch), a batch of 1.
+        let typed = match typed_with(false) {
+            Ok(t) => t,
+            Err(first) => typed_with(true).map_err(|_| first)?,
+        };
         let (plans, chw) = Plans::new(path, "model", typed, 0)?;
         let mut model = Model { path: path.into(), plans, chw, num_classes: 0 };
         model.set_forward_batch(forward_batch)?;

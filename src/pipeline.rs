@@ -468,7 +468,8 @@ impl EnergyGate {
         // width leaves open.
         let pin =
             gate_file.as_ref().map(|g| [g.input.color.channels(), g.input.height as usize, g.input.width as usize]);
-        let mut model = Model::load_pinned(&paths.model, batch, overrides.forward_batch, pin)?;
+        let logits_output = gate_file.as_ref().and_then(|g| g.logits_output.as_deref());
+        let mut model = Model::load_pinned(&paths.model, batch, overrides.forward_batch, pin, logits_output)?;
         model.set_threads(overrides.threads.unwrap_or(1))?;
         let batch = model.fixed_batch().unwrap_or(batch);
         let [c, h, w] = model.input_chw();

@@ -757,5 +757,60 @@ impl StreamFormat {
     }
 }
 
-/// One frame's bytes from a source (or why there are none), with the time it arrived.
-pub type TimedFrame = (std::result::Result<Vec<u8>, StreamError>, std::time::Instant);
+/// One frame's bytes from a source (or why there are none), with when it arrived.
+pub type TimedFrame = (std::result::Result<Vec<u8>, StreamError>, Received);
+
+/// When a frame arrived: read from its source (on the monotonic clock), and captured, when the
+/// source says (a V4L2 buffer's timestamp).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// When its last byte was read.
+    pub at: std::time::Instant,
+    /// When the camera captured it, on the wall clock.
+    pub captured: Option<std::time::SystemTime>,
+}
+
+impl Received {
+    /// Read now; no capture time.
+    pub fn now() -> Received {
+        Received { at: std::time::Instant::now(), captured: None }
+    }
+
+    /// Since it was read.
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.at.elapsed()
+    }
+}
+
+/// A capture time on the monotonic clock (`CLOCK_MONOTONIC`, as V4L2 stamps buffers flagged
+/// `V4L2_BUF_FLAG_TIMESTAMP_MONOTONIC`) as wall-clock time, given both clocks read now:
+/// `wall_now - (monotonic_now - captured)`. `None` for a capture time after `monotonic_now`
+/// (a clock that is not the monotonic one) or more than a day before it.
+pub fn monotonic_to_wall(
+    captured: std::time::Duration,
+    monotonic_now: std::time::Duration,
+    wall_now: std::time::SystemTime,
+) -> Option<std::time::SystemTime> {
+    let age = monotonic_now.checked_sub(captured)?;
+    (age <= std::time::Duration::from_secs(86_400)).then_some(())?;
+    wall_now.checked_sub(age)
+}
+
+#[cfg(test)]
+mod capture_time_tests {
+    use super::monotonic_to_wall;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn a_monotonic_capture_time_maps_to_the_wall_clock_by_its_age() {
+        let wall = UNIX_EPOCH + Duration::from_millis(1_764_630_000_123);
+        let now = Duration::from_secs(5_000);
+        // Captured 40 ms ago on the monotonic clock: 40 ms before the wall clock's now.
+        let got = monotonic_to_wall(now - Duration::from_millis(40), now, wall).unwrap();
+        assert_eq!(wall.duration_since(got).unwrap(), Duration::from_millis(40));
+        assert_eq!(monotonic_to_wall(now, now, wall), Some(wall));
+        // A stamp from the future, or older than a day, is another clock: none.
+        assert_eq!(monotonic_to_wall(now + Duration::from_millis(1), now, wall), None);
+        assert_eq!(monotonic_to_wall(Duration::from_secs(1), Duration::from_secs(200_000), wall), None);
+    }
+}

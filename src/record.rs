@@ -98,6 +98,10 @@ pub struct FrameRecord {
     /// Seconds from the start of the run to the verdict, on the monotonic clock (stream).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub monotonic_s: Option<f64>,
+    /// When the camera captured the frame, RFC 3339 in UTC with milliseconds, when the source
+    /// says (a V4L2 camera's buffer timestamp).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture_time: Option<String>,
 }
 
 impl FrameRecord {
@@ -135,6 +139,7 @@ impl FrameRecord {
             frame_difference: None,
             time: None,
             monotonic_s: None,
+            capture_time: None,
         }
     }
 

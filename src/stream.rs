@@ -61,15 +61,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use image::RgbImage;
 
+use crate::alarms::AlarmRate;
 use crate::bundle::{InputSpec, ResizeMode};
 use crate::core::debounce::{DebounceError, Debouncer, State};
 use crate::core::gate::{Reason, Verdict};
 use crate::error::{Error, Result};
 use crate::frame::{catch_decoder_panic, decode_bytes_with, panic_text, preprocess_into, InputLimits};
 use crate::health::{health_scores, HealthScores, LumaSummary};
-use crate::pipeline::{EnergyGate, FrameReport};
+use crate::pipeline::{EnergyGate, FrameReport, GateRule};
 pub use crate::raw::StreamFormat;
-use crate::raw::{raw_to_rgb, MjpegReader, RawReader, StreamError, TimedFrame as Item};
+use crate::raw::{raw_to_rgb, MjpegReader, RawReader, Received, StreamError, TimedFrame as Item};
 use crate::record::FrameRecord;
 
 /// Largest debouncing window `--window` can ask for.
@@ -142,6 +143,19 @@ impl StreamOptions {
 }
 
 impl StreamOptions {
+    /// Expected false alarms of these debouncing settings on independent clean frames, each
+    /// rejected with probability `alpha` ([`crate::alarms::false_alarm_rate`]); `None` when
+    /// the gate has no `alpha` or the settings are invalid.
+    pub fn alarm_model(&self, gate: &EnergyGate) -> Option<AlarmRate> {
+        let alpha = match gate.settings().rule() {
+            GateRule::Conformal { alpha, .. } | GateRule::Both { alpha, .. } | GateRule::Combined { alpha, .. } => {
+                alpha
+            }
+            GateRule::Threshold(_) | GateRule::None => return None,
+        };
+        crate::alarms::false_alarm_rate(f64::from(alpha), self.window, self.enter, self.exit).ok()
+    }
+
     /// Checks these options against `gate` before a run, and returns the debouncer they ask for.
     ///
     /// # Errors
@@ -186,6 +200,8 @@ pub struct StreamFrame {
     pub frame_difference: Option<f32>,
     /// When the verdict was reached.
     pub at: EventTime,
+    /// When the camera captured the frame, when the source says (a V4L2 buffer timestamp).
+    pub captured: Option<SystemTime>,
 }
 
 /// When something happened in a run: the wall clock, and the monotonic offset from the run's
@@ -225,6 +241,7 @@ impl StreamFrame {
             frame_difference: self.frame_difference,
             time: Some(self.at.rfc3339()),
             monotonic_s: Some(self.at.since_start.as_secs_f64()),
+            capture_time: self.captured.map(|t| humantime::format_rfc3339_millis(t).to_string()),
             ..FrameRecord::new(&self.report, names)
         }
     }
@@ -305,6 +322,13 @@ pub struct StreamSummary {
     pub state_changes: u64,
     /// Times the stall watchdog fired.
     pub stalls: u64,
+    /// Alarms: switches of the debounced state to `out_of_distribution` (from
+    /// `in_distribution` or `unknown`). On a clean feed these are false alarms, to compare with
+    /// [`StreamSummary::alarm_model`].
+    pub alarms: u64,
+    /// Expected false alarms on independent clean frames for the gate's `alpha` and the
+    /// debouncer ([`crate::alarms`]); `None` when the gate has no `alpha` (a bare threshold).
+    pub alarm_model: Option<AlarmRate>,
     /// The debounced state at the end.
     pub state: State,
     /// From the start of the run to the stop.
@@ -357,14 +381,14 @@ enum Prepared {
         index: u64,
         input: Vec<f32>,
         rgb: Option<RgbImage>,
-        received: Instant,
+        received: Received,
         health: Option<HealthScores>,
         summary: Option<Box<LumaSummary>>,
     },
     Failed {
         index: u64,
         message: String,
-        received: Instant,
+        received: Received,
     },
     Error(String),
     ReadError(String),
@@ -372,7 +396,7 @@ enum Prepared {
 
 /// The frames of `source` (built on the reader thread: a camera's buffers stay there).
 fn frames(source: StreamSource, format: StreamFormat, limits: &InputLimits) -> Result<Box<dyn Iterator<Item = Item>>> {
-    let stamp = |r| (r, Instant::now());
+    let stamp = |r| (r, Received::now());
     Ok(match source {
         StreamSource::Bytes(reader) => match format.layout() {
             Some(layout) => Box::new(RawReader::new(reader, layout.frame_len()?).map(stamp)),
@@ -471,6 +495,132 @@ fn reader_thread(
     }
 }
 
+/// What [`capture`] does: which frames of a stream it keeps, and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptureOptions {
+    /// How the bytes are split into frames.
+    pub format: StreamFormat,
+    /// Keep every N-th frame (frame 0, N, 2N, ...): consecutive camera frames are near-copies,
+    /// and calibration wants frames spread over time. At least 1.
+    pub every: u64,
+    /// Stop after this many saved frames (`None`: at the end of the input or a signal).
+    pub count: Option<u64>,
+    /// The folder (created if missing): frames are named `<time>-<index>.png` as
+    /// `--save-rejected` names them, never overwriting one.
+    pub out: PathBuf,
+    /// Keep the folder's saved frames under this many bytes, the oldest removed.
+    pub max_bytes: Option<u64>,
+    /// Name of the input in messages.
+    pub source_name: String,
+}
+
+/// What [`capture`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptureReport {
+    /// Frames read (every frame of the stream, saved or not).
+    pub frames: u64,
+    /// Frames saved.
+    pub saved: u64,
+    /// Frames due to be saved that could not be converted or decoded (a torn or corrupt frame
+    /// is never kept for calibration), with the first few messages.
+    pub failed: u64,
+    /// Up to 5 of the failures' messages.
+    pub failures: Vec<String>,
+    /// Why it stopped.
+    pub stop: StopReason,
+    /// From the start to the stop.
+    pub elapsed: Duration,
+}
+
+/// Reads frames from `source` and saves every `options.every`-th one at full size as PNG in
+/// `options.out`: frames from the deployed camera to `calibrate` a gate on (no model needed).
+/// `saved` is called with each path written. Stops at the end of the input, after
+/// `options.count` frames, or when `stop` becomes non-zero.
+///
+/// # Errors
+/// [`Error::Invalid`] for `every = 0` or an invalid raw frame size; [`Error::Io`] when the
+/// folder cannot be made or a frame cannot be written.
+pub fn capture(
+    source: StreamSource,
+    options: &CaptureOptions,
+    limits: &InputLimits,
+    stop: &AtomicUsize,
+    mut saved: impl FnMut(&Path),
+) -> Result<CaptureReport> {
+    if options.every == 0 {
+        return Err(Error::Invalid("capture: every must be at least 1".into()));
+    }
+    if let Some(layout) = options.format.layout() {
+        let len = layout.frame_len()?;
+        limits.check_size(layout.width as u64, layout.height as u64).map_err(Error::Invalid)?;
+        limits.check_bytes(&format!("a raw {} frame", layout.format.name()), len as u64).map_err(Error::Invalid)?;
+    }
+    let mut folder = SavedFrames::open(&options.out, options.max_bytes)?;
+    let start = Instant::now();
+    let mut report = CaptureReport {
+        frames: 0,
+        saved: 0,
+        failed: 0,
+        failures: Vec::new(),
+        stop: StopReason::EndOfInput,
+        elapsed: Duration::ZERO,
+    };
+    let fail = |report: &mut CaptureReport, message: String| {
+        report.failed += 1;
+        if report.failures.len() < 5 {
+            report.failures.push(message);
+        }
+    };
+    for (item, _) in frames(source, options.format, limits)? {
+        let signal = stop.load(Ordering::Relaxed);
+        if signal != 0 {
+            report.stop = StopReason::Signal(signal);
+            break;
+        }
+        let index = report.frames;
+        let due = index.is_multiple_of(options.every);
+        match item {
+            Err(StreamError::Io(e)) => {
+                report.stop = StopReason::ReadError(e);
+                break;
+            }
+            Err(StreamError::Garbage { .. }) => continue,
+            Err(e) => {
+                report.frames += 1;
+                if due {
+                    fail(&mut report, format!("frame {index}: {e}"));
+                }
+                continue;
+            }
+            Ok(bytes) => {
+                report.frames += 1;
+                if !due {
+                    continue;
+                }
+                let name = format!("{}#{index}", options.source_name);
+                let rgb = catch_decoder_panic(Path::new(&name), || to_rgb(&bytes, options.format, &name, limits));
+                match rgb {
+                    Ok(rgb) => {
+                        let path = folder.save(&rgb, &EventTime::now(start), index).map_err(Error::Invalid)?;
+                        report.saved += 1;
+                        saved(&path);
+                    }
+                    Err(e) => fail(&mut report, e.to_string().trim_end().to_string()),
+                }
+            }
+        }
+        if options.count.is_some_and(|c| report.saved >= c) {
+            break;
+        }
+    }
+    let signal = stop.load(Ordering::Relaxed);
+    if signal != 0 && report.stop == StopReason::EndOfInput {
+        report.stop = StopReason::Signal(signal);
+    }
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
 /// Latencies in microseconds, 1 us to 1 hour, 3 significant digits (fixed memory).
 struct Latencies(hdrhistogram::Histogram<u64>);
 
@@ -564,6 +714,8 @@ pub fn run_stream(
         saved: 0,
         state_changes: 0,
         stalls: 0,
+        alarms: 0,
+        alarm_model: options.alarm_model(gate),
         state: State::Unknown,
         elapsed: Duration::ZERO,
         latency_ms: None,
@@ -799,6 +951,7 @@ pub fn run_stream(
                 saved,
                 frame_difference,
                 at,
+                captured: received.captured,
             }))];
             if let Some(message) = save_error {
                 summary.errors += 1;
@@ -806,6 +959,7 @@ pub fn run_stream(
             }
             if let Some(from) = step.changed_from {
                 summary.state_changes += 1;
+                summary.alarms += u64::from(step.state == State::OutOfDistribution);
                 events.push(StreamEvent::StateChange {
                     index,
                     from,
@@ -1036,6 +1190,14 @@ pub mod json {
             "saved": s.saved,
             "state_changes": s.state_changes,
             "stalls": s.stalls,
+            "alarms": s.alarms,
+            "alarm_model": s.alarm_model.map(|m| json!({
+                "alpha": m.p,
+                "method": m.method.as_str(),
+                "expected_alarms": m.expected_in(s.frames),
+                "expected_per_hour": m.per_hour(s.fps()),
+                "frames_per_alarm": 1.0 / m.per_frame,
+            })),
             "state": s.state.as_str(),
             "seconds": s.elapsed.as_secs_f64(),
             "fps": s.fps(),

@@ -20,7 +20,7 @@ use v4l::video::Capture;
 use v4l::{Device, FourCC};
 
 use crate::error::{Error, Result};
-use crate::raw::{PixelFormat, StreamError, StreamFormat, TimedFrame};
+use crate::raw::{monotonic_to_wall, PixelFormat, Received, StreamError, StreamFormat, TimedFrame};
 
 /// Buffers the driver cycles through.
 const BUFFERS: u32 = 4;
@@ -100,6 +100,25 @@ impl std::fmt::Debug for Camera {
     }
 }
 
+/// A buffer's capture time on the wall clock, when the driver stamped it on the monotonic clock
+/// (`V4L2_BUF_FLAG_TIMESTAMP_MONOTONIC`; most drivers, uvcvideo and the Raspberry Pi's among
+/// them, at the start of the frame's exposure or readout).
+fn capture_time(meta: &v4l::buffer::Metadata) -> Option<std::time::SystemTime> {
+    use v4l::buffer::Flags;
+    if meta.flags & Flags::TIMESTAMP_MASK != Flags::TIMESTAMP_MONOTONIC {
+        return None;
+    }
+    let (sec, usec) = (u64::try_from(meta.timestamp.sec).ok()?, u64::try_from(meta.timestamp.usec).ok()?);
+    let captured = std::time::Duration::from_secs(sec) + std::time::Duration::from_micros(usec);
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given; CLOCK_MONOTONIC always exists on Linux.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
+        return None;
+    }
+    let monotonic_now = std::time::Duration::new(u64::try_from(now.tv_sec).ok()?, u32::try_from(now.tv_nsec).ok()?);
+    monotonic_to_wall(captured, monotonic_now, std::time::SystemTime::now())
+}
+
 impl Camera {
     /// The stream's format as the driver delivers it: for raw frames, its `bytesperline` as
     /// the stride.
@@ -125,17 +144,18 @@ impl Camera {
                 Ok(s) => s,
                 Err(e) => {
                     done = true;
-                    return Some((Err(e.clone()), Instant::now()));
+                    return Some((Err(e.clone()), Received::now()));
                 }
             };
             Some(match s.next() {
                 Ok((buf, meta)) => {
                     let used = (meta.bytesused as usize).min(buf.len()).min(need.unwrap_or(usize::MAX));
-                    (Ok(buf[..used].to_vec()), Instant::now())
+                    let received = Received { at: Instant::now(), captured: capture_time(meta) };
+                    (Ok(buf[..used].to_vec()), received)
                 }
                 Err(e) => {
                     done = true;
-                    (Err(StreamError::Io(e.to_string())), Instant::now())
+                    (Err(StreamError::Io(e.to_string())), Received::now())
                 }
             })
         })

@@ -484,3 +484,52 @@ fn eval_leaves_unreadable_frames_out_of_the_metrics_and_refuses_an_empty_set() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("ID set /no/such/folder: no such file or folder"), "{stderr}");
 }
+
+/// `C(n-1, k-1) p^k (1-p)^(n-k+1)`: false alarms per frame of plain k-of-n on independent
+/// frames (Naus 1982), restated here in f64 from the binomial coefficients.
+fn k_of_n_alarms(p: f64, n: u64, k: u64) -> f64 {
+    let choose = |n: u64, k: u64| (0..k).fold(1.0, |c, i| c * (n - i) as f64 / (i + 1) as f64);
+    choose(n - 1, k - 1) * p.powi(k as i32) * (1.0 - p).powi((n - k + 1) as i32)
+}
+
+#[test]
+fn plan_proposes_windows_that_meet_the_target_and_rates_a_given_window() {
+    let (code, stdout, stderr) = run(&["plan", "--fps", "15", "--false-alarms-per-day", "1", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{v}");
+    for r in rows {
+        let (p, n, k) = (r["alpha"].as_f64().unwrap(), r["window"].as_u64().unwrap(), r["enter"].as_u64().unwrap());
+        let per_day = k_of_n_alarms(p, n, k) * 15.0 * 86_400.0;
+        assert!((r["false_alarms_per_day"].as_f64().unwrap() - per_day).abs() < 1e-9 * per_day.max(1.0), "{r}");
+        assert!(per_day <= 1.0, "{r}");
+        // The default fault sensitivity: a window of twice the rejections; one rejection
+        // fewer would not meet the target.
+        assert_eq!(n, 2 * k, "{r}");
+        assert!(k == 1 || k_of_n_alarms(p, 2 * k - 2, k - 1) * 15.0 * 86_400.0 > 1.0, "{r}");
+    }
+    // The suggestion: the fewest rejections to alarm.
+    let min_k = rows.iter().map(|r| r["enter"].as_u64().unwrap()).min().unwrap();
+    assert_eq!(v["suggested"]["enter"].as_u64(), Some(min_k), "{v}");
+
+    // The stream's default, 3 of 5, at 15 frames/s: 6 p^3 (1-p)^3 per frame.
+    let (code, stdout, _) = run(&["plan", "--fps", "15", "--window", "5", "--enter", "3", "--alpha", "0.05", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let got = v["rows"][0]["false_alarms_per_day"].as_f64().unwrap();
+    let want = 6.0 * 0.05f64.powi(3) * 0.95f64.powi(3) * 15.0 * 86_400.0;
+    assert!((got - want).abs() < 1e-9 * want, "{got} vs {want}");
+    assert_eq!(v["rows"][0]["method"], "closed_form");
+
+    for bad in [
+        vec!["plan", "--fps", "0", "--false-alarms-per-day", "1"],
+        vec!["plan", "--fps", "15"],
+        vec!["plan", "--fps", "15", "--window", "5", "--enter", "6"],
+        vec!["plan", "--fps", "15", "--false-alarms-per-day", "1", "--alpha", "1.5"],
+    ] {
+        let (code, _, stderr) = run(&bad);
+        assert_eq!(code, 2, "{bad:?}: {stderr}");
+        assert!(!stderr.is_empty());
+    }
+}

@@ -134,6 +134,7 @@ fn calibrated_health_scores_reject_camera_faults_and_keep_clean_frames() {
         "{out}"
     );
     let gate: Value = serde_json::from_str(&std::fs::read_to_string(b.join("gate.json")).unwrap()).unwrap();
+    crate::init::assert_valid_gate_json(&b);
     let scores = &gate["scores"];
     assert_eq!(scores["used"].as_array().unwrap().len(), 8);
     assert_eq!(scores["version"], 2);

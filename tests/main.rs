@@ -9,6 +9,7 @@ mod cli;
 mod common;
 mod digits;
 mod health;
+mod init;
 mod langevin;
 mod metrics_golden;
 mod raw;

@@ -499,6 +499,31 @@ fn zero_length_input_gives_an_empty_summary_and_exit_0() {
 }
 
 #[test]
+fn the_summary_counts_alarms_and_gives_the_expected_false_alarms_of_alpha_and_window() {
+    // Flat frames of 12 gray levels (some rejected at alpha 0.1, some not), 3 times over.
+    let frames: Vec<u8> = (0..36u32).flat_map(|i| vec![(i % 12 * 21) as u8; 64 * 48 * 3]).collect();
+    let args = ["--format", "rgb24", "--size", "64x48", "--alpha", "0.1", "--window", "4", "--enter", "2"];
+    let (code, lines, err) = stream(&args, frames);
+    assert!(code == 0, "{err}");
+    let s = summary(&lines);
+    let into_out = of_type(&lines, "event").iter().filter(|e| e["state"] == "out_of_distribution").count() as u64;
+    assert_eq!(s["alarms"].as_u64(), Some(into_out), "{s}");
+    // Plain 2-of-4 at p = 0.1: C(3,1) p^2 (1-p)^3 per frame (Naus 1982).
+    let per_frame = 3.0 * 0.01 * 0.9f64.powi(3);
+    let m = &s["alarm_model"];
+    assert_eq!(
+        (m["method"].as_str(), m["alpha"].as_f64().map(|a| (a * 1e6).round())),
+        (Some("closed_form"), Some(1e5))
+    );
+    assert!((m["expected_alarms"].as_f64().unwrap() - 36.0 * per_frame).abs() < 1e-6, "{m}");
+    assert!((m["frames_per_alarm"].as_f64().unwrap() - 1.0 / per_frame).abs() < 1e-3, "{m}");
+    assert!(err.contains("false alarm about once per 46 frames"), "{err}");
+    // A bare threshold has no alpha: no model.
+    let (_, lines, _) = stream(&["--format", "rgb24", "--size", "64x48", "--threshold", "1000"], vec![9; 64 * 48 * 3]);
+    assert!(summary(&lines)["alarm_model"].is_null(), "{lines:?}");
+}
+
+#[test]
 fn a_closed_stdout_stops_the_run_with_exit_141() {
     // Enough frames that the output outgrows the pipe while nobody reads it.
     let (input, _) = small_frames(3000);
@@ -716,13 +741,79 @@ fn a_stalled_feed_switches_to_stalled_and_the_next_frames_start_a_new_window() {
     );
 }
 
+#[cfg(unix)]
+#[test]
+fn under_systemd_the_gate_says_ready_and_pings_the_watchdog_only_while_frames_come() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::{Duration, Instant};
+    // systemd's side of sd_notify(3): a datagram socket named by NOTIFY_SOCKET; WATCHDOG_USEC
+    // asks for pings (every half of it: 0.2 s here).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = {
+        let done = std::sync::Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match socket.recv(&mut buf) {
+                    Ok(n) => got.push((String::from_utf8_lossy(&buf[..n]).trim_end().to_string(), Instant::now())),
+                    Err(_) if done.load(std::sync::atomic::Ordering::SeqCst) => return got,
+                    Err(_) => {}
+                }
+            }
+        })
+    };
+    // 3 frames, no frame for 1.5 s (stalled at 0.5 s), 3 frames.
+    let frames: Vec<Vec<u8>> = (0..6u8).map(|i| vec![30 + 20 * i; 64 * 48 * 3]).collect();
+    let env = [("NOTIFY_SOCKET", path.as_os_str()), ("WATCHDOG_USEC", std::ffi::OsStr::new("400000"))];
+    let lines = paused_feed_env(&["--stall-timeout", "0.5"], &frames, 3, 1500, &env);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let timed = listener.join().unwrap();
+    let got: Vec<&str> = timed.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(of_type(&lines, "frame").len(), 6);
+    // READY=1 first (with a status), STOPPING=1 last.
+    assert!(got.first().is_some_and(|m| m.lines().any(|l| l == "READY=1")), "{got:?}");
+    assert_eq!(got.last(), Some(&"STOPPING=1"), "{got:?}");
+    let pings: Vec<Instant> = timed.iter().filter(|(m, _)| m == "WATCHDOG=1").map(|&(_, t)| t).collect();
+    // The state changes as status lines.
+    let stalled = got.iter().position(|m| m.starts_with("STATUS=state stalled")).unwrap_or_else(|| panic!("{got:?}"));
+    assert!(got[stalled..].iter().any(|m| m.starts_with("STATUS=state unknown")), "{got:?}");
+    // Pings before the stall, and after the frames came back, but none for the second the feed
+    // was stalled (stalled 0.5 s into the 1.5 s pause).
+    let t = timed[stalled].1;
+    assert!(pings.iter().any(|&p| p < t) && pings.iter().any(|&p| p > t), "{got:?}");
+    assert!(!pings.iter().any(|&p| p > t && p - t < Duration::from_millis(600)), "{timed:?}");
+}
+
 /// Streams 64x48 rgb24 `frames` (accepted: `--threshold 1000`) with `extra` flags: the first
 /// `first`, then, once the gate has printed their lines, a pause of `pause_ms`, then the rest;
 /// every line printed. The run must end with exit 0.
 fn paused_feed(extra: &[&str], frames: &[Vec<u8>], first: usize, pause_ms: u64) -> Vec<Value> {
-    let mut args = vec!["--format", "rgb24", "--size", "64x48", "--threshold", "1000"];
+    paused_feed_env(extra, frames, first, pause_ms, &[])
+}
+
+/// [`paused_feed`] with environment variables set for the gate.
+fn paused_feed_env(
+    extra: &[&str],
+    frames: &[Vec<u8>],
+    first: usize,
+    pause_ms: u64,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Vec<Value> {
+    let model = bundle();
+    let mut args = vec!["stream", model.to_str().unwrap(), "--format", "rgb24", "--size", "64x48"];
+    args.extend_from_slice(&["--threshold", "1000"]);
     args.extend_from_slice(extra);
-    let mut child = spawn(&args);
+    let mut cmd = ebm_gate();
+    cmd.args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     for f in &frames[..first] {
@@ -745,4 +836,108 @@ fn paused_feed(extra: &[&str], frames: &[Vec<u8>], first: usize, pause_ms: u64) 
     }
     assert!(child.wait().unwrap().success());
     lines
+}
+
+/// Runs `ebm-gate capture` with `input` on stdin.
+fn capture(args: &[&str], input: Vec<u8>) -> (i32, String, String) {
+    let mut child = ebm_gate()
+        .arg("capture")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A fixed camera on one of the sample photos: a 96x72 window shaking by up to 4 pixels, a
+/// gain flickering by 3%, sensor noise of 2 levels (seeded by `i`).
+fn camera_view(photo: &RgbImage, i: u64) -> RgbImage {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1000 + i);
+    let (dx, dy) = (rng.random_range(0..9u32), rng.random_range(0..9u32));
+    let gain = 1.0 + 0.03 * gauss(&mut rng);
+    let crop = image::imageops::crop_imm(photo, 100 + dx, 80 + dy, 384, 288).to_image();
+    let mut img = image::imageops::resize(&crop, 96, 72, image::imageops::FilterType::Triangle);
+    for p in img.pixels_mut() {
+        for c in p.0.iter_mut() {
+            *c = clip(*c as f32 * gain + 2.0 * gauss(&mut rng));
+        }
+    }
+    img
+}
+
+#[test]
+fn capture_saves_every_nth_frame_that_decodes_and_calibrate_takes_the_folder() {
+    let photo = sample_pictures().remove(0);
+    let dir = tempfile::tempdir().unwrap();
+    // 12 raw frames, every 3rd saved: frames 0, 3, 6, 9, byte for byte.
+    let frames: Vec<RgbImage> = (0..12).map(|i| camera_view(&photo, i)).collect();
+    let raw: Vec<u8> = frames.iter().flat_map(|f| f.as_raw().clone()).collect();
+    let out = dir.path().join("raw");
+    let o = out.to_str().unwrap();
+    let (code, stdout, stderr) = capture(&["--format", "rgb24", "--size", "96x72", "--every", "3", "--out", o], raw);
+    assert_eq!(code, 0, "{stderr}");
+    let saved: Vec<&str> = stdout.lines().collect();
+    assert_eq!(saved.len(), 4, "{stdout}{stderr}");
+    for (k, path) in saved.iter().enumerate() {
+        let name = Path::new(path).file_name().unwrap().to_str().unwrap();
+        assert!(name.ends_with(&format!("-{:09}.png", 3 * k)) && name.starts_with("20"), "{name}");
+        assert_eq!(image::open(path).unwrap().to_rgb8(), frames[3 * k], "{name}");
+    }
+    assert!(stderr.contains("12 frames read, 4 saved, 0 not saved"), "{stderr}");
+
+    // MJPEG with a corrupt frame where one is due: not saved, counted, the run goes on; --count stops it.
+    let mut mjpeg = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        let mut j = jpeg(f);
+        if i == 2 {
+            // Marker structure intact, no image data: cut at the start of scan.
+            let sos = j.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+            j.truncate(sos);
+            j.extend_from_slice(&[0xFF, 0xD9]);
+        }
+        mjpeg.extend(j);
+    }
+    let out2 = dir.path().join("mjpeg");
+    let args = ["--format", "mjpeg", "--every", "2", "--count", "3", "--out", out2.to_str().unwrap()];
+    let (code, stdout, stderr) = capture(&args, mjpeg);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.lines().count(), 3, "{stdout}{stderr}");
+    let ok = ["-000000000.png", "-000000004.png", "-000000006.png"].iter().all(|n| stdout.contains(n));
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stderr.contains("1 not saved"), "{stderr}");
+
+    // 40 frames of the same camera calibrate a gate that accepts the camera's next frames.
+    let feed: Vec<u8> = (100..140).flat_map(|i| camera_view(&photo, i).into_raw()).collect();
+    let calib = dir.path().join("calib");
+    let args = ["--format", "rgb24", "--size", "96x72", "--every", "1", "--out", calib.to_str().unwrap()];
+    let (code, _, stderr) = capture(&args, feed);
+    assert_eq!(code, 0, "{stderr}");
+    let b = dir.path().join("bundle");
+    std::fs::create_dir(&b).unwrap();
+    for f in ["model.onnx", "gate.json"] {
+        std::fs::copy(bundle().join(f), b.join(f)).unwrap();
+    }
+    let out = ebm_gate()
+        .args(["calibrate", b.to_str().unwrap(), "--id", calib.to_str().unwrap(), "--holdout", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let next: Vec<u8> = (200..210).flat_map(|i| camera_view(&photo, i).into_raw()).collect();
+    let (code, lines, err) = stream_model(&b, &["--format", "rgb24", "--size", "96x72"], next);
+    assert_eq!(code, 0, "{err}");
+    let rejected = of_type(&lines, "frame").iter().filter(|f| f["verdict"] == "out_of_distribution").count();
+    assert!(rejected <= 2, "{rejected} of 10 new frames of the calibrated camera rejected: {lines:?}");
+    assert_eq!(summary(&lines)["state"], "in_distribution");
 }

@@ -33,6 +33,9 @@ args=(stream "$BUNDLE" --format "$FORMAT" --every "$EVERY" --summary-every "$SUM
 # Evidence survives restarts (files named by time): up to 500 frames a run, the folder under
 # 1 GiB (the oldest removed).
 [[ -n ${SAVE_DIR:-} ]] && args+=(--save-rejected "$SAVE_DIR" --max-saved 500 --max-saved-mib 1024)
+# Under systemd's watchdog (WatchdogSec= in the unit), the gate pings it, not this script:
+# WATCHDOG_PID names this script, and a gate that sees another PID there would not ping.
+unset WATCHDOG_PID
 # shellcheck disable=SC2206 # EXTRA and the two commands are word-split on purpose
 extra=(${EXTRA:-})
 

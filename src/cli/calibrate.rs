@@ -73,6 +73,10 @@ pub fn run(a: &CalibrateArgs, g: &Globals) -> Result<ExitCode> {
     if let Some(why) = &gate.settings().gate_set_aside {
         eprintln!("note: {why}; refitting the gate for {}", gate.paths().model.display());
     }
+    let unset = gate.input().normalization == ebm_gate::bundle::Normalization::Unset;
+    if unset {
+        eprintln!("{}", normalization_warning(model));
+    }
     if !id.is_dir() {
         bail!("--id {}: not a folder (calibrate takes a folder of in-distribution images)", id.display());
     }
@@ -190,7 +194,21 @@ pub fn run(a: &CalibrateArgs, g: &Globals) -> Result<ExitCode> {
         }
     }
     println!("wrote {}", out.display());
+    if outcome.normalization_unset {
+        eprintln!("{}", normalization_warning(model));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The warning for a model whose normalisation was never stated, before and after the run.
+fn normalization_warning(model: &Path) -> String {
+    format!(
+        "WARNING: the normalisation of {} was never set: frames are fed as pixel range [0, 1], mean 0, std 1. A model \
+         trained on other inputs (ImageNet's mean and std, 0-255, BGR) sees wrong frames, and its energies, \
+         probabilities and this gate mean little. Make a bundle that states it: `ebm-gate init MODEL.onnx --out DIR \
+         --pixel-range 0,1 --mean R,G,B --std R,G,B` (or --mean 0,0,0 --std 1,1,1 if this is right), then calibrate DIR.",
+        model.display()
+    )
 }
 
 /// A table of false-rejection rates with their Wilson intervals, under `title`.

@@ -4,10 +4,14 @@
 
 pub mod bench;
 pub mod calibrate;
+pub mod capture;
 pub mod eval;
+pub mod init;
 pub mod langevin;
+pub mod plan;
 pub mod score;
 pub mod stream;
+pub mod systemd;
 
 use std::path::Path;
 

@@ -26,7 +26,7 @@ fn parse_format(s: &str) -> Result<InputFormat, String> {
     s.parse::<PixelFormat>().map(InputFormat::Raw).map_err(|e| format!("{e}, or mjpeg"))
 }
 
-fn parse_size(s: &str) -> Result<(u32, u32), String> {
+pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let bad = || format!("expected WIDTHxHEIGHT such as 640x480, got {s:?}");
     let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
     let (w, h) = (w.trim().parse::<u32>().map_err(|_| bad())?, h.trim().parse::<u32>().map_err(|_| bad())?);
@@ -56,11 +56,9 @@ pub enum YuvRange {
     Full,
 }
 
-/// Arguments of `ebm-gate stream`.
+/// Where frames come from and how they are laid out: flags `stream` and `capture` share.
 #[derive(Args)]
-pub struct StreamArgs {
-    /// Bundle directory (model.onnx + gate.json) or an .onnx file; needs a gate (calibrated, or --threshold)
-    pub model: PathBuf,
+pub struct SourceArgs {
     /// Where frames come from: - (stdin), a file or a named pipe, or a V4L2 camera /dev/videoN
     /// (builds with the `v4l2` feature; otherwise pipe it in with ffmpeg or GStreamer)
     #[arg(long, default_value = "-")]
@@ -80,15 +78,65 @@ pub struct StreamArgs {
     /// for 1080 rows); default: the height
     #[arg(long, value_name = "ROWS")]
     pub plane_rows: Option<u32>,
-    /// How a frame is brought to the model's size (default: as gate.json says; center for the reference bundle)
-    #[arg(long, value_enum)]
-    pub crop: Option<CropArg>,
     /// YUV matrix of yuyv422/nv12/i420 frames
     #[arg(long, value_enum, default_value = "bt601")]
     pub yuv_matrix: YuvMatrix,
     /// YUV range of yuyv422/nv12/i420 frames
     #[arg(long, value_enum, default_value = "limited")]
     pub yuv_range: YuvRange,
+}
+
+impl SourceArgs {
+    /// The library's stream format.
+    pub fn format(&self) -> Result<StreamFormat> {
+        let format = match (self.format, self.size) {
+            (InputFormat::Mjpeg, _) => StreamFormat::Mjpeg,
+            (InputFormat::Raw(format), Some((width, height))) => {
+                let yuv = YuvSpec {
+                    bt709: self.yuv_matrix == YuvMatrix::Bt709,
+                    full_range: self.yuv_range == YuvRange::Full,
+                };
+                let (stride, plane_rows) = (self.stride, self.plane_rows);
+                let f = StreamFormat::Raw { format, width, height, stride, plane_rows, yuv };
+                f.layout().map(|l| l.frame_len()).transpose().with_context(|| match stride {
+                    Some(st) => format!("--size {width}x{height} --stride {st} for {}", format.name()),
+                    None => format!("--size {width}x{height} for {}", format.name()),
+                })?;
+                f
+            }
+            (InputFormat::Raw(format), None) => bail!("--format {} needs --size WIDTHxHEIGHT", format.name()),
+        };
+        if format == StreamFormat::Mjpeg && (self.stride.is_some() || self.plane_rows.is_some()) {
+            bail!("--stride and --plane-rows describe raw frames, not mjpeg");
+        }
+        Ok(format)
+    }
+
+    /// `stdin` or the input's path, for messages.
+    pub fn name(&self) -> String {
+        if self.input.as_os_str() == "-" {
+            "stdin".to_string()
+        } else {
+            self.input.display().to_string()
+        }
+    }
+
+    /// Opens the input: the source, and the format (a camera's says how the driver pads rows).
+    pub fn open(&self) -> Result<(StreamSource, StreamFormat)> {
+        open_source(&self.input, self.format()?, self.size)
+    }
+}
+
+/// Arguments of `ebm-gate stream`.
+#[derive(Args)]
+pub struct StreamArgs {
+    /// Bundle directory (model.onnx + gate.json) or an .onnx file; needs a gate (calibrated, or --threshold)
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// How a frame is brought to the model's size (default: as gate.json says; center for the reference bundle)
+    #[arg(long, value_enum)]
+    pub crop: Option<CropArg>,
     /// Print a frame line for every N-th frame only (state changes and errors are always printed)
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub every: u64,
@@ -197,7 +245,22 @@ fn open_source(input: &Path, format: StreamFormat, size: Option<(u32, u32)>) -> 
     Ok((StreamSource::Bytes(Box::new(file)), format))
 }
 
-fn signal_name(n: usize) -> &'static str {
+/// The stop flag of a run: the first SIGINT/SIGTERM stores its number there (the run stops
+/// after the frame in hand); a second one ends the process at once (exit 130 / 143).
+pub fn stop_on_signals() -> Result<std::sync::Arc<std::sync::atomic::AtomicUsize>> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicUsize::new(0));
+    let asked = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&asked))?;
+        signal_hook::flag::register(sig, Arc::clone(&asked))?;
+        signal_hook::flag::register_usize(sig, Arc::clone(&stop), sig as usize)?;
+    }
+    Ok(stop)
+}
+
+pub fn signal_name(n: usize) -> &'static str {
     match n as i32 {
         signal_hook::consts::SIGINT => "SIGINT",
         signal_hook::consts::SIGTERM => "SIGTERM",
@@ -207,34 +270,12 @@ fn signal_name(n: usize) -> &'static str {
 
 /// `ebm-gate stream`.
 pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
-    use std::sync::atomic::{AtomicBool, AtomicUsize};
-    use std::sync::Arc;
-
-    let format = match (args.format, args.size) {
-        (InputFormat::Mjpeg, _) => StreamFormat::Mjpeg,
-        (InputFormat::Raw(format), Some((width, height))) => {
-            let yuv =
-                YuvSpec { bt709: args.yuv_matrix == YuvMatrix::Bt709, full_range: args.yuv_range == YuvRange::Full };
-            let (stride, plane_rows) = (args.stride, args.plane_rows);
-            let f = StreamFormat::Raw { format, width, height, stride, plane_rows, yuv };
-            f.layout().map(|l| l.frame_len()).transpose().with_context(|| match stride {
-                Some(st) => format!("--size {width}x{height} --stride {st} for {}", format.name()),
-                None => format!("--size {width}x{height} for {}", format.name()),
-            })?;
-            f
-        }
-        (InputFormat::Raw(format), None) => bail!("--format {} needs --size WIDTHxHEIGHT", format.name()),
-    };
-    if format == StreamFormat::Mjpeg && (args.stride.is_some() || args.plane_rows.is_some()) {
-        bail!("--stride and --plane-rows describe raw frames, not mjpeg");
-    }
     let exit = match args.exit {
         Some(j) => j,
         None => args.enter - 1,
     };
-    let source_name =
-        if args.input.as_os_str() == "-" { "stdin".to_string() } else { args.input.display().to_string() };
-    let (source, format) = open_source(&args.input, format, args.size)?;
+    let source_name = args.source.name();
+    let (source, format) = args.source.open()?;
     let overrides = Overrides { batch: Some(args.gate.batch.unwrap_or(4)), ..args.gate.overrides(g) };
     let mut gate = open(&args.model, &overrides)?;
     let options = StreamOptions {
@@ -256,20 +297,13 @@ pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
         summary_every: (args.summary_every > 0.0).then(|| std::time::Duration::from_secs_f64(args.summary_every)),
         stall_timeout: match args.stall_timeout {
             Some(s) => (s > 0.0).then(|| std::time::Duration::from_secs_f64(s)),
-            None if is_regular_file(&args.input) => None,
+            None if is_regular_file(&args.source.input) => None,
             None => Some(std::time::Duration::from_secs(DEFAULT_STALL_SECS)),
         },
     };
 
-    // The first SIGINT/SIGTERM stops the stream after the frame in hand, with a summary; a
-    // second one ends the process at once (exit 130 / 143).
-    let stop = Arc::new(AtomicUsize::new(0));
-    let asked = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&asked))?;
-        signal_hook::flag::register(sig, Arc::clone(&asked))?;
-        signal_hook::flag::register_usize(sig, Arc::clone(&stop), sig as usize)?;
-    }
+    // The first SIGINT/SIGTERM stops the stream after the frame in hand, with a summary.
+    let stop = stop_on_signals()?;
 
     // Refuse bad settings before announcing the run.
     options.check(&gate).with_context(|| format!("stream {}", args.model.display()))?;
@@ -297,18 +331,39 @@ pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
         options.exit,
         options.max_batch
     );
+    if let Some(m) = options.alarm_model(&gate) {
+        eprintln!(
+            "stream: on clean, independent frames this gate and window raise a false alarm about once \
+             per {:.0} frames ({:.2} an hour at 15 frames/s; `ebm-gate plan` proposes settings for a target)",
+            1.0 / m.per_frame,
+            m.per_hour(15.0)
+        );
+    }
+    let mut systemd = super::systemd::Notifier::from_env();
+    systemd.ready(&format!("reading {}: state unknown", options.source_name));
+    if let Some(every) = systemd.ping_every() {
+        eprintln!("stream: systemd watchdog: WATCHDOG=1 every {:.1} s while frames are judged", every.as_secs_f64());
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let every = args.every;
     let summary = run_stream(&mut gate, source, &options, &stop, |event| {
         use ebm_gate::stream::StreamEvent;
-        if let StreamEvent::Frame(f) = event {
-            if f.index % every != 0 {
-                return Ok(());
+        match event {
+            StreamEvent::Frame(f) => {
+                systemd.frame_judged();
+                if f.index % every != 0 {
+                    return Ok(());
+                }
             }
+            StreamEvent::StateChange { index, to, .. } => {
+                systemd.status(&format!("state {} since frame {index}", to.as_str()));
+            }
+            _ => {}
         }
         writeln!(out, "{}", ebm_gate::stream::json::event(event, &names))
     })?;
+    systemd.stopping();
     let signal = match summary.stop {
         StopReason::Signal(n) => Some(signal_name(n)),
         _ => None,
@@ -327,8 +382,14 @@ pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
         StopReason::Signal(n) => format!("stopped by {}", signal_name(*n)),
         StopReason::OutputClosed(_, m) => format!("output closed: {m}"),
     };
+    let alarms = match summary.alarm_model {
+        Some(m) => {
+            format!("{} alarms (false alarms expected if clean: {:.2})", summary.alarms, m.expected_in(summary.frames))
+        }
+        None => format!("{} alarms", summary.alarms),
+    };
     eprintln!(
-        "stream: {} frames ({} scored), {} rejected, {} errors, {} saved; {:.1} frames/s, {lat}; state {}; {why}",
+        "stream: {} frames ({} scored), {} rejected, {} errors, {} saved, {alarms}; {:.1} frames/s, {lat}; state {}; {why}",
         summary.frames,
         summary.scored,
         summary.rejected,
