@@ -318,13 +318,19 @@ pub fn calibrate(
     })
 }
 
+/// Fewest subfolders for which [`split_key`] keeps each subfolder on one side of the
+/// fit/combine split; with fewer (a few capture sessions), frames are split one by one, so
+/// that each session is in both halves.
+pub const MIN_SPLIT_GROUPS: usize = 8;
+
 /// What decides a frame's side of the fit/combine split: its name in a labelled folder; in an
-/// unlabelled one, its subfolder when it is in one, so the frames of one capture session or
-/// scene (consecutive camera frames are near-copies) stay on one side, as new frames from
-/// another time are on another (the halves must be exchangeable with the frames to come).
-pub fn split_key(relative: &str, labelled: bool) -> String {
+/// unlabelled one with at least [`MIN_SPLIT_GROUPS`] subfolders (`grouped`), its subfolder, so
+/// the frames of one scene (near-copies) stay on one side, as new frames from another scene
+/// are on another (the halves must be exchangeable with the frames to come); otherwise its
+/// name: a few capture sessions, each in its own folder, must each be in both halves.
+pub fn split_key(relative: &str, labelled: bool, grouped: bool) -> String {
     match relative.rsplit_once('/') {
-        Some((folder, _)) if !labelled => folder.to_string(),
+        Some((folder, _)) if !labelled && grouped => folder.to_string(),
         _ => relative.to_string(),
     }
 }
@@ -343,13 +349,19 @@ fn fit_scores(
     let mut fit: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     let mut combine: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     let (mut n_a, mut n_b) = (0, 0);
+    let folders: std::collections::BTreeSet<String> = cal
+        .iter()
+        .filter_map(|r| relative_name(&opts.root, &r.name).rsplit_once('/').map(|(f, _)| f.to_string()))
+        .collect();
+    let grouped = folders.len() >= MIN_SPLIT_GROUPS;
     for r in cal {
         let health = r.health.as_ref().ok_or_else(|| {
             format!("{}: no health scores (the gate was opened without Overrides::health_scores)", r.name)
         })?;
         let logits = r.logits.as_deref().ok_or_else(|| format!("{}: not scored", r.name))?;
         let energy = free_energy(logits, temperature).map_err(|e| format!("{}: {e}", r.name))?;
-        let in_b = is_held_out(&split_key(&relative_name(&opts.root, &r.name), r.label.is_some()), 0.5, seed);
+        let key = split_key(&relative_name(&opts.root, &r.name), r.label.is_some(), grouped);
+        let in_b = is_held_out(&key, 0.5, seed);
         let side = if in_b { &mut combine } else { &mut fit };
         if in_b {
             n_b += 1;
@@ -368,10 +380,18 @@ fn fit_scores(
         }
     }
     let need = (1.0 / opts.alpha).ceil() as usize;
-    if n_a == 0 || n_b + 1 < need {
+    let groups = if grouped { format!(" (by subfolder: {} of them)", folders.len()) } else { String::new() };
+    if n_a == 0 {
         return Err(format!(
-            "--scores splits the {} calibration frames in two ({n_a} fit each score, {n_b} combine them), and the \
-             combining half needs at least {} frames for alpha {}: calibrate on more frames, lower --holdout, or \
+            "--scores splits the {} calibration frames in two{groups}, and every frame fell in the combining half \
+             ({n_b}), none to fit the scores: give frames from more scenes, or another --seed",
+            cal.len()
+        ));
+    }
+    if n_b + 1 < need {
+        return Err(format!(
+            "--scores splits the {} calibration frames in two{groups} ({n_a} fit each score, {n_b} combine them), and \
+             the combining half needs at least {} frames for alpha {}: calibrate on more frames, lower --holdout, or \
              raise --alpha",
             cal.len(),
             need.saturating_sub(1),

@@ -240,6 +240,14 @@ fn read_graph(path: &Path) -> Result<Graph> {
     Ok(Graph { metadata, input: dims, softmax })
 }
 
+fn color_name(c: Color) -> &'static str {
+    match c {
+        Color::Rgb => "rgb",
+        Color::Bgr => "bgr",
+        Color::Gray => "gray",
+    }
+}
+
 fn metadata<'a>(g: &'a Graph, key: &str) -> Option<&'a str> {
     g.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
@@ -292,7 +300,8 @@ pub fn init(model: &Path, out: &Path, opts: &InitOptions) -> Result<InitReport> 
             Color::Gray
         }
         (None, None, _) => {
-            sources.push(("color", if model_c == Some(3) { Source::Model } else { Source::Default }));
+            // Three channels say nothing of their order: RGB is a guess.
+            sources.push(("color", Source::Default));
             Color::Rgb
         }
     };
@@ -377,7 +386,7 @@ pub fn init(model: &Path, out: &Path, opts: &InitOptions) -> Result<InitReport> 
         match v.len() {
             n if n == c => Ok(v),
             1 => Ok(vec![v[0]; c]),
-            n => Err(invalid(format!("{name}: {n} values for a {c}-channel input ({color:?})"))),
+            n => Err(invalid(format!("{name}: {n} values for a {c}-channel input ({})", color_name(color)))),
         }
     };
     let mean = channel_values("mean", &opts.mean, 0.0)?;

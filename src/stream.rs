@@ -153,7 +153,9 @@ impl StreamOptions {
             }
             GateRule::Threshold(_) | GateRule::None => return None,
         };
-        crate::alarms::false_alarm_rate(f64::from(alpha), self.window, self.enter, self.exit).ok()
+        // The level as written (0.01, not 0.009999999776 from f32).
+        let alpha = alpha.to_string().parse::<f64>().unwrap_or(f64::from(alpha));
+        crate::alarms::false_alarm_rate(alpha, self.window, self.enter, self.exit).ok()
     }
 
     /// Checks these options against `gate` before a run, and returns the debouncer they ask for.

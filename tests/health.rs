@@ -369,3 +369,47 @@ fn a_frozen_feed_is_rejected_after_frozen_after_repeats() {
         assert_eq!(f["reason"], want, "frame {i}: {f}");
     }
 }
+
+#[test]
+fn two_capture_sessions_in_two_subfolders_are_each_split_over_both_halves() {
+    // A calibration folder as the README's deployment path makes it: calib/morning and
+    // calib/evening. With fewer than 8 subfolders, frames are split one by one, so every seed
+    // gives both halves frames of both sessions (by subfolder, half the seeds would put both
+    // sessions on one side).
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("bundle");
+    copy_bundle(&b);
+    let calib = dir.path().join("calib");
+    for (session, offset) in [("morning", 0u64), ("evening", 1000)] {
+        std::fs::create_dir_all(calib.join(session)).unwrap();
+        for i in 0..40u64 {
+            camera_frame(offset + i).save(calib.join(session).join(format!("f{i:03}.png"))).unwrap();
+        }
+    }
+    for seed in ["3", "4"] {
+        let (code, out, err) = run(&[
+            "calibrate",
+            b.to_str().unwrap(),
+            "--id",
+            calib.to_str().unwrap(),
+            "--scores",
+            "all",
+            "--holdout",
+            "0",
+            "--seed",
+            seed,
+        ]);
+        assert_eq!(code, 0, "seed {seed}: {out}\n{err}");
+        let line = out.lines().find(|l| l.contains("every score fitted on")).unwrap_or_else(|| panic!("{out}"));
+        let nums: Vec<usize> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|t| t.parse().ok())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .take(2)
+            .collect();
+        let (n_b, n_a) = (nums[0], nums[1]);
+        assert!(n_a >= 25 && n_b >= 25 && n_a + n_b == 80, "seed {seed}: {line}");
+    }
+}

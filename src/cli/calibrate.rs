@@ -195,7 +195,7 @@ pub fn run(a: &CalibrateArgs, g: &Globals) -> Result<ExitCode> {
     }
     println!("wrote {}", out.display());
     if outcome.normalization_unset {
-        eprintln!("{}", normalization_warning(model));
+        eprintln!("WARNING (as above): the normalisation of {} was never set; see `ebm-gate init`", model.display());
     }
     Ok(ExitCode::SUCCESS)
 }

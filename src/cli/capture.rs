@@ -16,8 +16,8 @@ pub struct CaptureArgs {
     #[command(flatten)]
     pub source: SourceArgs,
     /// Folder to save frames in, full size, as PNG named by time and frame index (created if
-    /// missing; a frame is never overwritten). Capture each session (a time of day, a light)
-    /// into its own subfolder of the calibration folder
+    /// missing; a frame is never overwritten; each path is printed on stdout). Capture each
+    /// session (a time of day, a light) into its own subfolder of the calibration folder
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Save every N-th frame (consecutive frames are near-copies: 15 = one a second at 15 fps)

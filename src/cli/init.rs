@@ -74,6 +74,10 @@ pub fn run(a: &InitArgs, _g: &Globals) -> Result<ExitCode> {
     let class_names = match a.classes.as_deref() {
         None => None,
         Some(s) if std::path::Path::new(s).is_file() => Some(read_class_names(s.as_ref())?),
+        // A single word that looks like a path (a folder, an extension) is a file that is not there.
+        Some(s) if !s.contains(',') && (s.contains('/') || std::path::Path::new(s).extension().is_some()) => {
+            anyhow::bail!("--classes {s}: no such file (give a file of names, one per line, or a comma-separated list)")
+        }
         Some(s) => Some(parse_class_names("--classes", s)?),
     };
     let opts = InitOptions {
@@ -108,7 +112,10 @@ pub fn run(a: &InitArgs, _g: &Globals) -> Result<ExitCode> {
     let shown_names =
         if k <= 6 { g.class_names.join(", ") } else { format!("{}, ... ({k})", g.class_names[..4].join(", ")) };
     let rows = [
-        ("size", format!("{}x{} ({} channels)", i.width, i.height, i.color.channels())),
+        (
+            "size",
+            format!("{}x{}: {} wide, {} high, {} channels", i.width, i.height, i.width, i.height, i.color.channels()),
+        ),
         ("color", format!("{:?}", i.color).to_lowercase()),
         ("pixel_range", format!("{:?}", i.pixel_range)),
         ("mean", format!("{:?}", i.mean)),
@@ -134,8 +141,14 @@ pub fn run(a: &InitArgs, _g: &Globals) -> Result<ExitCode> {
     if i.normalization == Normalization::Unset {
         eprintln!(
             "WARNING: no --pixel-range, --mean or --std and no normalisation in the model's metadata: frames will be fed \
-             in [0, 1] with mean 0 and std 1. If the model was trained otherwise (ImageNet's mean/std, 0-255, BGR), \
-             run init again with those flags; gate.json records the normalisation as unset, and calibrate warns."
+             in [0, 1] with mean 0 and std 1. If the model was trained otherwise (ImageNet's mean/std, 0-255), run \
+             init again with those flags; gate.json records the normalisation as unset, and calibrate warns."
+        );
+    }
+    if i.color.channels() == 3 && src("color") == Source::Default.as_str() {
+        eprintln!(
+            "note: the channel order was assumed RGB (no --color, no metadata): a model trained on OpenCV's BGR \
+             frames needs --color bgr"
         );
     }
     if Source::Default.as_str() == src("class_names") {

@@ -174,12 +174,22 @@ pub fn run(a: &PlanArgs, _g: &Globals) -> Result<ExitCode> {
         for al in &missing {
             println!("alpha {al}: no window up to {max_window} meets the target");
         }
+        let needs: Vec<String> =
+            rows.iter().map(|r| format!("{} at {}", ((1.0 / r.alpha) - 1e-9).ceil() as u64 - 1, r.alpha)).collect();
+        println!(
+            "calibration frames a level needs (1/alpha - 1): {}; with calibrate --scores, that many in its combining \
+             half (about 4 times as many frames at the default --holdout 0.5)",
+            needs.join(", ")
+        );
         match best {
             Some(b) => println!(
-                "suggested (fastest reaction, then highest alpha): ebm-gate stream MODEL --alpha {} --window {} --enter {} ...",
+                "suggested (fastest reaction, then highest alpha): ebm-gate stream MODEL --format ... --alpha {} \
+                 --window {} --enter {}",
                 b.alpha, b.rate.window, b.rate.enter
             ),
-            None => println!("no setting meets the target: allow more alarms, a longer --max-window, or a smaller alpha"),
+            None => {
+                println!("no setting meets the target: allow more alarms, a longer --max-window, or a smaller alpha")
+            }
         }
         println!(
             "frames of a real feed are not independent (a static scene repeats its verdicts): measure a clean \

@@ -334,7 +334,8 @@ pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
     if let Some(m) = options.alarm_model(&gate) {
         eprintln!(
             "stream: on clean, independent frames this gate and window raise a false alarm about once \
-             per {:.0} frames ({:.2} an hour at 15 frames/s; `ebm-gate plan` proposes settings for a target)",
+             per {:.0} frames ({:.2} an hour if 15 frames/s; the summary gives it at the measured rate; \
+             `ebm-gate plan` proposes settings)",
             1.0 / m.per_frame,
             m.per_hour(15.0)
         );
