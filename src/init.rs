@@ -114,6 +114,9 @@ pub struct InitReport {
     pub gray_logits: Vec<f32>,
     /// The free energy of that frame at `T = 1`.
     pub gray_energy: f32,
+    /// Frames per forward pass when the graph fixes its batch (or types only with a batch of
+    /// 1, as a graph that computes a Reshape from its input's batch does); `None`: any batch.
+    pub fixed_batch: Option<usize>,
 }
 
 fn invalid(msg: String) -> Error {
@@ -439,6 +442,7 @@ pub fn init(model: &Path, out: &Path, opts: &InitOptions) -> Result<InitReport> 
     let loaded =
         Model::load_pinned(model, 1, None, Some([c, height as usize, width as usize]), logits_output.as_deref())?;
     let k = loaded.num_classes();
+    let fixed_batch = loaded.fixed_batch();
     drop(loaded);
     let class_names = match (&opts.class_names, metadata(&g, "class_names")) {
         (Some(v), _) => {
@@ -525,5 +529,6 @@ pub fn init(model: &Path, out: &Path, opts: &InitOptions) -> Result<InitReport> 
         metadata: g.metadata,
         gray_logits,
         gray_energy,
+        fixed_batch,
     })
 }

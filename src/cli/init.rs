@@ -120,7 +120,7 @@ pub fn run(a: &InitArgs, _g: &Globals) -> Result<ExitCode> {
         ("pixel_range", format!("{:?}", i.pixel_range)),
         ("mean", format!("{:?}", i.mean)),
         ("std", format!("{:?}", i.std)),
-        ("resize", format!("{:?}", i.resize)),
+        ("resize", serde_json::to_value(i.resize).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()),
         ("class_names", shown_names),
         ("logits_output", g.logits_output.clone().unwrap_or_else(|| "the graph's output".into())),
     ];
@@ -132,6 +132,11 @@ pub fn run(a: &InitArgs, _g: &Globals) -> Result<ExitCode> {
             "  the graph ends in {op}: its outputs are probabilities, whose logsumexp is no energy; the logits \
              are read at its input, {:?}",
             g.logits_output.as_deref().unwrap_or("")
+        );
+    }
+    if let Some(n) = r.fixed_batch {
+        println!(
+            "  the graph runs {n} frame(s) per pass (a fixed batch, or one its shapes need); batches are run in pieces"
         );
     }
     println!(
