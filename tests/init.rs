@@ -179,9 +179,12 @@ fn a_bundle_without_normalisation_is_marked_unset_and_calibrate_warns() {
         run(&["calibrate", out.to_str().unwrap(), "--id", "tests/data/frames", "--holdout", "0", "--alpha", "0.1"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("WARNING: the normalisation") && stderr.contains("never set"), "{stderr}");
-    // Calibrating keeps the mark (and the file stays valid); stating it removes the warning.
+    // Calibrating keeps the mark (and the file stays valid), and score says it too; stating it
+    // removes the warning.
     assert_eq!(gate_json(&out)["input"]["normalization"], "unset");
     assert_valid_gate_json(&out);
+    let (_, _, stderr) = run(&["score", out.to_str().unwrap(), "tests/data/frames"]);
+    assert!(stderr.contains("score: WARNING: the normalisation"), "{stderr}");
     let stated = dir.path().join("stated");
     let s = stated.to_str().unwrap();
     let (code, _, stderr) =
@@ -190,6 +193,8 @@ fn a_bundle_without_normalisation_is_marked_unset_and_calibrate_warns() {
     assert!(!stderr.contains("WARNING"), "{stderr}");
     let (code, _, stderr) = run(&["calibrate", s, "--id", "tests/data/frames", "--holdout", "0", "--alpha", "0.1"]);
     assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("WARNING"), "{stderr}");
+    let (_, _, stderr) = run(&["score", s, "tests/data/frames"]);
     assert!(!stderr.contains("WARNING"), "{stderr}");
     // A bare .onnx calibrated in place warns too.
     let bare = dir.path().join("m");

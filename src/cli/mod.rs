@@ -169,6 +169,18 @@ pub fn open(model: &Path, overrides: &Overrides) -> Result<EnergyGate> {
     Ok(gate)
 }
 
+/// A one-line warning (stderr) for a bundle whose normalisation was never set, for the
+/// commands that judge frames (`calibrate` says it at length).
+pub fn warn_unset_normalization(gate: &EnergyGate, command: &str) {
+    if gate.input().normalization == ebm_gate::bundle::Normalization::Unset {
+        eprintln!(
+            "{command}: WARNING: the normalisation of {} was never set (frames fed in [0, 1], mean 0, std 1): see \
+             `ebm-gate init`",
+            gate.paths().model.display()
+        );
+    }
+}
+
 /// The scores a combined gate uses, named: `"energy, sharpness, ... combined"` (empty without
 /// one).
 pub fn combined_names(st: &ebm_gate::pipeline::GateSettings) -> String {

@@ -39,6 +39,7 @@ pub fn run(a: &ScoreArgs, g: &Globals) -> Result<ExitCode> {
     let ScoreArgs { model, inputs, json, logits, set_alpha, gate: args } = a;
     let (json, logits, set_alpha) = (*json, *logits, *set_alpha);
     let mut gate = open(model, &Overrides { set_alpha, ..args.overrides(g) })?;
+    super::warn_unset_normalization(&gate, "score");
     let items = collect_with(inputs, None, &g.limits)?;
     if items.is_empty() {
         bail!(

@@ -278,6 +278,7 @@ pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
     let (source, format) = args.source.open()?;
     let overrides = Overrides { batch: Some(args.gate.batch.unwrap_or(4)), ..args.gate.overrides(g) };
     let mut gate = open(&args.model, &overrides)?;
+    super::warn_unset_normalization(&gate, "stream");
     let options = StreamOptions {
         format,
         resize: args.crop.map(|c| match c {
