@@ -497,6 +497,17 @@ fn reader_thread(
     }
 }
 
+/// A raw frame is an encoded input like any other: its sides and bytes within `limits` (MJPEG
+/// frames are cut by the reader; their decode checks their header).
+fn check_raw_frame(format: StreamFormat, limits: &InputLimits) -> Result<()> {
+    if let Some(layout) = format.layout() {
+        let len = layout.frame_len()?;
+        limits.check_size(layout.width as u64, layout.height as u64).map_err(Error::Invalid)?;
+        limits.check_bytes(&format!("a raw {} frame", layout.format.name()), len as u64).map_err(Error::Invalid)?;
+    }
+    Ok(())
+}
+
 /// What [`capture`] does: which frames of a stream it keeps, and where.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CaptureOptions {
@@ -552,11 +563,7 @@ pub fn capture(
     if options.every == 0 {
         return Err(Error::Invalid("capture: every must be at least 1".into()));
     }
-    if let Some(layout) = options.format.layout() {
-        let len = layout.frame_len()?;
-        limits.check_size(layout.width as u64, layout.height as u64).map_err(Error::Invalid)?;
-        limits.check_bytes(&format!("a raw {} frame", layout.format.name()), len as u64).map_err(Error::Invalid)?;
-    }
+    check_raw_frame(options.format, limits)?;
     let mut folder = SavedFrames::open(&options.out, options.max_bytes)?;
     let start = Instant::now();
     let mut report = CaptureReport {
@@ -695,14 +702,7 @@ pub fn run_stream(
         gate.model_mut().prepare(n)?;
         gate.model_mut().logits(&blank[..n * frame_len], n)?;
     }
-    if let Some(layout) = options.format.layout() {
-        // A raw frame is an encoded input like any other: its sides and bytes within the
-        // gate's limits (MJPEG frames are cut by the reader; their decode checks their header).
-        let len = layout.frame_len()?;
-        let limits = gate.limits();
-        limits.check_size(layout.width as u64, layout.height as u64).map_err(Error::Invalid)?;
-        limits.check_bytes(&format!("a raw {} frame", layout.format.name()), len as u64).map_err(Error::Invalid)?;
-    }
+    check_raw_frame(options.format, gate.limits())?;
     let mut latencies = Latencies::new()?;
     let len = spec.frame_len();
     let k = gate.class_names().len();

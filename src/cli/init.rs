@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use ebm_gate::bundle::{Color, Normalization, ResizeMode};
+use ebm_gate::bundle::{Color, Normalization};
 use ebm_gate::init::{init, parse_class_names, parse_numbers, read_class_names, InitOptions, LogitsOutput, Source};
 
 use super::stream::CropArg;
@@ -91,10 +91,7 @@ pub fn run(a: &InitArgs, _g: &Globals) -> Result<ExitCode> {
         mean: numbers("--mean", &a.mean)?,
         std: numbers("--std", &a.std)?,
         class_names,
-        resize: a.resize.map(|r| match r {
-            CropArg::Center => ResizeMode::ShorterSideThenCenterCrop,
-            CropArg::None => ResizeMode::Stretch,
-        }),
+        resize: a.resize.map(Into::into),
         logits_output: match a.logits_output.as_str() {
             "auto" => LogitsOutput::Auto,
             "graph" => LogitsOutput::Graph,

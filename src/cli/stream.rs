@@ -44,6 +44,15 @@ pub enum CropArg {
     None,
 }
 
+impl From<CropArg> for ebm_gate::bundle::ResizeMode {
+    fn from(c: CropArg) -> Self {
+        match c {
+            CropArg::Center => ebm_gate::bundle::ResizeMode::ShorterSideThenCenterCrop,
+            CropArg::None => ebm_gate::bundle::ResizeMode::Stretch,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
 pub enum YuvMatrix {
     Bt601,
@@ -281,10 +290,7 @@ pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
     super::warn_unset_normalization(&gate, "stream");
     let options = StreamOptions {
         format,
-        resize: args.crop.map(|c| match c {
-            CropArg::Center => ebm_gate::bundle::ResizeMode::ShorterSideThenCenterCrop,
-            CropArg::None => ebm_gate::bundle::ResizeMode::Stretch,
-        }),
+        resize: args.crop.map(Into::into),
         max_batch: gate.batch(),
         window: args.window,
         enter: args.enter,
