@@ -90,6 +90,8 @@ pub mod init;
 pub mod langevin;
 #[cfg(feature = "runtime")]
 mod model;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 #[cfg(feature = "runtime")]
 pub mod pipeline;
 #[cfg(feature = "decode")]

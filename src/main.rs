@@ -31,7 +31,7 @@ enum Command {
     Calibrate(cli::calibrate::CalibrateArgs),
     /// Gate a live stream of raw or MJPEG frames: a JSON line per frame, an event line when the
     /// debounced state changes, a summary line at the end
-    Stream(cli::stream::StreamArgs),
+    Stream(Box<cli::stream::StreamArgs>),
     /// Warm-started Langevin (SGLD) refinement of frames on the energy: writes the refined
     /// frames (PNG), a before/after grid and the energy trace (trace.json)
     Refine(cli::langevin::RefineArgs),

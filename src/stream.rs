@@ -296,6 +296,18 @@ pub enum StopReason {
 }
 
 impl StopReason {
+    /// The signal's name for [`StopReason::Signal`]: `SIGHUP`, `SIGINT`, `SIGTERM` (their
+    /// numbers on Linux and the BSDs), `signal` for another; `None` for the other reasons.
+    pub fn signal_name(&self) -> Option<&'static str> {
+        match self {
+            StopReason::Signal(1) => Some("SIGHUP"),
+            StopReason::Signal(2) => Some("SIGINT"),
+            StopReason::Signal(15) => Some("SIGTERM"),
+            StopReason::Signal(_) => Some("signal"),
+            _ => None,
+        }
+    }
+
     /// Stable snake_case name for JSON: `end_of_input`, `read_error`, `signal`, `output_closed`.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -987,6 +999,89 @@ pub fn run_stream(
     Ok(totals(&summary, &latencies, batches, batched))
 }
 
+/// Where a run's events go: a transport (stdout's JSON lines, an MQTT broker, ...) that
+/// [`run_stream_to`] feeds without the stream loop knowing it.
+///
+/// A sink must not block the frame loop for long: one that talks to a network (such as
+/// [`crate::mqtt::MqttSink`], feature `mqtt`) queues and sends from its own thread.
+pub trait EventSink {
+    /// Takes one event, in stream order. An error stops the run
+    /// ([`StopReason::OutputClosed`]).
+    fn event(&mut self, event: &StreamEvent) -> std::io::Result<()>;
+
+    /// The run ended with `summary` (also when a sink failed). By default nothing happens.
+    fn finish(&mut self, summary: &StreamSummary) -> std::io::Result<()> {
+        let _ = summary;
+        Ok(())
+    }
+}
+
+/// The events as JSON lines ([`json::event`]) on a writer, and the final summary
+/// ([`json::summary`]) at the end; frame lines only for every `every`-th frame (state changes,
+/// errors and heartbeats always).
+pub struct JsonLines<W: std::io::Write> {
+    out: W,
+    names: Vec<String>,
+    every: u64,
+}
+
+impl<W: std::io::Write> JsonLines<W> {
+    /// Lines to `out`; `names` are the class names; a frame line for every `every`-th frame
+    /// (0 is taken as 1).
+    pub fn new(out: W, names: Vec<String>, every: u64) -> JsonLines<W> {
+        JsonLines { out, names, every: every.max(1) }
+    }
+
+    /// The writer.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+}
+
+impl<W: std::io::Write> EventSink for JsonLines<W> {
+    fn event(&mut self, event: &StreamEvent) -> std::io::Result<()> {
+        if let StreamEvent::Frame(f) = event {
+            if f.index % self.every != 0 {
+                return Ok(());
+            }
+        }
+        writeln!(self.out, "{}", json::event(event, &self.names))
+    }
+
+    /// Writes the final summary line, unless the output was the sink that closed.
+    fn finish(&mut self, summary: &StreamSummary) -> std::io::Result<()> {
+        if matches!(summary.stop, StopReason::OutputClosed(..)) {
+            return Ok(());
+        }
+        writeln!(self.out, "{}", json::summary(summary, summary.stop.signal_name()))?;
+        self.out.flush()
+    }
+}
+
+/// [`run_stream`] with its events given to every sink in `sinks`, in order, and
+/// [`EventSink::finish`] called on each with the summary at the end. The first sink error
+/// stops the run ([`StopReason::OutputClosed`]); the others still get `finish`. Errors of
+/// `finish` are returned with the summary, one per sink (`Ok` for most).
+///
+/// # Errors
+/// As [`run_stream`].
+pub fn run_stream_to(
+    gate: &mut EnergyGate,
+    source: StreamSource,
+    options: &StreamOptions,
+    stop: &AtomicUsize,
+    sinks: &mut [&mut dyn EventSink],
+) -> Result<(StreamSummary, Vec<std::io::Result<()>>)> {
+    let summary = run_stream(gate, source, options, stop, |event| {
+        for sink in sinks.iter_mut() {
+            sink.event(event)?;
+        }
+        Ok(())
+    })?;
+    let finished = sinks.iter_mut().map(|sink| sink.finish(&summary)).collect();
+    Ok((summary, finished))
+}
+
 /// The rejected frames kept in `--save-rejected`'s folder: named by time and index so that
 /// they sort by time and a restart never overwrites one, the oldest removed past a byte cap.
 struct SavedFrames {
@@ -1161,7 +1256,7 @@ pub mod json {
                 "monotonic_s": at.since_start.as_secs_f64(),
             })
             .to_string(),
-            StreamEvent::Heartbeat(s) => totals(s, false).to_string(),
+            StreamEvent::Heartbeat(s) => heartbeat(s).to_string(),
         }
     }
 
@@ -1175,6 +1270,11 @@ pub mod json {
             _ => None,
         });
         v
+    }
+
+    /// A heartbeat's summary (`"final": false`) as a JSON object.
+    pub fn heartbeat(s: &StreamSummary) -> Value {
+        totals(s, false)
     }
 
     /// The counts, rates and state of a summary (`final`: the last one, or a heartbeat).

@@ -12,5 +12,6 @@ mod health;
 mod init;
 mod langevin;
 mod metrics_golden;
+mod mqtt;
 mod raw;
 mod stream;

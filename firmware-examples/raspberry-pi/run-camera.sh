@@ -14,6 +14,11 @@
 #   SUMMARY_EVERY  seconds between heartbeat summaries (default 60; 0 = only at the end)
 #   SAVE_DIR  keep rejected frames here as PNG        (default: none)
 #   EXTRA     more flags for `ebm-gate stream` (e.g. "--window 15 --enter 10 --exit 3")
+#   MQTT      publish the state and events to this broker: mqtt://HOST or mqtts://USER@HOST
+#   MQTT_TOPIC     the topic prefix                   (default ebm-gate/<hostname>)
+#   MQTT_CA   PEM file of the CA of a TLS broker      (default: the system's)
+#   The broker password: systemd's credential `mqtt-password` (LoadCredential= in the unit),
+#   else EBM_GATE_MQTT_PASSWORD.
 #
 # Raw YUV instead of MJPEG (no JPEG decoding on the Pi's CPU; use a width that is a multiple
 # of 64 so rpicam-vid does not pad rows):
@@ -33,6 +38,14 @@ args=(stream "$BUNDLE" --format "$FORMAT" --every "$EVERY" --summary-every "$SUM
 # Evidence survives restarts (files named by time): up to 500 frames a run, the folder under
 # 1 GiB (the oldest removed).
 [[ -n ${SAVE_DIR:-} ]] && args+=(--save-rejected "$SAVE_DIR" --max-saved 500 --max-saved-mib 1024)
+if [[ -n ${MQTT:-} ]]; then
+  args+=(--mqtt "$MQTT")
+  [[ -n ${MQTT_TOPIC:-} ]] && args+=(--mqtt-topic "$MQTT_TOPIC")
+  [[ -n ${MQTT_CA:-} ]] && args+=(--mqtt-ca "$MQTT_CA")
+  if [[ -n ${CREDENTIALS_DIRECTORY:-} && -r $CREDENTIALS_DIRECTORY/mqtt-password ]]; then
+    args+=(--mqtt-password-file "$CREDENTIALS_DIRECTORY/mqtt-password")
+  fi
+fi
 # Under systemd's watchdog (WatchdogSec= in the unit), the gate pings it, not this script:
 # WATCHDOG_PID names this script, and a gate that sees another PID there would not ping.
 unset WATCHDOG_PID

@@ -8,6 +8,7 @@ pub mod capture;
 pub mod eval;
 pub mod init;
 pub mod langevin;
+pub mod mqtt;
 pub mod plan;
 pub mod score;
 pub mod stream;

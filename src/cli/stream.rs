@@ -8,7 +8,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use ebm_gate::pipeline::{GateRule, Overrides};
 use ebm_gate::raw::{PixelFormat, YuvSpec};
-use ebm_gate::stream::{run_stream, StopReason, StreamFormat, StreamOptions, StreamSource};
+use ebm_gate::stream::{
+    run_stream_to, EventSink, JsonLines, StopReason, StreamEvent, StreamFormat, StreamOptions, StreamSource,
+    StreamSummary,
+};
 
 use super::{fmt_opt, open, GateArgs, Globals};
 
@@ -185,6 +188,8 @@ pub struct StreamArgs {
     pub stall_timeout: Option<f64>,
     #[command(flatten)]
     pub gate: GateArgs,
+    #[command(flatten)]
+    pub mqtt: super::mqtt::MqttArgs,
 }
 
 /// `--stall-timeout` on a live source when not given, seconds.
@@ -284,6 +289,8 @@ pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
         None => args.enter - 1,
     };
     let source_name = args.source.name();
+    // MQTT settings are checked before anything is opened or loaded.
+    let mqtt_config = args.mqtt.config()?;
     let (source, format) = args.source.open()?;
     let overrides = Overrides { batch: Some(args.gate.batch.unwrap_or(4)), ..args.gate.overrides(g) };
     let mut gate = open(&args.model, &overrides)?;
@@ -347,38 +354,31 @@ pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
             m.per_hour(15.0)
         );
     }
+    let mut mqtt = match mqtt_config {
+        Some(config) => Some(super::mqtt::start(config, names.clone())?),
+        None => None,
+    };
     let mut systemd = super::systemd::Notifier::from_env();
     systemd.ready(&format!("reading {}: state unknown", options.source_name));
     if let Some(every) = systemd.ping_every() {
         eprintln!("stream: systemd watchdog: WATCHDOG=1 every {:.1} s while frames are judged", every.as_secs_f64());
     }
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let every = args.every;
-    let summary = run_stream(&mut gate, source, &options, &stop, |event| {
-        use ebm_gate::stream::StreamEvent;
-        match event {
-            StreamEvent::Frame(f) => {
-                systemd.frame_judged();
-                if f.index % every != 0 {
-                    return Ok(());
-                }
-            }
-            StreamEvent::StateChange { index, to, .. } => {
-                systemd.status(&format!("state {} since frame {index}", to.as_str()));
-            }
-            _ => {}
-        }
-        writeln!(out, "{}", ebm_gate::stream::json::event(event, &names))
-    })?;
-    systemd.stopping();
-    let signal = match summary.stop {
-        StopReason::Signal(n) => Some(signal_name(n)),
-        _ => None,
+    let mut out = Stdout { lines: JsonLines::new(stdout.lock(), names, args.every), systemd };
+    let (summary, _) = match mqtt.as_mut() {
+        Some(mqtt) => run_stream_to(&mut gate, source, &options, &stop, &mut [&mut out, mqtt])?,
+        None => run_stream_to(&mut gate, source, &options, &stop, &mut [&mut out])?,
     };
+    out.systemd.stopping();
+    // What the broker has not acknowledged yet gets up to 5 s.
+    let mqtt_stats = mqtt.map(|m| m.close(std::time::Duration::from_secs(5)));
     let closed = matches!(summary.stop, StopReason::OutputClosed(..));
     if !closed {
-        let _ = writeln!(out, "{}", ebm_gate::stream::json::summary(&summary, signal)).and_then(|_| out.flush());
+        let mut v = ebm_gate::stream::json::summary(&summary, summary.stop.signal_name());
+        if let Some(stats) = &mqtt_stats {
+            v["mqtt"] = stats.to_json();
+        }
+        let _ = writeln!(out.lines.get_mut(), "{v}").and_then(|_| out.lines.get_mut().flush());
     }
     let lat = summary
         .latency_ms
@@ -396,6 +396,12 @@ pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
         }
         None => format!("{} alarms", summary.alarms),
     };
+    if let Some(m) = &mqtt_stats {
+        eprintln!(
+            "stream: mqtt: {} of {} messages delivered, {} dropped, {} undelivered; {} connections, {} connection errors",
+            m.delivered, m.queued, m.dropped, m.pending, m.connections, m.connection_errors
+        );
+    }
     eprintln!(
         "stream: {} frames ({} scored), {} rejected, {} errors, {} saved, {alarms}; {:.1} frames/s, {lat}; state {}; {why}",
         summary.frames,
@@ -413,4 +419,28 @@ pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
         StopReason::OutputClosed(std::io::ErrorKind::BrokenPipe, _) => ExitCode::from(141),
         StopReason::OutputClosed(..) => ExitCode::from(2),
     })
+}
+
+/// stdout's JSON lines and systemd's notifications (the final summary line is written by
+/// [`run`], with the MQTT counts when there are).
+struct Stdout<W: Write> {
+    lines: JsonLines<W>,
+    systemd: super::systemd::Notifier,
+}
+
+impl<W: Write> EventSink for Stdout<W> {
+    fn event(&mut self, event: &StreamEvent) -> std::io::Result<()> {
+        match event {
+            StreamEvent::Frame(_) => self.systemd.frame_judged(),
+            StreamEvent::StateChange { index, to, .. } => {
+                self.systemd.status(&format!("state {} since frame {index}", to.as_str()));
+            }
+            _ => {}
+        }
+        self.lines.event(event)
+    }
+
+    fn finish(&mut self, _: &StreamSummary) -> std::io::Result<()> {
+        Ok(())
+    }
 }
