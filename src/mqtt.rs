@@ -212,10 +212,11 @@ impl MqttConfig {
         })
     }
 
-    /// The broker as `mqtt://host:port` or `mqtts://host:port`, for messages.
+    /// The broker as `mqtt://host:port` or `mqtts://user@host:port`, for messages.
     pub fn broker(&self) -> String {
         let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        format!("{}://{host}:{}", if self.tls { "mqtts" } else { "mqtt" }, self.port)
+        let user = self.username.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
+        format!("{}://{user}{host}:{}", if self.tls { "mqtts" } else { "mqtt" }, self.port)
     }
 
     /// `PREFIX/name`.
@@ -231,8 +232,7 @@ impl MqttConfig {
     /// bytes; a password without a user name; TLS files without `mqtts://`; a queue of 0 or
     /// over [`MAX_QUEUE_MESSAGES`] messages or under 1 KiB; a keep-alive under 5 s or over
     /// 65535 s; a connect timeout of 0 or over 300 s; reconnect waits of 0, over 3600 s, or
-    /// a minimum above the maximum; for `mqtts://`, TLS files that cannot be read or used
-    /// ([`Error::Io`] for one that cannot be read).
+    /// a minimum above the maximum; for `mqtts://`, TLS files that cannot be read or used.
     pub fn check(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(m));
         let p = &self.topic_prefix;
@@ -303,7 +303,7 @@ impl MqttConfig {
         let mut roots = rustls::RootCertStore::empty();
         match &self.ca_file {
             Some(path) => {
-                let pem = read_limited(path)?;
+                let pem = read_flag_file("--mqtt-ca", path)?;
                 for cert in CertificateDer::pem_slice_iter(&pem) {
                     let cert = cert.map_err(|e| Error::Invalid(format!("--mqtt-ca {}: {e}", path.display())))?;
                     roots
@@ -336,7 +336,7 @@ impl MqttConfig {
         match &self.client_cert {
             None => Ok(builder.with_no_client_auth()),
             Some((cert_path, key_path)) => {
-                let pem = read_limited(cert_path)?;
+                let pem = read_flag_file("--mqtt-cert", cert_path)?;
                 let chain = CertificateDer::pem_slice_iter(&pem)
                     .collect::<std::result::Result<Vec<_>, _>>()
                     .map_err(|e| Error::Invalid(format!("--mqtt-cert {}: {e}", cert_path.display())))?;
@@ -346,7 +346,7 @@ impl MqttConfig {
                         cert_path.display()
                     )));
                 }
-                let key = PrivateKeyDer::from_pem_slice(&read_limited(key_path)?)
+                let key = PrivateKeyDer::from_pem_slice(&read_flag_file("--mqtt-key", key_path)?)
                     .map_err(|e| Error::Invalid(format!("--mqtt-key {}: {e}", key_path.display())))?;
                 builder.with_client_auth_cert(chain, key).map_err(|e| {
                     Error::Invalid(format!(
@@ -372,11 +372,18 @@ fn read_limited(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// [`read_limited`] for a flag's file: errors name the flag.
+fn read_flag_file(flag: &str, path: &Path) -> Result<Vec<u8>> {
+    read_limited(path).map_err(|e| match e {
+        Error::Io { error, .. } => Error::Invalid(format!("{flag} {}: {error}", path.display())),
+        other => Error::Invalid(format!("{flag} {other}")),
+    })
+}
+
 /// A password from a file: its first line (without the line end), at most 4096 bytes.
 ///
 /// # Errors
-/// [`Error::Io`] when it cannot be read; [`Error::Invalid`] when it is empty, longer, or not
-/// UTF-8.
+/// [`Error::Invalid`] when it cannot be read, is empty, longer, or not UTF-8.
 pub fn read_password_file(path: &Path) -> Result<String> {
     let bytes = read_limited(path)?;
     let text = String::from_utf8(bytes).map_err(|_| Error::Invalid(format!("{}: not UTF-8 text", path.display())))?;
@@ -453,15 +460,16 @@ impl std::fmt::Display for MqttStatus {
             MqttStatus::Connected { broker, queued } => {
                 write!(f, "mqtt: connected to {broker}")?;
                 if *queued > 0 {
-                    write!(f, "; sending {queued} queued messages")?;
+                    write!(f, "; sending {queued} queued message{}", if *queued == 1 { "" } else { "s" })?;
                 }
                 Ok(())
             }
             MqttStatus::Disconnected { broker, error, lost, retry_in, queued, .. } => write!(
                 f,
-                "mqtt: {} {broker}: {error}; retrying in {:.1} s, the gate goes on ({queued} messages queued)",
+                "mqtt: {} {broker}: {error}; retrying in {:.1} s, the gate goes on ({queued} message{} queued)",
                 if *lost { "connection lost to" } else { "cannot connect to" },
-                retry_in.as_secs_f64()
+                retry_in.as_secs_f64(),
+                if *queued == 1 { "" } else { "s" }
             ),
         }
     }
@@ -544,6 +552,20 @@ struct Message {
     /// Queued (counted, put back on a reconnection) or connection-scoped (the retained state
     /// and availability, made afresh on each connection).
     queued: bool,
+    /// Which goes first when the queue is full: [`Priority::Frame`], then
+    /// [`Priority::Summary`], and [`Priority::Event`] only when nothing else is left.
+    priority: Priority,
+}
+
+/// The classes of queued messages, in the order they are dropped from a full queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Priority {
+    /// A rejected frame's line (`PREFIX/rejected`).
+    Frame = 0,
+    /// A heartbeat or the final summary (`PREFIX/summary`).
+    Summary = 1,
+    /// A state change or an error (`PREFIX/events`).
+    Event = 2,
 }
 
 /// A message handed to rumqttc, with the packet id it went out with once known.
@@ -556,6 +578,8 @@ struct InFlight {
 struct Shared {
     queue: VecDeque<Message>,
     queue_bytes: usize,
+    /// Queued messages of each [`Priority`].
+    queued_of: [usize; 3],
     in_flight: VecDeque<InFlight>,
     /// The debounced state to publish (retained) at the next chance.
     state: &'static str,
@@ -621,6 +645,7 @@ impl MqttSink {
             shared: Mutex::new(Shared {
                 queue: VecDeque::new(),
                 queue_bytes: 0,
+                queued_of: [0; 3],
                 in_flight: VecDeque::new(),
                 state: "unknown",
                 state_dirty: true,
@@ -687,8 +712,8 @@ impl MqttSink {
         stats_of(&s)
     }
 
-    /// Puts a message on the queue, dropping the oldest past the limits.
-    fn enqueue(&self, topic: &str, payload: String) {
+    /// Puts a message on the queue, dropping the oldest of the lowest priority past the limits.
+    fn enqueue(&self, topic: &str, payload: String, priority: Priority) {
         let payload = payload.into_bytes();
         let mut s = self.inner.lock();
         s.stats.queued += 1;
@@ -696,8 +721,8 @@ impl MqttSink {
             s.stats.dropped += 1;
             return;
         }
-        s.queue_bytes += payload.len();
-        s.queue.push_back(Message { topic: self.config.topic(topic), payload, retain: false, queued: true });
+        let message = Message { topic: self.config.topic(topic), payload, retain: false, queued: true, priority };
+        push(&mut s, message, false);
         trim(&mut s, &self.config);
         drop(s);
         self.inner.wake.notify_one();
@@ -784,7 +809,7 @@ impl EventSink for MqttSink {
                 if self.config.publish_rejected
                     && f.report.verdict == Some(crate::core::gate::Verdict::OutOfDistribution)
                 {
-                    self.enqueue("rejected", lines::event(event, &self.names));
+                    self.enqueue("rejected", lines::event(event, &self.names), Priority::Frame);
                 }
             }
             StreamEvent::StateChange { to, .. } => {
@@ -792,12 +817,12 @@ impl EventSink for MqttSink {
                 s.state = to.as_str();
                 s.state_dirty = true;
                 drop(s);
-                self.enqueue("events", lines::event(event, &self.names));
+                self.enqueue("events", lines::event(event, &self.names), Priority::Event);
             }
-            StreamEvent::Error { .. } => self.enqueue("events", lines::event(event, &self.names)),
+            StreamEvent::Error { .. } => self.enqueue("events", lines::event(event, &self.names), Priority::Event),
             StreamEvent::Heartbeat(summary) => {
                 let payload = self.summary_payload(lines::heartbeat(summary));
-                self.enqueue("summary", payload);
+                self.enqueue("summary", payload, Priority::Summary);
             }
         }
         Ok(())
@@ -806,7 +831,7 @@ impl EventSink for MqttSink {
     /// Queues the final summary line (with the `mqtt` counts as of now).
     fn finish(&mut self, summary: &StreamSummary) -> std::io::Result<()> {
         let payload = self.summary_payload(lines::summary(summary, summary.stop.signal_name()));
-        self.enqueue("summary", payload);
+        self.enqueue("summary", payload, Priority::Summary);
         Ok(())
     }
 }
@@ -817,13 +842,37 @@ fn stats_of(s: &Shared) -> MqttStats {
     MqttStats { pending: pending as u64, ..s.stats.clone() }
 }
 
-/// Drops the oldest queued messages past the limits.
+/// Puts a queued message at the back of the queue (or, put back after a lost connection, at the
+/// front).
+fn push(s: &mut Shared, message: Message, front: bool) {
+    s.queue_bytes += message.payload.len();
+    s.queued_of[message.priority as usize] += 1;
+    if front {
+        s.queue.push_front(message);
+    } else {
+        s.queue.push_back(message);
+    }
+}
+
+/// Takes the message at the head of the queue.
+fn pop(s: &mut Shared) -> Option<Message> {
+    let m = s.queue.pop_front()?;
+    s.queue_bytes -= m.payload.len();
+    s.queued_of[m.priority as usize] -= 1;
+    Some(m)
+}
+
+/// Drops queued messages past the limits: the oldest of the lowest [`Priority`] present, so
+/// rejected frames go before summaries, and state changes and errors only when nothing else
+/// is left.
 fn trim(s: &mut Shared, config: &MqttConfig) {
     while s.queue.len() > config.queue_messages || (s.queue_bytes > config.queue_bytes && s.queue.len() > 1) {
-        if let Some(old) = s.queue.pop_front() {
-            s.queue_bytes -= old.payload.len();
-            s.stats.dropped += 1;
-        }
+        let Some(lowest) = s.queued_of.iter().position(|&n| n > 0) else { break };
+        let Some(i) = s.queue.iter().position(|m| m.priority as usize == lowest) else { break };
+        let Some(old) = s.queue.remove(i) else { break };
+        s.queue_bytes -= old.payload.len();
+        s.queued_of[lowest] -= 1;
+        s.stats.dropped += 1;
     }
 }
 
@@ -850,8 +899,7 @@ async fn feed(client: &AsyncClient, inner: &Inner, config: &MqttConfig) -> std::
                             // The request channel is full (cannot happen within the window)
                             // or closed: keep a queued message for later.
                             if message.queued {
-                                s.queue_bytes += message.payload.len();
-                                s.queue.push_front(message);
+                                push(s, message, true);
                             }
                             false
                         }
@@ -863,13 +911,19 @@ async fn feed(client: &AsyncClient, inner: &Inner, config: &MqttConfig) -> std::
                         payload: value.into(),
                         retain: true,
                         queued: false,
+                        priority: Priority::Event,
                     };
                     send(&mut s, m);
                 }
                 if s.state_dirty {
                     s.state_dirty = false;
-                    let m =
-                        Message { topic: config.topic("state"), payload: s.state.into(), retain: true, queued: false };
+                    let m = Message {
+                        topic: config.topic("state"),
+                        payload: s.state.into(),
+                        retain: true,
+                        queued: false,
+                        priority: Priority::Event,
+                    };
                     send(&mut s, m);
                 }
                 if s.stats.dropped > s.drops_reported {
@@ -890,12 +944,12 @@ async fn feed(client: &AsyncClient, inner: &Inner, config: &MqttConfig) -> std::
                         payload: report.to_string().into_bytes(),
                         retain: false,
                         queued: false,
+                        priority: Priority::Event,
                     };
                     send(&mut s, m);
                 }
                 while s.in_flight.len() < WINDOW {
-                    let Some(m) = s.queue.pop_front() else { break };
-                    s.queue_bytes -= m.payload.len();
+                    let Some(m) = pop(&mut s) else { break };
                     if !send(&mut s, m) {
                         break;
                     }
@@ -962,12 +1016,11 @@ async fn drive(mut eventloop: EventLoop, inner: &Inner, config: &MqttConfig, mut
                     while let Some(f) = s.in_flight.pop_back() {
                         if f.message.queued {
                             s.stats.resent += u64::from(f.pkid.is_some());
-                            s.queue_bytes += f.message.payload.len();
-                            s.queue.push_front(f.message);
+                            push(&mut s, f.message, true);
                         }
                     }
                     trim(&mut s, config);
-                    let (kind, error) = classify(&e);
+                    let (kind, error) = classify(&e, config);
                     s.stats.last_error = Some(error.clone());
                     s.first.get_or_insert(FirstAttempt::Failed { kind, error: error.clone() });
                     let status = MqttStatus::Disconnected {
@@ -997,14 +1050,23 @@ async fn drive(mut eventloop: EventLoop, inner: &Inner, config: &MqttConfig, mut
     }
 }
 
-/// The kind and a message for a connection error.
-fn classify(e: &ConnectionError) -> (FailureKind, String) {
+/// The kind and a message for a connection error, with a hint where a common mistake shows
+/// (a plain port for `mqtts://` or a TLS port for `mqtt://`).
+fn classify(e: &ConnectionError, config: &MqttConfig) -> (FailureKind, String) {
+    let port = config.port;
+    let plain_hint = || {
+        if config.tls {
+            String::new()
+        } else {
+            format!(" (if port {port} speaks TLS, use mqtts://)")
+        }
+    };
     match e {
         ConnectionError::ConnectionRefused(code) => {
             let why = match code {
                 ConnectReturnCode::BadUserNamePassword => "bad user name or password",
                 ConnectReturnCode::NotAuthorized => "not authorised (check the user name and password)",
-                ConnectReturnCode::BadClientId => "client id rejected",
+                ConnectReturnCode::BadClientId => "client id rejected (--mqtt-client-id)",
                 ConnectReturnCode::RefusedProtocolVersion => "MQTT 3.1.1 not supported",
                 ConnectReturnCode::ServiceUnavailable => "service unavailable",
                 ConnectReturnCode::Success => "refused",
@@ -1016,16 +1078,32 @@ fn classify(e: &ConnectionError) -> (FailureKind, String) {
             };
             (kind, format!("the broker refused the connection: {why}"))
         }
-        ConnectionError::Tls(t) => (FailureKind::Tls, format!("TLS: {t}")),
+        // The connection dropped during the handshake: a network failure (retried), most often
+        // a port that does not speak TLS.
+        ConnectionError::Tls(rumqttc::TlsError::Io(io)) if io.get_ref().is_none_or(|i| !i.is::<rustls::Error>()) => {
+            (FailureKind::Network, format!("TLS handshake: {io} (if port {port} is plain MQTT, use mqtt://)"))
+        }
+        ConnectionError::Tls(t) => {
+            (FailureKind::Tls, format!("TLS: {t} (check --mqtt-ca, and that the URL's host name is the certificate's)"))
+        }
         ConnectionError::Io(io) => {
-            let tls = io.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
-            if tls {
-                (FailureKind::Tls, format!("TLS: {io}"))
+            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                (
+                    FailureKind::Tls,
+                    format!("TLS: {io} (check --mqtt-ca, and that the URL's host name is the certificate's)"),
+                )
+            } else if io.kind() == std::io::ErrorKind::ConnectionReset {
+                (FailureKind::Network, format!("{io}{}", plain_hint()))
             } else {
                 (FailureKind::Network, io.to_string())
             }
         }
-        ConnectionError::NetworkTimeout => (FailureKind::Network, "no answer within the connect timeout".into()),
+        ConnectionError::NetworkTimeout => {
+            (FailureKind::Network, format!("no answer within {:.0} s", config.connect_timeout.as_secs_f64()))
+        }
+        ConnectionError::MqttState(state) => {
+            (FailureKind::Network, format!("connection lost: {state}{}", plain_hint()))
+        }
         other => (FailureKind::Network, other.to_string()),
     }
 }
@@ -1090,13 +1168,14 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_drops_the_oldest_and_counts_them() {
+    fn a_full_queue_drops_the_oldest_of_the_lowest_priority_and_counts_them() {
         let mut c = MqttConfig::from_url("mqtt://h").unwrap();
         c.queue_messages = 3;
         c.queue_bytes = 1024;
         let mut s = Shared {
             queue: VecDeque::new(),
             queue_bytes: 0,
+            queued_of: [0; 3],
             in_flight: VecDeque::new(),
             state: "unknown",
             state_dirty: false,
@@ -1108,18 +1187,33 @@ mod tests {
             stop: false,
             ended: false,
         };
-        for i in 0..5u8 {
-            s.queue.push_back(Message { topic: "t".into(), payload: vec![i; 100], retain: false, queued: true });
-            s.queue_bytes += 100;
+        let message = |id: u8, len: usize, priority| Message {
+            topic: "t".into(),
+            payload: vec![id; len],
+            retain: false,
+            queued: true,
+            priority,
+        };
+        let ids = |s: &Shared| s.queue.iter().map(|m| m.payload[0]).collect::<Vec<_>>();
+        // An event, a summary and a frame, then events: the frame goes first, then the summary,
+        // though both are newer than the first event; then the oldest events.
+        push(&mut s, message(1, 100, Priority::Event), false);
+        push(&mut s, message(10, 100, Priority::Summary), false);
+        push(&mut s, message(20, 100, Priority::Frame), false);
+        let mut kept = Vec::new();
+        for i in 2..5u8 {
+            push(&mut s, message(i, 100, Priority::Event), false);
             trim(&mut s, &c);
+            kept.push(ids(&s));
         }
-        assert_eq!(s.queue.iter().map(|m| m.payload[0]).collect::<Vec<_>>(), [2, 3, 4]);
-        assert_eq!((s.stats.dropped, s.queue_bytes), (2, 300));
-        // Past the byte limit too: 3 + 4 + 9 = 100 + 100 + 900 bytes > 1024, so 3 goes as well.
-        s.queue.push_back(Message { topic: "t".into(), payload: vec![9; 900], retain: false, queued: true });
-        s.queue_bytes += 900;
+        assert_eq!(kept, [vec![1, 10, 2], vec![1, 2, 3], vec![2, 3, 4]]);
+        assert_eq!((s.stats.dropped, s.queue_bytes, s.queued_of), (3, 300, [0, 0, 3]));
+        // Past the byte limit: 2 goes for the count, then 3 for the bytes (100 + 100 + 900 > 1024).
+        push(&mut s, message(40, 900, Priority::Event), false);
         trim(&mut s, &c);
-        assert_eq!(s.queue.iter().map(|m| m.payload[0]).collect::<Vec<_>>(), [4, 9]);
-        assert_eq!((s.stats.dropped, s.queue_bytes), (4, 1000));
+        assert_eq!(ids(&s), [4, 40]);
+        assert_eq!((s.stats.dropped, s.queue_bytes, s.queued_of), (5, 1000, [0, 0, 2]));
+        assert_eq!(pop(&mut s).map(|m| m.payload[0]), Some(4));
+        assert_eq!((s.queue_bytes, s.queued_of), (900, [0, 0, 1]));
     }
 }

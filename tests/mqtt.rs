@@ -546,7 +546,7 @@ fn tls_with_a_password_file_and_acl_admits_the_gate_and_refuses_clients_without_
         gate.feed(&bad, 6);
         let (code, lines, stderr) = gate.finish();
         assert_eq!(code, 0, "{stderr}");
-        assert!(stderr.contains("mqtts://localhost:") && stderr.contains("connected"), "{stderr}");
+        assert!(stderr.contains("mqtts://gate@localhost:") && stderr.contains("connected"), "{stderr}");
         let summary = lines.last().unwrap();
         assert_eq!(summary["mqtt"]["delivered"], summary["mqtt"]["queued"], "{summary}");
         wait_for("the event", Duration::from_secs(5), || sub.live("site/cam/events").len() > before);
@@ -558,32 +558,36 @@ fn tls_with_a_password_file_and_acl_admits_the_gate_and_refuses_clients_without_
     let other_ca = tempfile::tempdir().unwrap();
     let (untrusted, _, _) = certificates(other_ca.path());
     let ip_url = format!("mqtts://gate@127.0.0.2:{port}");
+    let plain_url = format!("mqtt://gate@localhost:{port}");
     let cases: Vec<Case> = vec![
         (vec!["--mqtt", &url, "--mqtt-ca", ca_s], vec![("EBM_GATE_MQTT_PASSWORD", "wrong")], "refused"),
         (vec!["--mqtt", &url, "--mqtt-ca", ca_s], vec![], "refused"),
         (vec!["--mqtt", &url, "--mqtt-ca", untrusted.to_str().unwrap(), "--mqtt-password-file", pf], vec![], "TLS"),
         (vec!["--mqtt", &url, "--mqtt-password-file", pf], vec![], "TLS"),
-        (vec!["--mqtt", &ip_url, "--mqtt-ca", ca_s, "--mqtt-password-file", pf], vec![], "connect"),
+        // 127.0.0.2 does not listen: a network failure, retried while the gate runs.
+        (vec!["--mqtt", &ip_url, "--mqtt-ca", ca_s, "--mqtt-password-file", pf], vec![], "warn:cannot connect"),
+        // Plain MQTT to the TLS port: the broker drops it; retried, with a hint.
+        (vec!["--mqtt", &plain_url, "--mqtt-password-file", pf], vec![], "warn:use mqtts://"),
     ];
     for (args, env, want) in cases {
         let start = Instant::now();
         let (code, lines, stderr) = Gate::start(&args, &env).finish();
-        if want == "connect" {
-            // 127.0.0.2 does not listen: a network failure, retried while the gate runs.
+        if let Some(warning) = want.strip_prefix("warn:") {
             assert_eq!(code, 0, "{stderr}");
-            assert!(stderr.contains("cannot connect") && stderr.contains("the gate goes on"), "{stderr}");
+            assert!(stderr.contains(warning) && stderr.contains("the gate goes on"), "{args:?}: {stderr}");
             continue;
         }
         assert_eq!(code, 2, "{args:?}: {stderr}");
         assert!(lines.is_empty(), "{lines:?}");
         let error = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{stderr}"));
-        assert!(error.contains(want) && error.contains("--mqtt mqtts://localhost"), "{args:?}: {error}");
+        assert!(error.contains(want) && error.contains("--mqtt mqtts://gate@localhost"), "{args:?}: {error}");
+        assert!(!stderr.contains("retrying"), "{args:?}: {stderr}");
         assert!(start.elapsed() < Duration::from_secs(15), "{:?}", start.elapsed());
     }
 }
 
 #[test]
-fn a_full_queue_drops_the_oldest_messages_and_says_how_many() {
+fn a_full_queue_drops_the_oldest_rejected_frames_first_and_says_how_many() {
     let Some(exe) = mosquitto("mqtt full queue") else { return };
     let mut broker = Broker::start(&exe, "allow_anonymous true");
     let sub = Subscriber::start(broker.port, "q/#", &["-c", "-i", "queue-test-sub"]);
@@ -591,7 +595,7 @@ fn a_full_queue_drops_the_oldest_messages_and_says_how_many() {
     broker.save();
     broker.kill();
     // The broker is down from the start: the gate says so and runs; 30 rejected frames and a
-    // state change are 31 messages for a queue of 5.
+    // state change are 31 messages for a queue of 5: rejected frames are dropped first.
     let (_, bad) = frames();
     let url = broker.url("mqtt", "127.0.0.1");
     let args = [
@@ -624,11 +628,16 @@ fn a_full_queue_drops_the_oldest_messages_and_says_how_many() {
     wait_for("the report of drops", Duration::from_secs(10), || {
         sub.live("q/cam/events").iter().any(|e| e.contains("26 messages dropped"))
     });
-    // What is left is the newest: the last 5 rejected frames; the state change went first.
+    // Rejected frames went first: the state change is kept, with the newest 4 rejected frames.
     let frames_sent: Vec<String> = lines.iter().filter(|l| l["type"] == "frame").map(|l| l.to_string()).collect();
-    wait_for("the kept frames", Duration::from_secs(10), || sub.live("q/cam/rejected").len() >= 5);
-    assert_eq!(reserialised(&sub.live("q/cam/rejected")), frames_sent[25..]);
-    assert!(!sub.live("q/cam/events").iter().any(|e| e.contains("state_change")));
+    wait_for("the kept frames", Duration::from_secs(10), || sub.live("q/cam/rejected").len() >= 4);
+    assert_eq!(reserialised(&sub.live("q/cam/rejected")), frames_sent[26..]);
+    wait_for("the state change", Duration::from_secs(10), || {
+        sub.live("q/cam/events").iter().any(|e| e.contains("state_change"))
+    });
+    let events: Vec<String> =
+        reserialised(&sub.live("q/cam/events")).into_iter().filter(|e| e.contains("state_change")).collect();
+    assert_eq!(events, json_strings(&lines, "event"));
     // The state topic is right all the same: published on connecting.
     assert_eq!(sub.live("q/cam/state").last().map(String::as_str), Some("out_of_distribution"));
 }

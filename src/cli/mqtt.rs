@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ebm_gate::mqtt::{FailureKind, FirstAttempt, MqttConfig, MqttSink, MAX_QUEUE_MESSAGES};
+use ebm_gate::mqtt::{FailureKind, FirstAttempt, MqttConfig, MqttSink, MqttStatus, MAX_QUEUE_MESSAGES};
 
 /// The environment variable a password may come from.
 pub const PASSWORD_ENV: &str = "EBM_GATE_MQTT_PASSWORD";
@@ -107,18 +107,22 @@ pub fn start(config: MqttConfig, names: Vec<String>) -> Result<MqttSink> {
     let prefix = config.topic_prefix.clone();
     let rejected = config.publish_rejected;
     let wait = config.connect_timeout + Duration::from_secs(1);
-    let sink = MqttSink::start(config, names, |status| eprintln!("stream: {status}"))
-        .with_context(|| format!("--mqtt {broker}"))?;
+    // A refused login or TLS failure before the first connection ends the run (below): it is
+    // not announced as retried.
+    let mut connected_once = false;
+    let on_status = move |status: &MqttStatus| {
+        match status {
+            MqttStatus::Connected { .. } => connected_once = true,
+            MqttStatus::Disconnected { kind: FailureKind::Refused | FailureKind::Tls, .. } if !connected_once => return,
+            _ => {}
+        }
+        eprintln!("stream: {status}");
+    };
+    let sink = MqttSink::start(config, names, on_status).with_context(|| format!("--mqtt {broker}"))?;
     match sink.wait_first_attempt(wait) {
         FirstAttempt::Connected => {}
-        FirstAttempt::Failed { kind: kind @ (FailureKind::Refused | FailureKind::Tls), error } => {
-            bail!(
-                "--mqtt {broker}: {error}{}",
-                match kind {
-                    FailureKind::Refused => " (check --mqtt-username and the password, and the broker's ACL)",
-                    _ => " (check --mqtt-ca and that the host name in the URL is the certificate's)",
-                }
-            );
+        FirstAttempt::Failed { kind: FailureKind::Refused | FailureKind::Tls, error } => {
+            bail!("--mqtt {broker}: {error}");
         }
         FirstAttempt::Failed { .. } => {}
         FirstAttempt::Pending => eprintln!(
