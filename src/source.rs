@@ -55,9 +55,18 @@ pub enum Origin {
     /// An input that cannot give frames (an IDX file with a bad header, say): it fails to
     /// decode with this message, as one rejected frame, and the run goes on.
     Unreadable(String),
+    /// A picture already in memory (a frame from a camera library, say), 8-bit RGB of any
+    /// size: checked against the limits' `max_side` and `max_decoded_bytes`, then judged as
+    /// a decoded file is.
+    Image(Arc<RgbImage>),
 }
 
 impl FrameItem {
+    /// A picture in memory, named `name` in reports ([`Origin::Image`]).
+    pub fn image(name: impl Into<String>, image: RgbImage) -> FrameItem {
+        FrameItem { name: name.into(), label: None, origin: Origin::Image(Arc::new(image)) }
+    }
+
     /// Decodes the frame to 8-bit RGB (gray replicated) under the default [`InputLimits`].
     ///
     /// # Errors
@@ -70,7 +79,8 @@ impl FrameItem {
     ///
     /// # Errors
     /// As [`frame::decode_file_with`]; [`Error::Decode`] naming `FILE#index` for an image past
-    /// the end of a short IDX body, and naming the file for an [`Origin::Unreadable`] input.
+    /// the end of a short IDX body, naming the file for an [`Origin::Unreadable`] input, and
+    /// naming the item for an [`Origin::Image`] that is empty or beyond the limits.
     pub fn decode_with(&self, limits: &InputLimits) -> Result<RgbImage> {
         let fail = |message: String| Error::Decode { path: self.name.clone().into(), message };
         match &self.origin {
@@ -88,6 +98,15 @@ impl FrameItem {
                 RgbImage::from_raw(stack.width, stack.height, rgb).ok_or_else(|| fail("short pixel buffer".into()))
             }
             Origin::Unreadable(message) => Err(fail(message.clone())),
+            Origin::Image(img) => {
+                let (w, h) = img.dimensions();
+                if w == 0 || h == 0 {
+                    return Err(fail(format!("an empty picture ({w}x{h})")));
+                }
+                limits.check_size(u64::from(w), u64::from(h)).map_err(fail)?;
+                limits.check_decoded("the picture", u64::from(w) * u64::from(h) * 3).map_err(fail)?;
+                Ok(RgbImage::clone(img))
+            }
         }
     }
 }

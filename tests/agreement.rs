@@ -170,3 +170,27 @@ fn unreadable_frame_is_rejected_with_its_reason() {
     assert_eq!(reports[2].reason, Some(Reason::DecodeError));
     assert!(reports[2].error.as_ref().unwrap().contains("missing.jpg"));
 }
+
+#[test]
+fn pictures_in_memory_are_judged_exactly_as_their_files() {
+    use ebm_gate::frame::InputLimits;
+    use ebm_gate::source::FrameItem;
+    // Every sample (PNG and JPEG, several sizes), scored from its file and from its decoded
+    // pixels in memory: the same reports, batched or not.
+    let files = collect(&[bundle().join("samples")], None).unwrap();
+    let in_memory: Vec<FrameItem> =
+        files.iter().map(|f| FrameItem::image(f.name.clone(), f.decode().unwrap())).collect();
+    for batch in [1, 4] {
+        let mut gate = open(batch);
+        let from_files = gate.score_items(&files, |_| {});
+        assert_eq!(gate.score_items(&in_memory, |_| {}), from_files);
+        assert!(from_files.iter().all(|r| r.scores.is_some()), "{from_files:?}");
+    }
+    // Checked against the limits, and never empty.
+    let small = InputLimits { max_side: 64, ..InputLimits::default() };
+    let wide = FrameItem::image("wide", image::RgbImage::new(100, 10));
+    let e = wide.decode_with(&small).unwrap_err().to_string();
+    assert!(e.contains("wide") && e.contains("100x10 pixels exceeds the limit of 64"), "{e}");
+    let e = FrameItem::image("none", image::RgbImage::new(0, 5)).decode().unwrap_err().to_string();
+    assert!(e.contains("an empty picture (0x5)"), "{e}");
+}
