@@ -234,6 +234,15 @@ impl MqttConfig {
     /// 65535 s; a connect timeout of 0 or over 300 s; reconnect waits of 0, over 3600 s, or
     /// a minimum above the maximum; for `mqtts://`, TLS files that cannot be read or used.
     pub fn check(&self) -> Result<()> {
+        self.check_settings()?;
+        if self.tls {
+            self.tls_config()?;
+        }
+        Ok(())
+    }
+
+    /// [`check`](Self::check) without reading the TLS files.
+    fn check_settings(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(m));
         let p = &self.topic_prefix;
         if p.is_empty() || p.len() > 1024 || p.contains(['+', '#', '\0']) || p.starts_with('$') || p.ends_with('/') {
@@ -269,9 +278,6 @@ impl MqttConfig {
                 "MQTT reconnect waits {:?} to {:?}: expected 0 < min <= max <= 3600 s",
                 self.reconnect_min, self.reconnect_max
             ));
-        }
-        if self.tls {
-            self.tls_config()?;
         }
         Ok(())
     }
@@ -605,10 +611,44 @@ struct Inner {
     stop_now: tokio::sync::Notify,
 }
 
+impl Shared {
+    /// Nothing queued, the state `unknown` (published on the first connection).
+    fn new() -> Shared {
+        Shared {
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            queued_of: [0; 3],
+            in_flight: VecDeque::new(),
+            state: "unknown",
+            state_dirty: true,
+            availability: None,
+            drops_reported: 0,
+            stats: MqttStats::default(),
+            first: None,
+            offline_acked: false,
+            stop: false,
+            ended: false,
+        }
+    }
+}
+
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, Shared> {
         // A panic while holding the lock leaves consistent data (plain counters and queues).
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until `done` holds, the thread has ended, or `deadline` passes; the lock, held.
+    fn wait_until(&self, deadline: Instant, done: impl Fn(&Shared) -> bool) -> MutexGuard<'_, Shared> {
+        let mut s = self.lock();
+        while !done(&s) && !s.ended {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            s = self.changed.wait_timeout(s, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        s
     }
 }
 
@@ -635,28 +675,15 @@ impl MqttSink {
         names: Vec<String>,
         on_status: impl FnMut(&MqttStatus) + Send + 'static,
     ) -> Result<MqttSink> {
-        config.check()?;
+        // The TLS files are read once, by `options`.
+        config.check_settings()?;
         let options = config.options()?;
         let (client, mut eventloop) = AsyncClient::new(options, 2 * WINDOW + 8);
         let mut network = rumqttc::NetworkOptions::new();
         network.set_connection_timeout(config.connect_timeout.as_secs().max(1));
         eventloop.set_network_options(network);
         let inner = Arc::new(Inner {
-            shared: Mutex::new(Shared {
-                queue: VecDeque::new(),
-                queue_bytes: 0,
-                queued_of: [0; 3],
-                in_flight: VecDeque::new(),
-                state: "unknown",
-                state_dirty: true,
-                availability: None,
-                drops_reported: 0,
-                stats: MqttStats::default(),
-                first: None,
-                offline_acked: false,
-                stop: false,
-                ended: false,
-            }),
+            shared: Mutex::new(Shared::new()),
             changed: Condvar::new(),
             wake: tokio::sync::Notify::new(),
             stop_now: tokio::sync::Notify::new(),
@@ -692,18 +719,8 @@ impl MqttSink {
 
     /// Waits up to `timeout` for the outcome of the first connection attempt.
     pub fn wait_first_attempt(&self, timeout: Duration) -> FirstAttempt {
-        let deadline = Instant::now() + timeout;
-        let mut s = self.inner.lock();
-        loop {
-            if let Some(first) = &s.first {
-                return first.clone();
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return FirstAttempt::Pending;
-            }
-            s = self.inner.changed.wait_timeout(s, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
-        }
+        let s = self.inner.wait_until(Instant::now() + timeout, |s| s.first.is_some());
+        s.first.clone().unwrap_or(FirstAttempt::Pending)
     }
 
     /// The counts so far.
@@ -739,24 +756,15 @@ impl MqttSink {
     /// never acknowledged.
     pub fn close(mut self, timeout: Duration) -> MqttStats {
         let deadline = Instant::now() + timeout;
-        let wait = |until: &dyn Fn(&Shared) -> bool| {
-            let mut s = self.inner.lock();
-            while !until(&s) && !s.ended {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                s = self.inner.changed.wait_timeout(s, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
-            }
-            until(&s)
-        };
-        let drained = wait(&|s: &Shared| s.queue.is_empty() && s.in_flight.iter().all(|f| !f.message.queued));
-        if drained {
-            let mut s = self.inner.lock();
+        let drained = |s: &Shared| s.queue.is_empty() && s.in_flight.iter().all(|f| !f.message.queued);
+        let mut s = self.inner.wait_until(deadline, drained);
+        if drained(&s) {
             s.availability = Some("offline");
             drop(s);
             self.inner.wake.notify_one();
-            wait(&|s: &Shared| s.offline_acked);
+            drop(self.inner.wait_until(deadline, |s| s.offline_acked));
+        } else {
+            drop(s);
         }
         self.stop();
         self.stats()
@@ -774,18 +782,7 @@ impl MqttSink {
             self.inner.stop_now.notify_one();
         }
         if let Some(thread) = self.thread.take() {
-            let deadline = Instant::now() + Duration::from_secs(1);
-            let mut s = self.inner.lock();
-            while !s.ended && Instant::now() < deadline {
-                s = self
-                    .inner
-                    .changed
-                    .wait_timeout(s, deadline.saturating_duration_since(Instant::now()))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-            }
-            let ended = s.ended;
-            drop(s);
+            let ended = self.inner.wait_until(Instant::now() + Duration::from_secs(1), |s| s.ended).ended;
             if ended {
                 let _ = thread.join();
             }
@@ -1172,21 +1169,7 @@ mod tests {
         let mut c = MqttConfig::from_url("mqtt://h").unwrap();
         c.queue_messages = 3;
         c.queue_bytes = 1024;
-        let mut s = Shared {
-            queue: VecDeque::new(),
-            queue_bytes: 0,
-            queued_of: [0; 3],
-            in_flight: VecDeque::new(),
-            state: "unknown",
-            state_dirty: false,
-            availability: None,
-            drops_reported: 0,
-            stats: MqttStats::default(),
-            first: None,
-            offline_acked: false,
-            stop: false,
-            ended: false,
-        };
+        let mut s = Shared::new();
         let message = |id: u8, len: usize, priority| Message {
             topic: "t".into(),
             payload: vec![id; len],

@@ -666,19 +666,10 @@ fn mqtt_settings_are_checked_before_the_model_is_loaded_and_exit_2() {
         (vec!["--mqtt-topic", "a/b"], vec![], "--mqtt <URL>"),
     ];
     for (args, env, want) in cases {
-        let model = bundle();
-        let mut cmd = ebm_gate();
-        cmd.args(["stream", model.to_str().unwrap(), "--format", "mjpeg"])
-            .args(&args)
-            .env_remove("EBM_GATE_MQTT_PASSWORD");
-        for (k, v) in &env {
-            cmd.env(k, v);
-        }
-        let out = cmd.stdin(Stdio::null()).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let (code, _, stderr) = Gate::start(&args, &env).finish();
+        assert_eq!(code, 2, "{args:?}: {stderr}");
         assert!(stderr.contains(want), "{args:?}: wanted {want:?} in {stderr}");
-        assert!(!stderr.contains("stream: mjpeg"), "{args:?}: the run started: {stderr}");
+        assert!(!stderr.contains("stream: rgb24"), "{args:?}: the run started: {stderr}");
         assert!(!stderr.contains("pw@"), "{stderr}");
     }
 }

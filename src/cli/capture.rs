@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use ebm_gate::stream::{capture, CaptureOptions, StopReason};
 
-use super::stream::{signal_name, SourceArgs};
+use super::stream::SourceArgs;
 use super::Globals;
 
 /// Arguments of `ebm-gate capture`.
@@ -59,7 +59,7 @@ pub fn run(a: &CaptureArgs, g: &Globals) -> Result<ExitCode> {
         StopReason::EndOfInput if options.count.is_some_and(|c| r.saved >= c) => "count reached".to_string(),
         StopReason::EndOfInput => "end of input".to_string(),
         StopReason::ReadError(m) => format!("read error: {m}"),
-        StopReason::Signal(n) => format!("stopped by {}", signal_name(*n)),
+        stop @ StopReason::Signal(_) => format!("stopped by {}", stop.signal_name().unwrap_or("a signal")),
         StopReason::OutputClosed(_, m) => format!("output closed: {m}"),
     };
     eprintln!(

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ebm_gate::mqtt::{FailureKind, FirstAttempt, MqttConfig, MqttSink, MqttStatus, MAX_QUEUE_MESSAGES};
+use ebm_gate::mqtt::{FailureKind, FirstAttempt, MqttConfig, MqttSink, MqttStatus};
 
 /// The environment variable a password may come from.
 pub const PASSWORD_ENV: &str = "EBM_GATE_MQTT_PASSWORD";
@@ -76,18 +76,9 @@ impl MqttArgs {
             ),
             None => std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()),
         };
-        if c.password.is_some() && c.username.is_none() {
-            bail!(
-                "an MQTT password ({}) without a user name: give --mqtt-username NAME or mqtt://NAME@HOST",
-                if self.mqtt_password_file.is_some() { "--mqtt-password-file" } else { PASSWORD_ENV }
-            );
-        }
         c.ca_file = self.mqtt_ca.clone();
         c.client_cert = self.mqtt_cert.clone().zip(self.mqtt_key.clone());
         c.publish_rejected = self.mqtt_rejected;
-        if !(1..=MAX_QUEUE_MESSAGES).contains(&self.mqtt_queue) {
-            bail!("--mqtt-queue {}: expected 1 to {MAX_QUEUE_MESSAGES}", self.mqtt_queue);
-        }
         c.queue_messages = self.mqtt_queue;
         if !(0.5..=3600.0).contains(&self.mqtt_reconnect_max) {
             bail!("--mqtt-reconnect-max {}: expected 0.5 to 3600 seconds", self.mqtt_reconnect_max);

@@ -274,14 +274,6 @@ pub fn stop_on_signals() -> Result<std::sync::Arc<std::sync::atomic::AtomicUsize
     Ok(stop)
 }
 
-pub fn signal_name(n: usize) -> &'static str {
-    match n as i32 {
-        signal_hook::consts::SIGINT => "SIGINT",
-        signal_hook::consts::SIGTERM => "SIGTERM",
-        _ => "signal",
-    }
-}
-
 /// `ebm-gate stream`.
 pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
     let exit = match args.exit {
@@ -387,7 +379,7 @@ pub fn run(args: &StreamArgs, g: &Globals) -> Result<ExitCode> {
     let why = match &summary.stop {
         StopReason::EndOfInput => "end of input".to_string(),
         StopReason::ReadError(m) => format!("read error: {m}"),
-        StopReason::Signal(n) => format!("stopped by {}", signal_name(*n)),
+        stop @ StopReason::Signal(_) => format!("stopped by {}", stop.signal_name().unwrap_or("a signal")),
         StopReason::OutputClosed(_, m) => format!("output closed: {m}"),
     };
     let alarms = match summary.alarm_model {
