@@ -736,62 +736,87 @@ impl EnergyGate {
 
     /// [`score_items`](Self::score_items) without keeping the reports: `each` gets every
     /// batch's reports, in input order, as soon as the batch is done, so memory stays bounded
-    /// by the batch however many items there are.
+    /// by the batch however many items there are. With more than one batch, decoding runs on a
+    /// second thread a batch ahead; a single batch (one frame, say) is decoded on this thread,
+    /// as there is nothing to overlap.
     pub fn score_each(&mut self, items: &[FrameItem], mut each: impl FnMut(Vec<FrameReport>)) {
         let batch = self.batch;
         let len = self.input.frame_len();
-        let spec = self.input.clone();
-        let limits = self.limits;
-        let with_health = self.settings.health_scores;
-        type Decoded = (usize, Vec<f32>, Vec<Option<String>>, Vec<Option<HealthScores>>);
+        let (spec, limits, with_health) = (self.input.clone(), self.limits, self.settings.health_scores);
+        let decode = move |chunk: &[FrameItem]| decode_batch(chunk, &spec, &limits, len, with_health);
+        if items.len() <= batch {
+            if !items.is_empty() {
+                let decoded = decode(items);
+                each(self.judge_batch(items, decoded));
+            }
+            return;
+        }
         std::thread::scope(|scope| {
-            let (tx, rx) = mpsc::sync_channel::<Decoded>(2);
+            let (tx, rx) = mpsc::sync_channel::<(usize, Decoded)>(2);
             scope.spawn(move || {
                 for (b, chunk) in items.chunks(batch).enumerate() {
-                    let mut data = vec![0.0f32; chunk.len() * len];
-                    let mut errors = Vec::with_capacity(chunk.len());
-                    let mut health = Vec::with_capacity(chunk.len());
-                    for (item, out) in chunk.iter().zip(data.chunks_mut(len)) {
-                        let r = item.decode_with(&limits).and_then(|img| {
-                            crate::frame::preprocess_into(&img, &spec, out)?;
-                            Ok(with_health.then(|| health_scores(&img)))
-                        });
-                        match r {
-                            Ok(h) => {
-                                errors.push(None);
-                                health.push(h);
-                            }
-                            Err(e) => {
-                                errors.push(Some(e.to_string()));
-                                health.push(None);
-                            }
-                        }
-                    }
-                    if tx.send((b * batch, data, errors, health)).is_err() {
+                    if tx.send((b * batch, decode(chunk))).is_err() {
                         return;
                     }
                 }
             });
-            for (start, data, errors, health) in rx {
-                let n = errors.len();
-                let chunk = &items[start..start + n];
-                let logits = self.model.logits(&data, n);
-                let k = self.model.num_classes();
-                let mut reports = Vec::with_capacity(n);
-                for (i, ((item, err), h)) in chunk.iter().zip(errors).zip(health).enumerate() {
-                    let report = match (&logits, err) {
-                        (_, Some(e)) => FrameReport::failed(&item.name, item.label, Reason::DecodeError, e),
-                        (Err(e), None) => {
-                            FrameReport::failed(&item.name, item.label, Reason::ModelError, e.to_string())
-                        }
-                        (Ok(all), None) => self.judge_frame(&item.name, item.label, &all[i * k..(i + 1) * k], h),
-                    };
-                    reports.push(report);
-                }
-                each(reports);
+            for (start, decoded) in rx {
+                let n = decoded.errors.len();
+                each(self.judge_batch(&items[start..start + n], decoded));
             }
         });
     }
+
+    /// Runs the model on a decoded batch and judges each of its frames (`chunk`, in order).
+    fn judge_batch(&mut self, chunk: &[FrameItem], decoded: Decoded) -> Vec<FrameReport> {
+        let Decoded { data, errors, health } = decoded;
+        let n = errors.len();
+        let logits = self.model.logits(&data, n);
+        let k = self.model.num_classes();
+        let mut reports = Vec::with_capacity(n);
+        for (i, ((item, err), h)) in chunk.iter().zip(errors).zip(health).enumerate() {
+            let report = match (&logits, err) {
+                (_, Some(e)) => FrameReport::failed(&item.name, item.label, Reason::DecodeError, e),
+                (Err(e), None) => FrameReport::failed(&item.name, item.label, Reason::ModelError, e.to_string()),
+                (Ok(all), None) => self.judge_frame(&item.name, item.label, &all[i * k..(i + 1) * k], h),
+            };
+            reports.push(report);
+        }
+        reports
+    }
+}
+
+/// A batch decoded for the model: its input `[n, C, H, W]` (zeros for a frame that failed),
+/// and per frame the decode error, if any, and the health scores, when computed.
+struct Decoded {
+    data: Vec<f32>,
+    errors: Vec<Option<String>>,
+    health: Vec<Option<HealthScores>>,
+}
+
+/// Decodes, resizes and normalises `chunk` (`len` values a frame), with health scores when
+/// `with_health`.
+fn decode_batch(chunk: &[FrameItem], spec: &InputSpec, limits: &InputLimits, len: usize, with_health: bool) -> Decoded {
+    let mut data = vec![0.0f32; chunk.len() * len];
+    let mut errors = Vec::with_capacity(chunk.len());
+    let mut health = Vec::with_capacity(chunk.len());
+    for (item, out) in chunk.iter().zip(data.chunks_mut(len)) {
+        let r = item.decode_borrowed(limits).and_then(|img| {
+            crate::frame::preprocess_into(&img, spec, out)?;
+            Ok(with_health.then(|| health_scores(&img)))
+        });
+        match r {
+            Ok(h) => {
+                errors.push(None);
+                health.push(h);
+            }
+            Err(e) => {
+                errors.push(Some(e.to_string()));
+                health.push(None);
+            }
+        }
+    }
+    Decoded { data, errors, health }
 }
 
 /// The multi-score gate in force: the scores given (else `gate.json`'s `scores.used`); `None`

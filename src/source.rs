@@ -1,6 +1,7 @@
 //! Where frames come from: image files, folders of them (recursively, optionally in ImageFolder
 //! layout `<class>/<image>` for labels), and IDX files (the MNIST format, gzip or plain).
 
+use std::borrow::Cow;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -82,9 +83,18 @@ impl FrameItem {
     /// the end of a short IDX body, naming the file for an [`Origin::Unreadable`] input, and
     /// naming the item for an [`Origin::Image`] that is empty or beyond the limits.
     pub fn decode_with(&self, limits: &InputLimits) -> Result<RgbImage> {
+        self.decode_borrowed(limits).map(Cow::into_owned)
+    }
+
+    /// [`decode_with`](Self::decode_with) without copying a picture already in memory
+    /// ([`Origin::Image`]): it is checked and borrowed.
+    ///
+    /// # Errors
+    /// As [`decode_with`](Self::decode_with).
+    pub fn decode_borrowed(&self, limits: &InputLimits) -> Result<Cow<'_, RgbImage>> {
         let fail = |message: String| Error::Decode { path: self.name.clone().into(), message };
         match &self.origin {
-            Origin::File(path) => frame::decode_file_with(path, limits),
+            Origin::File(path) => frame::decode_file_with(path, limits).map(Cow::Owned),
             Origin::Stacked(stack, i) => {
                 let len = stack.height as usize * stack.width as usize;
                 let px = stack.pixels.get(i * len..(i + 1) * len).ok_or_else(|| {
@@ -95,7 +105,9 @@ impl FrameItem {
                     ))
                 })?;
                 let rgb: Vec<u8> = px.iter().flat_map(|&v| [v, v, v]).collect();
-                RgbImage::from_raw(stack.width, stack.height, rgb).ok_or_else(|| fail("short pixel buffer".into()))
+                RgbImage::from_raw(stack.width, stack.height, rgb)
+                    .map(Cow::Owned)
+                    .ok_or_else(|| fail("short pixel buffer".into()))
             }
             Origin::Unreadable(message) => Err(fail(message.clone())),
             Origin::Image(img) => {
@@ -105,7 +117,7 @@ impl FrameItem {
                 }
                 limits.check_size(u64::from(w), u64::from(h)).map_err(fail)?;
                 limits.check_decoded("the picture", u64::from(w) * u64::from(h) * 3).map_err(fail)?;
-                Ok(RgbImage::clone(img))
+                Ok(Cow::Borrowed(img))
             }
         }
     }

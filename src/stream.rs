@@ -182,6 +182,138 @@ impl StreamOptions {
     }
 }
 
+/// What a stream does with each frame after the model: frozen-frame detection, then the
+/// debouncer (k-of-n with hysteresis), as [`StreamOptions`] sets them.
+///
+/// [`run_stream`] runs every frame through one; a caller that judges frames by other means
+/// ([`EnergyGate::score_items`] on a camera library's pictures, as the Python binding does)
+/// gets the stream's states and state changes from the same code.
+///
+/// ```no_run
+/// use ebm_gate::health::LumaSummary;
+/// use ebm_gate::pipeline::{EnergyGate, Overrides};
+/// use ebm_gate::source::FrameItem;
+/// use ebm_gate::stream::{StreamFormat, StreamJudge, StreamOptions};
+///
+/// let mut gate = EnergyGate::open("models/cifar10-airnet".as_ref(), &Overrides::default())?;
+/// let options = StreamOptions::new(StreamFormat::Mjpeg); // only its judging settings are used
+/// let mut judge = StreamJudge::new(&options, &gate)?;
+/// # let pictures: Vec<image::RgbImage> = Vec::new();
+/// for (i, rgb) in pictures.into_iter().enumerate() {
+///     let luma = judge.detects_frozen().then(|| Box::new(LumaSummary::of(&rgb)));
+///     let mut report = gate.score_items(&[FrameItem::image(format!("camera#{i}"), rgb)], |_| {}).remove(0);
+///     let judged = judge.push(&mut report, luma);
+///     if let Some(from) = judged.changed_from {
+///         println!("frame {i}: {} -> {}", from.as_str(), judged.state.as_str());
+///     }
+/// }
+/// # Ok::<(), ebm_gate::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct StreamJudge {
+    debouncer: Debouncer<MAX_WINDOW>,
+    frozen_after: usize,
+    frozen_max_difference: f32,
+    /// The last decoded frame's luma summary.
+    last_summary: Option<Box<LumaSummary>>,
+    /// Frames in a row that repeated the one before.
+    repeats: usize,
+    /// The stall watchdog fired and no frame came since.
+    stalled: bool,
+}
+
+/// One frame after [`StreamJudge::push`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Judged {
+    /// The debounced state after this frame.
+    pub state: State,
+    /// The state before, when this frame changed it.
+    pub changed_from: Option<State>,
+    /// Rejected frames in the debouncing window after this frame.
+    pub rejected_in_window: usize,
+    /// [`LumaSummary::difference`] to the previous decoded frame, levels (`None` for the first
+    /// frame, without a summary, or with frozen-frame detection off).
+    pub frame_difference: Option<f32>,
+}
+
+impl StreamJudge {
+    /// The judge `options` ask for ([`StreamOptions::check`]: `window`, `enter`, `exit`,
+    /// `frozen_after`, `frozen_max_difference`), starting `unknown`.
+    ///
+    /// # Errors
+    /// As [`StreamOptions::check`].
+    pub fn new(options: &StreamOptions, gate: &EnergyGate) -> Result<StreamJudge> {
+        Ok(StreamJudge {
+            debouncer: options.check(gate)?,
+            frozen_after: options.frozen_after,
+            frozen_max_difference: options.frozen_max_difference,
+            last_summary: None,
+            repeats: 0,
+            stalled: false,
+        })
+    }
+
+    /// Whether frozen frames are detected: then [`push`](Self::push) needs each decoded frame's
+    /// [`LumaSummary`].
+    pub fn detects_frozen(&self) -> bool {
+        self.frozen_after > 0
+    }
+
+    /// Takes the next frame's report and, for a frame that was decoded, its luma summary (when
+    /// [`detects_frozen`](Self::detects_frozen)). An accepted frame that repeats the previous
+    /// ones `frozen_after` times in a row is rejected here as `frozen_frame`, and a report
+    /// without a verdict counts as rejected (the verdict is set): `report` is left as the
+    /// stream reports it.
+    pub fn push(&mut self, report: &mut FrameReport, luma: Option<Box<LumaSummary>>) -> Judged {
+        let frame_difference = luma.and_then(|s| {
+            let d = self.last_summary.as_ref().map(|last| last.difference(&s));
+            self.repeats = match d {
+                Some(d) if d <= self.frozen_max_difference => self.repeats + 1,
+                _ => 0,
+            };
+            self.last_summary = Some(s);
+            d
+        });
+        if self.frozen_after > 0 && self.repeats >= self.frozen_after && report.verdict == Some(Verdict::InDistribution)
+        {
+            report.verdict = Some(Verdict::OutOfDistribution);
+            report.reason = Some(Reason::FrozenFrame);
+        }
+        let verdict = *report.verdict.get_or_insert(Verdict::OutOfDistribution);
+        // After a stall the feed is judged afresh: a new window, from unknown.
+        if self.stalled {
+            self.debouncer.reset();
+        }
+        let mut step = self.debouncer.push(verdict);
+        if std::mem::take(&mut self.stalled) {
+            step.changed_from = Some(State::Stalled);
+        }
+        Judged {
+            state: step.state,
+            changed_from: step.changed_from,
+            rejected_in_window: step.rejected_in_window,
+            frame_difference,
+        }
+    }
+
+    /// The stall watchdog fired: the state becomes [`State::Stalled`] until the next frame,
+    /// which starts a new window. Returns the state before.
+    pub fn stall(&mut self) -> State {
+        let before = self.state();
+        self.stalled = true;
+        before
+    }
+
+    /// The debounced state now.
+    pub fn state(&self) -> State {
+        if self.stalled {
+            State::Stalled
+        } else {
+            self.debouncer.state()
+        }
+    }
+}
+
 /// One judged frame of a stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamFrame {
@@ -685,7 +817,7 @@ pub fn run_stream(
     stop: &AtomicUsize,
     mut sink: impl FnMut(&StreamEvent) -> std::io::Result<()>,
 ) -> Result<StreamSummary> {
-    let mut debouncer = options.check(gate)?;
+    let mut judge = StreamJudge::new(options, gate)?;
     let mut kept = match &options.save_rejected {
         Some(dir) if options.max_saved > 0 => Some(SavedFrames::open(dir, options.max_saved_bytes)?),
         _ => None,
@@ -769,10 +901,6 @@ pub fn run_stream(
     }
 
     let mut pending: Vec<Prepared> = Vec::with_capacity(max_batch);
-    // Frozen-frame detection: the last decoded frame's summary, and how many frames in a row
-    // repeated the one before.
-    let mut last_summary: Option<Box<LumaSummary>> = None;
-    let mut repeats = 0usize;
     let mut input: Vec<f32> = Vec::with_capacity(max_batch * len);
     let mut finished = false;
     let mut last_frame = Instant::now();
@@ -785,7 +913,7 @@ pub fn run_stream(
         }
         if let Some(timeout) = options.stall_timeout {
             if summary.state != State::Stalled && last_frame.elapsed() >= timeout {
-                let from = summary.state;
+                let from = judge.stall();
                 summary.state = State::Stalled;
                 summary.stalls += 1;
                 summary.state_changes += 1;
@@ -864,36 +992,17 @@ pub fn run_stream(
         };
         let mut row = 0;
         for m in round {
-            let (index, mut report, received, rgb, frame_difference) = match m {
+            let (index, mut report, received, rgb, luma) = match m {
                 Prepared::Frame { index, rgb, received, health, summary, .. } => {
                     let name = format!("{}#{index}", options.source_name);
-                    let mut report = match logits
-                        .as_ref()
-                        .map(|l| l.as_ref().map(|all| all.get(row * k..(row + 1) * k)))
-                    {
+                    let report = match logits.as_ref().map(|l| l.as_ref().map(|all| all.get(row * k..(row + 1) * k))) {
                         Some(Ok(Some(row_logits))) => gate.judge_frame(&name, None, row_logits, health),
                         Some(Err(e)) => FrameReport::failed(&name, None, Reason::ModelError, e.to_string()),
                         // Cannot happen (every frame of the round is in the batch); fail closed.
                         _ => FrameReport::failed(&name, None, Reason::ModelError, "no logits for this frame".into()),
                     };
                     row += 1;
-                    let difference = summary.map(|s| {
-                        let d = last_summary.as_ref().map(|last| last.difference(&s));
-                        repeats = match d {
-                            Some(d) if d <= options.frozen_max_difference => repeats + 1,
-                            _ => 0,
-                        };
-                        last_summary = Some(s);
-                        d
-                    });
-                    if options.frozen_after > 0
-                        && repeats >= options.frozen_after
-                        && report.verdict == Some(Verdict::InDistribution)
-                    {
-                        report.verdict = Some(Verdict::OutOfDistribution);
-                        report.reason = Some(Reason::FrozenFrame);
-                    }
-                    (index, report, received, rgb, difference.flatten())
+                    (index, report, received, rgb, summary)
                 }
                 Prepared::Failed { index, message, received } => {
                     let name = format!("{}#{index}", options.source_name);
@@ -921,23 +1030,12 @@ pub fn run_stream(
                     break 'run;
                 }
             };
-            let verdict = report.verdict.unwrap_or(Verdict::OutOfDistribution);
-            if report.verdict.is_none() {
-                report.verdict = Some(Verdict::OutOfDistribution);
-            }
             summary.frames += 1;
             summary.scored += u64::from(report.scores.is_some());
             summary.errors += u64::from(report.error.is_some() && report.scores.is_none());
             last_frame = Instant::now();
-            // After a stall the feed is judged afresh: a new window, from unknown.
-            let was_stalled = summary.state == State::Stalled;
-            if was_stalled {
-                debouncer.reset();
-            }
-            let mut step = debouncer.push(verdict);
-            if was_stalled {
-                step.changed_from = Some(State::Stalled);
-            }
+            let step = judge.push(&mut report, luma);
+            let verdict = report.verdict.unwrap_or(Verdict::OutOfDistribution);
             let mut saved = None;
             let mut save_error = None;
             let at = EventTime::now(start);
@@ -963,7 +1061,7 @@ pub fn run_stream(
                 rejected_in_window: step.rejected_in_window,
                 latency,
                 saved,
-                frame_difference,
+                frame_difference: step.frame_difference,
                 at,
                 captured: received.captured,
             }))];
