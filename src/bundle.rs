@@ -522,6 +522,15 @@ impl BundlePaths {
         } else {
             (path.to_path_buf(), path.parent().map(Path::to_path_buf).unwrap_or_default())
         };
+        if path.file_name().is_some_and(|n| n == "gate.json") && path.is_file() {
+            return Err(Error::Bundle {
+                path: path.to_path_buf(),
+                message: format!(
+                    "is a bundle's settings, not a model: give the bundle's folder ({}) or its model.onnx",
+                    dir.display()
+                ),
+            });
+        }
         if !model.is_file() {
             let message = if path.is_dir() {
                 "no model.onnx in this directory (a bundle is DIR/model.onnx + DIR/gate.json)".to_string()

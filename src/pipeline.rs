@@ -511,6 +511,8 @@ impl EnergyGate {
         }
         let bundle_temperature = temperature;
         overrides.temperature.map(check::temperature).transpose()?;
+        // The level given is checked as given, before it meets the bundle's calibration set.
+        overrides.alpha.map(check::alpha).transpose()?;
         let temperature = effective_temperature(overrides.temperature, bundle_temperature);
         // The gate's energies and threshold were fitted at the bundle's temperature, for this
         // model: at another temperature, or for another model, they mean nothing, so the

@@ -83,6 +83,21 @@ fn directory_without_model_is_refused() {
 }
 
 #[test]
+fn a_gate_json_given_as_the_model_names_the_folder_to_give() {
+    let msg = open_err(&bundle().join("gate.json"));
+    assert!(msg.contains("is a bundle's settings, not a model") && msg.contains("cifar10-airnet"), "{msg}");
+}
+
+#[test]
+fn an_alpha_out_of_range_is_refused_as_given_not_blamed_on_gate_json() {
+    for alpha in [0.0, 1.5, f32::NAN] {
+        let overrides = Overrides { alpha: Some(alpha), ..Overrides::default() };
+        let msg = EnergyGate::open(&bundle(), &overrides).unwrap_err().to_string();
+        assert!(msg.starts_with("invalid setting: alpha must be in (0, 1), got"), "{msg}");
+    }
+}
+
+#[test]
 fn bare_onnx_uses_defaults_from_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("classifier.onnx");

@@ -51,14 +51,29 @@ def emit(record, out):
     out.flush()
 
 
+class Stopped(Exception):
+    """SIGTERM (systemctl stop): raised by its handler, so that a loop waiting for a camera
+    that sends nothing stops too."""
+
+
+def on_sigterm(signum, frame):
+    raise Stopped("SIGTERM")
+
+
 def run(args, frames, bgr, out=None):
     """Loads the gate, then judges `frames` (an iterable of uint8 arrays, BGR when `bgr`) until
-    it ends, --frames is reached, or Ctrl-C / SIGTERM; returns the summary it printed."""
+    it ends, --frames is reached, or Ctrl-C / SIGTERM; returns the summary it printed. A bundle
+    or settings that cannot work exit with status 2 and one line on stderr, before the camera
+    is opened."""
     out = out or sys.stdout
-    gate = ebm_gate.Gate(args.bundle, alpha=args.alpha, threads=args.threads)
-    stream = ebm_gate.Stream(gate, args.window, args.enter, args.exit, frozen_after=args.frozen_after)
+    try:
+        gate = ebm_gate.Gate(args.bundle, alpha=args.alpha, threads=args.threads)
+        stream = ebm_gate.Stream(gate, args.window, args.enter, args.exit, frozen_after=args.frozen_after)
+    except (ValueError, OSError, ebm_gate.GateError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     stopped = []
-    before = signal.signal(signal.SIGTERM, lambda *_: stopped.append("SIGTERM"))
+    before = signal.signal(signal.SIGTERM, on_sigterm)
     rejected = 0
     start = time.monotonic()
     try:
@@ -72,10 +87,12 @@ def run(args, frames, bgr, out=None):
                 c = f.change
                 emit({"type": "event", "event": "state_change", "frame": c.frame, "from": c.previous,
                       "state": c.state, "rejected_in_window": c.rejected_in_window, "time": now()}, out)
-            if stopped or (args.frames is not None and stream.frames >= args.frames):
+            if args.frames is not None and stream.frames >= args.frames:
                 break
     except KeyboardInterrupt:
         stopped.append("SIGINT")
+    except Stopped:
+        stopped.append("SIGTERM")
     finally:
         signal.signal(signal.SIGTERM, before)
     elapsed = time.monotonic() - start

@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 use ebm_gate::core::gate::Reason;
 use ebm_gate::frame::InputLimits;
 use ebm_gate::health::LumaSummary;
-use ebm_gate::pipeline::{EnergyGate, FrameReport, GateRule, Overrides};
+use ebm_gate::pipeline::{EnergyGate, FrameReport, Overrides};
 use ebm_gate::record::FrameRecord;
 use ebm_gate::source::{FrameItem, Origin};
 use ebm_gate::stream::{StreamFormat, StreamJudge, StreamOptions};
@@ -89,18 +89,26 @@ fn frame_item(frame: &Bound<'_, PyAny>, bgr: bool, name: String, limits: &InputL
     let (h, w) = (shape[0], shape[1]);
     let fail = |message: String| FrameItem { name: name.clone(), label: None, origin: Origin::Unreadable(message) };
     // The limits first: a picture beyond them is rejected without being copied.
-    let (Ok(w32), Ok(h32)) = (u32::try_from(w), u32::try_from(h)) else {
-        return Ok(fail(format!("{w}x{h} pixels exceeds the limit of 2^32 - 1 pixels a side")));
-    };
     if w == 0 || h == 0 {
-        return Ok(fail(format!("an empty picture ({w}x{h})")));
+        return Ok(fail(format!("an empty frame of shape {}", format_shape(&shape))));
     }
-    if let Err(message) = limits
-        .check_size(w as u64, h as u64)
-        .and_then(|()| limits.check_decoded("the picture", w as u64 * h as u64 * 3))
-    {
-        return Ok(fail(message));
+    if w.max(h) > limits.max_side as usize {
+        return Ok(fail(format!(
+            "a frame of shape {} is larger than the limit of {} pixels a side (Gate(max_image_side=...))",
+            format_shape(&shape),
+            limits.max_side
+        )));
     }
+    let rgb_bytes = w as u64 * h as u64 * 3;
+    if rgb_bytes > limits.max_decoded_bytes {
+        return Ok(fail(format!(
+            "a frame of shape {} needs {rgb_bytes} bytes as RGB, more than the limit of {} MiB (Gate(max_decode_mib=...))",
+            format_shape(&shape),
+            limits.max_decoded_bytes >> 20
+        )));
+    }
+    // Within max_side (at most 65535), so these fit.
+    let (w32, h32) = (w as u32, h as u32);
     let readonly = array.readonly();
     let view = readonly.as_array();
     let mut rgb = Vec::with_capacity(w * h * 3);
@@ -134,6 +142,12 @@ fn frame_item(frame: &Bound<'_, PyAny>, bgr: bool, name: String, limits: &InputL
     Ok(FrameItem::image(name, picture))
 }
 
+/// A Python int that must not be negative (`ValueError` naming `name`, not pyo3's
+/// `OverflowError`).
+fn count(name: &str, value: i64) -> PyResult<usize> {
+    usize::try_from(value).map_err(|_| PyValueError::new_err(format!("{name} must not be negative, got {value}")))
+}
+
 fn format_shape(shape: &[usize]) -> String {
     let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
     format!("({})", dims.join(", "))
@@ -153,6 +167,7 @@ struct Gate {
     inner: Mutex<EnergyGate>,
     names: Vec<String>,
     limits: InputLimits,
+    batch: usize,
     input_shape: (usize, u32, u32),
     temperature: f64,
     alpha: Option<f64>,
@@ -175,33 +190,47 @@ impl Gate {
 #[pymethods]
 impl Gate {
     #[new]
-    #[pyo3(signature = (bundle, *, alpha=None, threshold=None, threads=1, batch=32))]
+    #[pyo3(signature = (bundle, *, alpha=None, threshold=None, threads=1, batch=32, max_image_side=8192, max_decode_mib=256))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         bundle: PathBuf,
         alpha: Option<f32>,
         threshold: Option<f32>,
-        threads: usize,
-        batch: usize,
+        threads: i64,
+        batch: i64,
+        max_image_side: i64,
+        max_decode_mib: i64,
     ) -> PyResult<Gate> {
-        let overrides =
-            Overrides { alpha, threshold, threads: Some(threads), batch: Some(batch), ..Overrides::default() };
+        let (max_side, mib) = (count("max_image_side", max_image_side)?, count("max_decode_mib", max_decode_mib)?);
+        if !(1..=65_535).contains(&max_side) {
+            return Err(PyValueError::new_err(format!("max_image_side must be 1 to 65535 pixels, got {max_side}")));
+        }
+        if !(1..=65_536).contains(&mib) {
+            return Err(PyValueError::new_err(format!("max_decode_mib must be 1 to 65536 MiB, got {mib}")));
+        }
+        let limits =
+            InputLimits { max_side: max_side as u32, max_decoded_bytes: (mib as u64) << 20, ..InputLimits::default() };
+        let overrides = Overrides {
+            alpha,
+            threshold,
+            threads: Some(count("threads", threads)?),
+            batch: Some(count("batch", batch)?),
+            limits: Some(limits),
+            ..Overrides::default()
+        };
         let gate = py.detach(|| EnergyGate::open(&bundle, &overrides)).map_err(|e| match bundle.exists() {
             true => to_py(e),
             false => PyFileNotFoundError::new_err(e.to_string()),
         })?;
         let settings = gate.settings();
-        let threshold = match settings.rule() {
-            GateRule::Threshold(t) => Some(t),
-            GateRule::Conformal { energy_threshold, .. } => energy_threshold,
-            GateRule::Both { threshold, .. } => Some(threshold),
-            GateRule::Combined { threshold, .. } => threshold,
-            GateRule::None => None,
-        };
+        // Several scores combined: no single energy decides.
+        let threshold = settings.multi.is_none().then(|| settings.energy_threshold()).flatten();
         let input = gate.input();
         Ok(Gate {
             names: gate.class_names().to_vec(),
             limits: *gate.limits(),
+            batch: gate.batch(),
             input_shape: (input.color.channels(), input.height, input.width),
             temperature: py_float(settings.temperature),
             alpha: settings.alpha.map(py_float),
@@ -222,14 +251,34 @@ impl Gate {
     }
 
     /// Scores and judges frames together (in forward passes of `batch`), results in order;
-    /// frame `i` is named `frame#i`.
+    /// frame `i` is named `frame#i`. `frames` is a sequence of frames, or an array of them
+    /// `NxHxWx3` (`NxHxWx4`); a single array `HxWx3` or `HxW` is refused (`TypeError`: it
+    /// would be read as rows). Ctrl-C stops it between groups of frames.
     #[pyo3(signature = (frames, *, bgr=false))]
     fn score_batch(&self, py: Python<'_>, frames: &Bound<'_, PyAny>, bgr: bool) -> PyResult<Vec<FrameResult>> {
+        if let Ok(array) = frames.cast::<PyUntypedArray>() {
+            if array.ndim() < 4 {
+                return Err(PyTypeError::new_err(format!(
+                    "score_batch takes a sequence of frames (a list, or an array NxHxWxC), got one array of shape {}: \
+                     use score() for one frame",
+                    format_shape(array.shape())
+                )));
+            }
+        }
         let mut items = Vec::new();
         for (i, frame) in frames.try_iter()?.enumerate() {
             items.push(frame_item(&frame?, bgr, format!("frame#{i}"), &self.limits)?);
         }
-        self.run(py, &items).into_iter().map(|r| self.result(py, r)).collect()
+        // Groups of a few forward batches, the GIL taken back between them to see Ctrl-C.
+        let group = 4 * self.batch;
+        let mut results = Vec::with_capacity(items.len());
+        for chunk in items.chunks(group) {
+            for report in self.run(py, chunk) {
+                results.push(self.result(py, report)?);
+            }
+            py.check_signals()?;
+        }
+        Ok(results)
     }
 
     /// Reads, scores and judges an image file (PNG, JPEG, ...), as `ebm-gate score FILE`; a
@@ -265,7 +314,8 @@ impl Gate {
     }
 
     /// The energy above which frames are rejected: the explicit threshold, or what the
-    /// conformal level amounts to over the calibration energies; None without a rule.
+    /// conformal level amounts to over the calibration energies (the lower when both are
+    /// given); None without a rule, or when the gate combines several scores.
     #[getter]
     fn energy_threshold(&self) -> Option<f64> {
         self.energy_threshold
@@ -325,6 +375,13 @@ struct FrameResult {
     /// The frame's health scores (a dict of floats), when the bundle's gate uses them.
     #[pyo3(get)]
     health: Option<Py<PyDict>>,
+    /// With several scores combined (`calibrate --scores`): each score's own p-value, by name.
+    #[pyo3(get)]
+    p_values: Option<Py<PyDict>>,
+    /// With several scores combined: the scores that put the frame over the level, strangest
+    /// first (empty when accepted).
+    #[pyo3(get)]
+    rejected_by: Option<Vec<&'static str>>,
     /// The record as JSON, for `to_dict`.
     json: String,
 }
@@ -336,9 +393,26 @@ impl FrameResult {
         let health = match &record.health {
             Some(h) => {
                 let dict = PyDict::new(py);
-                let value = serde_json::to_value(h).map_err(|e| PyValueError::new_err(e.to_string()))?;
-                for (k, v) in value.as_object().into_iter().flatten() {
-                    dict.set_item(k, v.as_f64())?;
+                for (k, v) in [
+                    ("sharpness", h.sharpness),
+                    ("noise_sigma", h.noise_sigma),
+                    ("dark_fraction", h.dark_fraction),
+                    ("bright_fraction", h.bright_fraction),
+                    ("mean_luma", h.mean_luma),
+                    ("luma_p99", h.luma_p99),
+                    ("colour_cast", h.colour_cast),
+                ] {
+                    dict.set_item(k, py_float(v))?;
+                }
+                Some(dict.unbind())
+            }
+            None => None,
+        };
+        let p_values = match &record.p_values {
+            Some(p) => {
+                let dict = PyDict::new(py);
+                for (k, &v) in p {
+                    dict.set_item(k, py_float(v))?;
                 }
                 Some(dict.unbind())
             }
@@ -358,6 +432,8 @@ impl FrameResult {
             error: record.error,
             logits: report.logits.map(|l| PyArray1::from_vec(py, l).unbind()),
             health,
+            p_values,
+            rejected_by: record.rejected_by.clone(),
             json,
         })
     }
@@ -464,17 +540,44 @@ impl StreamFrame {
 #[pyclass(frozen, module = "ebm_gate")]
 struct Stream {
     gate: Py<Gate>,
+    /// The judge and the frames pushed so far.
     judge: Mutex<(StreamJudge, u64)>,
+    /// `(window, enter, exit, frozen_after)`, for `repr`.
+    settings: (usize, usize, usize, usize),
 }
 
 #[pymethods]
 impl Stream {
     #[new]
     #[pyo3(signature = (gate, window=5, enter=3, exit=2, *, frozen_after=30))]
-    fn new(gate: Py<Gate>, window: usize, enter: usize, exit: usize, frozen_after: usize) -> PyResult<Stream> {
+    fn new(gate: Py<Gate>, window: i64, enter: i64, exit: i64, frozen_after: i64) -> PyResult<Stream> {
+        let (window, enter, exit) = (count("window", window)?, count("enter", enter)?, count("exit", exit)?);
+        let frozen_after = count("frozen_after", frozen_after)?;
         let options = StreamOptions { window, enter, exit, frozen_after, ..StreamOptions::new(StreamFormat::Mjpeg) };
-        let judge = StreamJudge::new(&options, &lock(&gate.get().inner)).map_err(to_py)?;
-        Ok(Stream { gate, judge: Mutex::new((judge, 0)) })
+        let g = gate.get();
+        if g.energy_threshold.is_none() && g.alpha.is_none() {
+            return Err(PyValueError::new_err(
+                "a Stream needs a gate with a rule: this bundle has no alpha or threshold; calibrate it \
+                 (`ebm-gate calibrate`), or give Gate(..., threshold=...) or alpha=...",
+            ));
+        }
+        let judge = StreamJudge::new(&options, &lock(&g.inner)).map_err(|e| match e {
+            Error::Debounce { error, .. } => {
+                PyValueError::new_err(format!("Stream(window={window}, enter={enter}, exit={exit}): {error}"))
+            }
+            e => to_py(e),
+        })?;
+        Ok(Stream { gate, judge: Mutex::new((judge, 0)), settings: (window, enter, exit, frozen_after) })
+    }
+
+    fn __repr__(&self) -> String {
+        let (window, enter, exit, frozen_after) = self.settings;
+        let judge = lock(&self.judge);
+        format!(
+            "Stream(window={window}, enter={enter}, exit={exit}, frozen_after={frozen_after}, state={:?}, frames={})",
+            judge.0.state().as_str(),
+            judge.1
+        )
     }
 
     /// Scores and judges the next frame; returns its `StreamFrame` (the result, the state, the

@@ -99,10 +99,13 @@ def examples(monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLES))
     for name in ("gate_loop", "gate_picamera2", "gate_opencv"):
         sys.modules.pop(name, None)
+    import gate_loop
     import gate_opencv
     import gate_picamera2
 
-    return types.SimpleNamespace(picamera2=gate_picamera2, opencv=gate_opencv, cameras=cameras, captures=captures)
+    return types.SimpleNamespace(
+        picamera2=gate_picamera2, opencv=gate_opencv, loop=gate_loop, cameras=cameras, captures=captures
+    )
 
 
 def expected_changes(n):
@@ -143,3 +146,42 @@ def test_the_opencv_loop_runs_to_the_end_of_the_video(examples, monkeypatch):
     assert len(rejected) == summary["rejected"] and summary["frames"] == len(FRAMES) and summary["state"] == state
     with pytest.raises(SystemExit, match="cannot open 7"):
         examples.opencv.main([str(BUNDLE), "--device", "7"])
+
+
+def test_settings_that_cannot_work_exit_2_with_one_line_before_the_camera_opens(examples, capsys):
+    for args, says in [
+        (["--enter", "2", "--exit", "2"], "Stream(window=5, enter=2, exit=2): need exit < enter"),
+        (["--alpha", "1.5"], "alpha must be in (0, 1), got 1.5"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            examples.picamera2.main([str(BUNDLE), *args])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and says in err and err.count("\n") == 1, err
+    with pytest.raises(SystemExit):
+        examples.opencv.main(["/no/such/bundle"])
+    assert "error: " in capsys.readouterr().err
+    assert not examples.cameras and not examples.captures
+
+
+def test_sigterm_stops_a_loop_waiting_for_its_camera(examples, monkeypatch):
+    """The handler raises, so a capture that blocks (here: one that sends SIGTERM to the
+    process and then waits) is left, and the summary says why."""
+    import os
+    import signal
+    import time
+
+    def stalled():
+        yield FRAMES[0]
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        yield FRAMES[1]
+
+    out = io.StringIO()
+    args = examples.loop.parser("test").parse_args([str(BUNDLE)])
+    before = signal.getsignal(signal.SIGTERM)
+    start = time.monotonic()
+    summary = examples.loop.run(args, stalled(), bgr=False, out=out)
+    assert time.monotonic() - start < 10
+    assert (summary["signal"], summary["frames"]) == ("SIGTERM", 1)
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -3,6 +3,7 @@ onnxruntime: the same frames must give the same figures."""
 
 import json
 import shutil
+import subprocess
 import threading
 import time
 
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 import ebm_gate
-from conftest import BUNDLE, DIGITS, FRAMES, SAMPLES, cli_json_lines, rgb
+from conftest import BUNDLE, DIGITS, FRAMES, SAMPLES, binary, cli_json_lines, rgb
 
 TOL = 1e-5
 PNGS = sorted(SAMPLES.glob("*.png"))
@@ -125,17 +126,33 @@ def test_wrong_types_and_shapes_raise_with_the_reason(gate):
             gate.score(np.zeros(shape, np.uint8))
     with pytest.raises(TypeError):
         gate.score_batch([a, a.astype(np.float32)])
+    # One frame given as a batch would be read as rows.
+    for one in (a, a[..., 0]):
+        with pytest.raises(TypeError, match=r"score_batch takes a sequence of frames.*use score\(\) for one frame"):
+            gate.score_batch(one)
+    # An array of frames is a batch.
+    stacked = gate.score_batch(np.stack([a, a]))
+    assert [r.energy for r in stacked] == [gate.score(a).energy] * 2
 
 
 def test_frames_that_cannot_be_scored_are_rejected_never_accepted(gate):
     for empty in (np.zeros((0, 10, 3), np.uint8), np.zeros((10, 0), np.uint8)):
         r = gate.score(empty)
         assert (r.verdict, r.reason, r.energy, r.logits) == ("out_of_distribution", "decode_error", None, None)
-        assert "an empty picture" in r.error and not r.accepted
-    # Beyond the default limit of pixels a side: rejected before it is copied.
-    wide = np.zeros((1, 70000, 3), np.uint8)
-    r = gate.score(wide)
-    assert r.reason == "decode_error" and "exceeds the limit" in r.error and "--max-image-side" in r.error
+        assert "an empty frame of shape" in r.error and not r.accepted
+    # Beyond the limit of pixels a side: rejected before it is copied, in NumPy's terms.
+    r = gate.score(np.zeros((1, 8193, 3), np.uint8))
+    assert r.reason == "decode_error" and not r.accepted
+    assert "a frame of shape (1, 8193, 3) is larger than the limit of 8192 pixels a side" in r.error
+    assert "max_image_side" in r.error
+    small = ebm_gate.Gate(BUNDLE, max_image_side=100, max_decode_mib=1)
+    a = rgb(SAMPLES / "chelsea.png")  # 96x144
+    assert "limit of 100 pixels a side" in small.score(a).error
+    assert small.score(a[:, :100]).energy == gate.score(a[:, :100]).energy
+    # At the limits exactly: scored.
+    assert small.score(np.zeros((100, 100, 3), np.uint8)).error is None
+    r = ebm_gate.Gate(BUNDLE, max_image_side=1000, max_decode_mib=1).score(np.zeros((600, 600, 3), np.uint8))
+    assert "needs 1080000 bytes as RGB, more than the limit of 1 MiB" in r.error
     missing = gate.score_file(SAMPLES / "no-such.png")
     assert missing.reason == "decode_error" and missing.error and not missing.accepted
 
@@ -149,11 +166,27 @@ def test_bundle_and_setting_errors_raise_the_library_messages(tmp_path):
     (broken / "gate.json").write_text("{")
     with pytest.raises(ebm_gate.GateError, match="gate.json"):
         ebm_gate.Gate(broken)
-    with pytest.raises(ValueError, match="alpha"):
+    with pytest.raises(ValueError, match=r"^invalid setting: alpha must be in \(0, 1\), got 1.5$"):
         ebm_gate.Gate(BUNDLE, alpha=1.5)
+    with pytest.raises(ebm_gate.GateError, match="is a bundle's settings, not a model"):
+        ebm_gate.Gate(BUNDLE / "gate.json")
+    for kwargs, says in [
+        ({"threads": -1}, "threads must not be negative, got -1"),
+        ({"batch": -2}, "batch must not be negative, got -2"),
+        ({"threads": 0}, "threads"),
+        ({"max_image_side": 0}, "max_image_side must be 1 to 65535 pixels, got 0"),
+        ({"max_decode_mib": 70000}, "max_decode_mib must be 1 to 65536 MiB, got 70000"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            ebm_gate.Gate(BUNDLE, **kwargs)
     gate = ebm_gate.Gate(BUNDLE)
-    with pytest.raises(ValueError, match="exit < enter"):
+    with pytest.raises(ValueError, match=r"^Stream\(window=5, enter=3, exit=3\): need exit < enter"):
         ebm_gate.Stream(gate, 5, 3, 3)
+    with pytest.raises(ValueError, match="exit must not be negative, got -1"):
+        ebm_gate.Stream(gate, 5, 3, -1)
+    assert repr(ebm_gate.Stream(gate)) == (
+        'Stream(window=5, enter=3, exit=2, frozen_after=30, state="unknown", frames=0)'
+    )
     # No rule, nothing to debounce: a bare .onnx has no calibration.
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -161,13 +194,18 @@ def test_bundle_and_setting_errors_raise_the_library_messages(tmp_path):
     plain = ebm_gate.Gate(bare / "model.onnx")
     assert plain.alpha is None and plain.energy_threshold is None
     assert plain.score(rgb(SAMPLES / "chelsea.png")).verdict is None
-    with pytest.raises(ValueError, match="needs a gate"):
+    with pytest.raises(ValueError, match=r"needs a gate with a rule.*Gate\(\.\.\., threshold=\.\.\.\)"):
         ebm_gate.Stream(plain)
 
 
 def test_overrides_and_properties_are_the_cli_flags():
     gate = ebm_gate.Gate(BUNDLE, threshold=-5.0)
     assert gate.energy_threshold == -5.0 and gate.alpha is None
+    # Both rules: the lower energy decides (alpha 0.1 is at -6.6 here).
+    both = ebm_gate.Gate(BUNDLE, threshold=-5.0, alpha=0.1)
+    assert both.alpha == 0.1 and both.energy_threshold < -6.0
+    (cli,) = cli_json_lines("score", "--json", "--threshold", "-5", "--alpha", "0.1", BUNDLE, SAMPLES / "astronaut.png")
+    assert_same_record(both.score_file(SAMPLES / "astronaut.png"), cli)
     (cli,) = cli_json_lines("score", "--json", "--threshold", "-5", BUNDLE, SAMPLES / "astronaut.png")
     assert_same_record(gate.score_file(SAMPLES / "astronaut.png"), cli)
     assert cli["verdict"] == "in_distribution"  # E = -5.61 <= -5
@@ -246,3 +284,36 @@ def test_the_gil_is_released_while_the_model_runs(gate):
     middle = [t for t in ticks if start + 0.5 * (end - start) < t < start + 0.9 * (end - start)]
     assert end - start > 0.05, "the batch was too quick to tell"
     assert len(middle) >= 5, (len(middle), end - start)
+
+
+def test_health_scores_of_a_combined_gate_equal_the_cli(tmp_path):
+    """A bundle calibrated with every health score (on the committed frames and the samples,
+    alpha 0.2): health, p_values and rejected_by as `score --json` gives them, keys in its
+    order."""
+    bundle, frames = tmp_path / "bundle", tmp_path / "id"
+    bundle.mkdir()
+    frames.mkdir()
+    for f in ("model.onnx", "gate.json"):
+        shutil.copy(BUNDLE / f, bundle / f)
+    for f in [*FRAMES.glob("*.png"), *PNGS]:
+        shutil.copy(f, frames / f.name)
+    args = ["calibrate", bundle, "--id", frames, "--alpha", "0.2", "--holdout", "0", "--scores", "all"]
+    subprocess.run([binary(), *map(str, args)], check=True, capture_output=True)
+    gate = ebm_gate.Gate(bundle)
+    assert gate.energy_threshold is None  # several scores combined: no single energy decides
+    # And two frames a camera fault would give: black, and white with a little noise (the
+    # white one rejected by its mean luma; the black one is near the flat gray sample).
+    faults = [tmp_path / "black.png", tmp_path / "white.png"]
+    Image.fromarray(np.zeros((96, 128, 3), np.uint8)).save(faults[0])
+    noise = np.random.default_rng(3).integers(0, 8, (96, 128, 3))
+    Image.fromarray((255 - noise).astype(np.uint8)).save(faults[1])
+    paths = [*PNGS, *faults]
+    cli = {r["path"]: r for r in cli_json_lines("score", "--json", bundle, *paths)}
+    for path in paths:
+        record, result = cli[str(path)], gate.score(rgb(path))
+        assert_same_record(result, record)
+        assert list(result.health) == list(record["health"])
+        assert result.health == record["health"]
+        assert result.p_values == record["p_values"]
+        assert result.rejected_by == record["rejected_by"]
+    assert cli[str(faults[1])]["rejected_by"] == ["mean_luma"]
