@@ -110,34 +110,19 @@ fn frame_item(frame: &Bound<'_, PyAny>, bgr: bool, name: String, limits: &InputL
     // Within max_side (at most 65535), so these fit.
     let (w32, h32) = (w as u32, h as u32);
     let readonly = array.readonly();
+    // A view that is not C-contiguous (a slice, a transposed array) is laid out first; a
+    // contiguous one is borrowed.
     let view = readonly.as_array();
-    let mut rgb = Vec::with_capacity(w * h * 3);
-    let order = if bgr { [2, 1, 0] } else { [0, 1, 2] };
-    match (channels, view.as_slice()) {
-        (3, Some(px)) if !bgr => rgb.extend_from_slice(px),
-        (_, Some(px)) => {
-            for p in px.chunks_exact(channels) {
-                if channels < 3 {
-                    rgb.extend_from_slice(&[p[0]; 3]);
-                } else {
-                    rgb.extend_from_slice(&[p[order[0]], p[order[1]], p[order[2]]]);
-                }
-            }
+    let standard = view.as_standard_layout();
+    let px = standard.as_slice().ok_or_else(|| PyValueError::new_err("frame is not laid out in memory"))?;
+    let rgb = match channels {
+        3 if !bgr => px.to_vec(),
+        1 => px.iter().flat_map(|&v| [v; 3]).collect(),
+        _ => {
+            let order = if bgr { [2, 1, 0] } else { [0, 1, 2] };
+            px.chunks_exact(channels).flat_map(|p| order.map(|c| p[c])).collect()
         }
-        // Not C-contiguous (a slice, a transposed view): element by element.
-        (_, None) => {
-            let view = view.to_shape((h, w, channels)).map_err(|e| PyValueError::new_err(e.to_string()))?;
-            for row in view.outer_iter() {
-                for p in row.outer_iter() {
-                    if channels < 3 {
-                        rgb.extend_from_slice(&[p[0]; 3]);
-                    } else {
-                        rgb.extend_from_slice(&[p[order[0]], p[order[1]], p[order[2]]]);
-                    }
-                }
-            }
-        }
-    }
+    };
     let picture = RgbImage::from_raw(w32, h32, rgb).ok_or_else(|| PyValueError::new_err("short pixel buffer"))?;
     Ok(FrameItem::image(name, picture))
 }
